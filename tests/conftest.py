@@ -29,3 +29,25 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def kernel_dir(data_dir: Path) -> Path:
     return data_dir / "kernels"
+
+
+def _furnish_dir(folder: Path) -> list[str]:
+    import spiceypy
+
+    loaded = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in {".tls", ".tpc", ".tf", ".ti", ".tsc", ".bsp", ".bc"}:
+            spiceypy.furnsh(str(path))
+            loaded.append(str(path))
+    return loaded
+
+
+@pytest.fixture()
+def real_kernels(kernel_dir: Path):
+    """All real kernels of ../shared/data/kernels furnished for one test, then cleared."""
+    import spiceypy
+
+    spiceypy.kclear()
+    loaded = _furnish_dir(kernel_dir)
+    yield loaded
+    spiceypy.kclear()
