@@ -74,7 +74,7 @@ class Target:
         if not spiceypy.bodfnd(naif, "RADII"):
             raise UnknownTargetError(
                 f"no radii for target {name} ({naif}) in the kernel pool", path=path,
-                hint="load a PCK that defines BODY%d_RADII (pck00010.tpc)" % naif,
+                hint=f"load a PCK that defines BODY{naif}_RADII (pck00010.tpc)",
             )
         radii = spiceypy.bodvcd(naif, "RADII", 3)[1]
         return cls(name=name, naif_id=naif, frame=f"IAU_{name}",
