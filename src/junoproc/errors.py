@@ -93,3 +93,7 @@ class ProjectionError(JunoprocError):
 
 class EnhanceError(JunoprocError):
     """Bad enhancement preset or parameter."""
+
+
+class OutputError(JunoprocError):
+    """An output file cannot be written, or a file junoproc wrote cannot be read back."""

@@ -1,0 +1,233 @@
+"""junoproc.io: atomic writes, PNG/TIFF round trips, linear maps with backplanes, sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from junoproc.errors import JunoprocError, OutputError
+from junoproc.io import (
+    LinearMap,
+    backplanes_path,
+    read_image,
+    read_linear_map,
+    read_sidecar,
+    read_tiff,
+    sidecar_path,
+    to_jsonable,
+    update_sidecar,
+    write_linear_map,
+    write_png,
+    write_sidecar,
+    write_tiff,
+)
+
+
+def _ramp(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    info = np.iinfo(dtype)
+    n = int(np.prod(shape))
+    return (np.arange(n, dtype=np.int64) * 7919 % (int(info.max) + 1)).astype(dtype).reshape(shape)
+
+
+def test_sidecar_and_backplanes_paths() -> None:
+    assert sidecar_path("out/map.tif") == Path("out/map.json")
+    assert sidecar_path("x/y.png") == Path("x/y.json")
+    assert sidecar_path("x/y.json") == Path("x/y.json")
+    assert backplanes_path("out/map.tif") == Path("out/map-backplanes.tif")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (5, 7, 4)])
+def test_png_round_trip_exact_rgb_order(tmp_path: Path, dtype: type, shape: tuple[int, ...]) -> None:
+    image = _ramp(shape, dtype)
+    if len(shape) == 3:
+        image[0, 0, :3] = (np.iinfo(dtype).max, 0, 0)  # pure red stays red (not BGR)
+    path = write_png(tmp_path / "a.png", image)
+    back = read_image(path)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, image)
+    if len(shape) == 3:
+        assert back[0, 0, 0] == np.iinfo(dtype).max and back[0, 0, 2] == 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [(np.uint8, (4, 6, 3)), (np.uint16, (4, 6, 3)), (np.uint16, (4, 6, 4)), (np.uint16, (4, 6))],
+)
+def test_tiff_round_trip_integer(tmp_path: Path, dtype: type, shape: tuple[int, ...]) -> None:
+    image = _ramp(shape, dtype)
+    write_tiff(tmp_path / "a.tif", image, description="hello")
+    back, desc = read_tiff(tmp_path / "a.tif")
+    assert desc == "hello"
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, image)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiff_float32_planes_keep_nan_and_order(tmp_path: Path, compression: str | None) -> None:
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) / 7
+    data[1, 2, 0] = np.nan
+    data[0, 0, 3] = -np.inf
+    write_tiff(tmp_path / "f.tif", data, description={"k": [1, 2]}, compression=compression)
+    back, desc = read_tiff(tmp_path / "f.tif")
+    assert json.loads(desc or "") == {"k": [1, 2]}
+    assert back.dtype == np.float32 and back.shape == data.shape
+    np.testing.assert_array_equal(back, data)  # NaN == NaN for assert_array_equal
+
+
+def test_write_refuses_wrong_dtype_and_shape(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="uint8/uint16"):
+        write_png(tmp_path / "a.png", np.zeros((3, 3), np.float32))
+    with pytest.raises(OutputError, match=r"\(H, W, 3\)"):
+        write_png(tmp_path / "a.png", np.zeros((3, 3, 2), np.uint8))
+    with pytest.raises(OutputError, match="does not exist"):
+        write_png(tmp_path / "nope" / "a.png", np.zeros((3, 3), np.uint8))
+    assert not list(tmp_path.iterdir())
+
+
+def test_atomic_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.png"
+    old = np.full((4, 4), 7, np.uint8)
+    write_png(path, old)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    import junoproc.io as jio
+
+    monkeypatch.setattr(jio.tifffile, "imwrite", boom)
+    with pytest.raises(RuntimeError):
+        write_tiff(tmp_path / "a.tif", np.zeros((4, 4), np.uint16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temp file, no partial tif
+    np.testing.assert_array_equal(read_image(path), old)
+    mode = path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def _linear_map() -> LinearMap:
+    rng = np.random.default_rng(3)
+    data = rng.random((6, 5, 3), dtype=np.float32) * 40
+    data[0, :, :] = np.nan
+    data[3, 2, 1] = np.nan
+    planes = {
+        "lat_centric_deg": np.linspace(-80, 80, 30, dtype=np.float32).reshape(6, 5),
+        "incidence_deg": rng.random((6, 5), dtype=np.float32) * 120,
+        "weight": (np.arange(30).reshape(6, 5) % 3).astype(np.uint8),
+        "footprint": np.arange(30).reshape(6, 5) % 2 == 0,
+    }
+    return LinearMap(data, ("RED", "GREEN", "BLUE"), planes, {"perijove": 44, "units": "DN/ms"})
+
+
+def test_linear_map_round_trip_exact(tmp_path: Path) -> None:
+    lm = _linear_map()
+    written = write_linear_map(tmp_path / "map.tif", lm)
+    assert [p.name for p in written] == ["map.tif", "map-backplanes.tif", "map.json"]
+    back = read_linear_map(tmp_path / "map.tif")
+    assert back.band_names == ("RED", "GREEN", "BLUE")
+    np.testing.assert_array_equal(back.data, lm.data)
+    assert back.data.dtype == np.float32 and back.data.shape == (6, 5, 3)
+    assert list(back.backplanes) == list(lm.backplanes)
+    for name, plane in lm.backplanes.items():
+        assert back.backplanes[name].dtype == plane.dtype, name
+        np.testing.assert_array_equal(back.backplanes[name], plane)
+    assert back.sidecar == {"perijove": 44, "units": "DN/ms"}
+    np.testing.assert_array_equal(back.band("GREEN"), lm.data[:, :, 1])
+
+
+def test_linear_map_band_order_is_the_files_order(tmp_path: Path) -> None:
+    """A (BLUE, GREEN, RED) map stays in that order: names travel with the planes."""
+    data = np.stack([np.full((2, 2), v, np.float32) for v in (1.0, 2.0, 3.0)], axis=2)
+    write_linear_map(tmp_path / "m.tif", data, ("BLUE", "GREEN", "RED"))
+    back = read_linear_map(tmp_path / "m.tif")
+    assert back.band_names == ("BLUE", "GREEN", "RED")
+    assert float(back.band("RED")[0, 0]) == 3.0
+    assert back.backplanes == {} and back.sidecar == {}
+    assert not backplanes_path(tmp_path / "m.tif").exists()
+
+
+def test_single_band_methane_map(tmp_path: Path) -> None:
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_linear_map(tmp_path / "ch4.tif", data[:, :, None], ["METHANE"])
+    back = read_linear_map(tmp_path / "ch4.tif")
+    assert back.band_names == ("METHANE",) and back.data.shape == (3, 4, 1)
+    np.testing.assert_array_equal(back.data[:, :, 0], data)
+
+
+def test_linear_map_validation() -> None:
+    with pytest.raises(OutputError, match="float32"):
+        LinearMap(np.zeros((2, 2, 1)), ("RED",))
+    with pytest.raises(OutputError, match="band names"):
+        LinearMap(np.zeros((2, 2, 2), np.float32), ("RED",))
+    with pytest.raises(OutputError, match="duplicate"):
+        LinearMap(np.zeros((2, 2, 2), np.float32), ("RED", "RED"))
+    with pytest.raises(OutputError, match="backplane 'x'"):
+        LinearMap(np.zeros((2, 2, 1), np.float32), ("RED",), {"x": np.zeros((3, 2))})
+    lm = LinearMap(np.zeros((2, 2), np.float32), ["METHANE"])  # 2-D is one band
+    assert lm.data.shape == (2, 2, 1) and lm.band_names == ("METHANE",)
+    with pytest.raises(TypeError):
+        lm.backplanes["x"] = np.zeros((2, 2))  # type: ignore[index]
+
+
+def test_read_linear_map_refuses_foreign_tiff(tmp_path: Path) -> None:
+    write_tiff(tmp_path / "x.tif", np.zeros((2, 2), np.float32), description="not json")
+    with pytest.raises(OutputError, match="not a junoproc linear map"):
+        read_linear_map(tmp_path / "x.tif")
+    with pytest.raises(OutputError, match="file not found"):
+        read_linear_map(tmp_path / "missing.tif")
+    (tmp_path / "junk.tif").write_bytes(b"junk")
+    with pytest.raises(JunoprocError, match="not a readable TIFF"):
+        read_linear_map(tmp_path / "junk.tif")
+
+
+def test_sidecar_converts_numpy_and_is_strict_json(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Rec:
+        a: float
+        b: tuple[int, ...]
+
+    mapping = {
+        "f32": np.float32(0.5),
+        "i64": np.int64(7),
+        "b": np.bool_(True),
+        "arr": np.array([[1, 2], [3, 4]], np.uint16),
+        "nan": float("nan"),
+        "path": Path("a/b.tif"),
+        "rec": Rec(1.5, (1, 2)),
+        "nested": {3: (np.float64(2.25),)},
+    }
+    path = write_sidecar(tmp_path / "out.png", mapping)
+    assert path == tmp_path / "out.json"
+    text = path.read_text()
+    assert "NaN" not in text
+    back = read_sidecar(tmp_path / "out.png")
+    assert back == {
+        "f32": 0.5,
+        "i64": 7,
+        "b": True,
+        "arr": [[1, 2], [3, 4]],
+        "nan": None,
+        "path": "a/b.tif",
+        "rec": {"a": 1.5, "b": [1, 2]},
+        "nested": {"3": [2.25]},
+    }
+    update_sidecar(tmp_path / "out.png", {"i64": 8, "new": [np.int8(1)]})
+    merged = read_sidecar(path)
+    assert merged["i64"] == 8 and merged["new"] == [1] and merged["f32"] == 0.5
+
+
+def test_sidecar_errors(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="sidecar not found"):
+        read_sidecar(tmp_path / "x.tif")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(OutputError, match="not valid JSON"):
+        read_sidecar(tmp_path / "bad.json")
+    with pytest.raises(OutputError, match="cannot write object"):
+        to_jsonable({"x": object()})
