@@ -10,6 +10,7 @@ loading its own kernels.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -164,12 +165,12 @@ def process_product(entry: Any, options: BuildOptions) -> ProductResult:
                 meta, solution.attitude, timing=solution.timing))
             maps = {}
             for name in options.projections:
-                maps[name] = _timed(stages, f"project_{name}",
-                                    lambda name=name: projection.project(cal, geom, projection=name))
+                maps[name] = _timed(stages, f"project_{name}", functools.partial(
+                    projection.project, cal, geom, projection=name))
         composites = {}
         for name, linear in maps.items():
-            composites[name] = _timed(stages, f"enhance_{name}", lambda linear=linear: enhance_mod.enhance(
-                linear, preset=options.preset, perijove=meta.perijove))
+            composites[name] = _timed(stages, f"enhance_{name}", functools.partial(
+                enhance_mod.enhance, linear, preset=options.preset, perijove=meta.perijove))
 
         def write_all() -> list[str]:
             written: list[str] = []
