@@ -55,6 +55,8 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
               projections: tuple[str, ...], preset: str | None, jobs: int | None, force: bool,
               as_json: bool) -> None:
     """Build every product in FOLDER: composites, maps, sidecars, mosaic, contact sheet."""
+    from dataclasses import replace
+
     from .pipeline import BuildOptions, build, load_config, options_with_config, report_json
 
     given = {"out_dir": out_dir, "kernels": kernels, "projections": projections or None,
@@ -62,8 +64,10 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
     explicit = {k for k, v in given.items() if v is not None}
     options = BuildOptions(debug=bool(ctx.obj.get("debug")))
     options = options_with_config(options, load_config(folder), explicit)
-    options = BuildOptions(**{**options.__dict__, **{k: (tuple(v) if k == "projections" else v)
-                                                      for k, v in given.items() if v is not None}})
+    overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if projections:
+        overrides["projections"] = tuple(projections)
+    options = replace(options, **overrides)  # type: ignore[arg-type]
     report = build(folder, options)
     click.echo(report_json(report) if as_json else report.table())
     for extra in report.extras:
