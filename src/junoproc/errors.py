@@ -71,6 +71,10 @@ class KernelCoverageError(KernelError):
     """Kernels are loaded but do not cover the time span of an image."""
 
 
+class KernelDownloadError(KernelError):
+    """A kernel or a kernel listing cannot be downloaded, or its checksum is wrong."""
+
+
 class UnknownTargetError(JunoprocError):
     """TARGET_NAME that has no radii in the PCK."""
 
