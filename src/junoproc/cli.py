@@ -76,5 +76,106 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
         sys.exit(1)
 
 
+# --- kernels ---
+_KERNELS_DIR_HELP = ("Kernel folder. Precedence: this flag > $JUNOPROC_KERNELS > kernels.dir in "
+                     "~/.config/junoproc/config.toml > the cache folder.")
+
+
+@main.group("kernels")
+def kernels_group() -> None:
+    """SPICE kernels: what a folder holds, what covers which image, download."""
+
+
+def _echo_kernel_coverage(report: tuple) -> int:
+    """Print one block per image; return how many images lack kernels."""
+    from .kernels import format_span
+
+    missing = 0
+    for item in report:
+        click.echo(f"{item.span.product_id}  {item.span.target}  {format_span(item.span)} UTC")
+        kset = item.kernel_set
+        if not item.ok or kset is None:
+            missing += 1
+            click.echo(f"  MISSING: {item.problem or 'no SPK covers it'}")
+            continue
+        spks = ", ".join(f"{f.name} ({f.quality})" for f in kset.of_kind("spk"))
+        click.echo(f"  SPK: {spks}")
+        if kset.ck_covered:
+            click.echo("  CK:  " + ", ".join(f"{f.name} ({f.quality})" for f in kset.of_kind("ck")))
+        else:
+            click.echo("  CK:  none (the pointing stage solves attitude from the image)")
+    return missing
+
+
+@kernels_group.command("list")
+@click.option("--kernels", "kernels_dir", default=None, help=_KERNELS_DIR_HELP)
+def kernels_list_cmd(kernels_dir: str | None) -> None:
+    """The kernels in the folder: kind, quality, SPK/CK coverage (UTC)."""
+    from .kernels import list_kernels, resolve_kernel_dir
+
+    kdir, source = resolve_kernel_dir(kernels_dir)
+    click.echo(f"kernels: {kdir} (from {source})")
+    rows = list_kernels(kdir)
+    if not rows:
+        click.echo("no kernels found (run `junoproc kernels fetch PATH` or pass --kernels DIR)")
+    for row in rows:
+        click.echo(f"{row.file.kind:<8} {row.file.quality:<13} {row.relative_path}")
+        for cov in row.coverage_utc:
+            click.echo(f"{'':<23}{cov}")
+
+
+@kernels_group.command("check")
+@click.argument("path")
+@click.option("--kernels", "kernels_dir", default=None, help=_KERNELS_DIR_HELP)
+@click.option("--need-ck", is_flag=True, help="Count an image without CK as missing kernels.")
+def kernels_check_cmd(path: str, kernels_dir: str | None, need_ck: bool) -> None:
+    """What covers each image of PATH (folder, zip or metadata); exit 1 if kernels are missing."""
+    from .kernels import coverage_report, image_spans, resolve_kernel_dir, scan_image_spans
+
+    kdir, source = resolve_kernel_dir(kernels_dir)
+    click.echo(f"kernels: {kdir} (from {source})")
+    spans, problems = scan_image_spans(path)
+    if not spans:
+        image_spans(path)  # raises the one-line error
+    missing = _echo_kernel_coverage(coverage_report(spans, kdir, source=source, need_ck=need_ck))
+    for problem in problems:
+        click.echo(f"skipped: {problem}")
+    click.echo(f"{len(spans)} image(s): {len(spans) - missing} covered, {missing} missing kernels")
+    if missing:
+        sys.exit(1)
+
+
+@kernels_group.command("fetch")
+@click.argument("path", required=False)
+@click.option("--kernels", "kernels_dir", default=None,
+              help="Destination folder (default: $JUNOPROC_KERNELS > config kernels.dir > cache).")
+@click.option("--ck/--no-ck", default=True, help="Also fetch the attitude (CK) kernels [yes].")
+@click.option("--dry-run", is_flag=True, help="List what would be downloaded; download nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def kernels_fetch_cmd(path: str | None, kernels_dir: str | None, ck: bool, dry_run: bool,
+                      no_progress: bool) -> None:
+    """Download the generic kernels, and the SPK/CK the images of PATH need (by time).
+
+    The base URL is NAIF's unless $JUNOPROC_NAIF_URL names a mirror.
+    """
+    from .kernels import fetch_kernels, image_spans, resolve_kernel_dir
+
+    dest, source = resolve_kernel_dir(kernels_dir, must_exist=False)
+    spans = image_spans(path) if path else ()
+    click.echo(f"kernels: {dest} (from {source})")
+    result = fetch_kernels(dest, spans, ck=ck, progress=not no_progress, dry_run=dry_run,
+                           source=source)
+    for k in result.kernels:
+        source_url = f"  <- {k.url}" if k.action != "present" else ""
+        click.echo(f"{k.action:<10} {k.kind:<5} {k.name}{source_url}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    missing = _echo_kernel_coverage(result.coverage)
+    if result.coverage:
+        click.echo(f"{len(spans)} image(s): {len(spans) - missing} covered, {missing} missing kernels")
+    if missing:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
