@@ -1,0 +1,876 @@
+"""Camera pointing from the images: the spin model, limb detection, the solver, CK export.
+
+Juno is spin-stabilised, so over one image (a few seconds) its attitude is a spin about
+a fixed axis::
+
+    rot_j2000_to_sc(t)  = Rz(phase0 + rate * (t - t_ref)) @ B(axis)
+    rot_j2000_to_cam(t) = rot_sc_to_cam @ rot_j2000_to_sc(t)
+
+``Rz`` is SPICE's frame rotation ``rotate(angle, 3)`` (a positive rate is Juno's sense of
+spin, checked against the reconstructed PJ01 CK: +11.72 deg/s), ``B`` has rows
+``(e1, e2, axis)`` with ``e1 = normalise(Z_j2000 x axis)`` and ``rot_sc_to_cam`` is the
+fixed JUNO_SPACECRAFT -> JUNO_JUNOCAM rotation of the frames kernel (no CK needed).
+
+The limb of the target is detected in every framelet to sub-pixel precision and the
+parameters are found by robust least squares on the limb residuals: the signed angle of
+each limb ray from the target ellipsoid's limb, in pixels (the ellipsoid is scaled to a
+unit sphere, which maps tangent rays to tangent rays, so the zero set is exact).
+
+Degeneracies: for a pure spin, the frame-timing start offset is the same thing as the
+spin phase and the interframe correction the same thing as the spin rate, so without a
+CK both timing offsets are held at zero and absorbed by ``phase0`` and ``rate``. With a
+CK (absolute attitude versus time) the two timing offsets and a small fixed rotation are
+refined instead.
+
+The limb of a near-sphere fixes the camera's orientation only up to a rotation about
+the line of sight to the target's centre; Jupiter's oblateness and the spacecraft's
+motion break that symmetry, strongly near perijove and weakly from over a pole. The
+solver reports the 1-sigma uncertainty of the spin axis from the fit's covariance and
+flags a weakly constrained axis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import spiceypy
+from scipy import ndimage, optimize
+
+from .camera import CAMERA_FRAME, CameraModel, FrameTiming
+from .errors import NoLimbError, OutputError, PointingError, PointingQualityError
+from .geometry import OBSERVER, Attitude, CkAttitude, FrameState, Target, frame_state
+from .products import ProductMeta
+
+#: The spacecraft frame a CK describes, and its NAIF id.
+SPACECRAFT_FRAME = "JUNO_SPACECRAFT"
+SPACECRAFT_CK_ID = -61000
+SPACECRAFT_CLOCK_ID = -61
+#: The plausible range of Juno's spin rate (deg/s) searched for the start.
+SPIN_RATE_RANGE_DEG_S = (11.3, 12.4)
+#: Raw 8-bit values at or above this are saturated.
+RAW_SATURATED = 240
+
+SOLUTION_FORMAT = "junoproc-pointing-1"
+
+
+# ---------------------------------------------------------------------------------------
+# rotations
+# ---------------------------------------------------------------------------------------
+def _rz(angle_rad: np.ndarray) -> np.ndarray:
+    """SPICE ``rotate(angle, 3)`` for an array of angles: (..., 3, 3)."""
+    a = np.asarray(angle_rad, dtype=np.float64)
+    c, s = np.cos(a), np.sin(a)
+    out = np.zeros(a.shape + (3, 3))
+    out[..., 0, 0] = c
+    out[..., 0, 1] = s
+    out[..., 1, 0] = -s
+    out[..., 1, 1] = c
+    out[..., 2, 2] = 1.0
+    return out
+
+
+def _radec_to_vec(ra_rad: float, dec_rad: float) -> np.ndarray:
+    return np.array([math.cos(dec_rad) * math.cos(ra_rad), math.cos(dec_rad) * math.sin(ra_rad),
+                     math.sin(dec_rad)])
+
+
+def _vec_to_radec(v: np.ndarray) -> tuple[float, float]:
+    v = v / np.linalg.norm(v)
+    return math.atan2(v[1], v[0]) % (2 * math.pi), math.asin(max(-1.0, min(1.0, v[2])))
+
+
+def spin_basis(axis_j2000: np.ndarray) -> np.ndarray:
+    """B(axis): rows (e1, e2, axis), e1 = normalise(Z_j2000 x axis), e2 = axis x e1."""
+    a = np.asarray(axis_j2000, dtype=np.float64)
+    a = a / np.linalg.norm(a)
+    e1 = np.cross([0.0, 0.0, 1.0], a)
+    n = np.linalg.norm(e1)
+    if n < 1e-9:  # axis along J2000 Z: any e1 in the equator
+        e1 = np.array([1.0, 0.0, 0.0])
+    else:
+        e1 /= n
+    return np.stack([e1, np.cross(a, e1), a])
+
+
+def _small_rotation(angles_rad: Sequence[float]) -> np.ndarray:
+    """Rotation by the rotation vector ``angles_rad`` (Rodrigues), as a frame rotation."""
+    v = np.asarray(angles_rad, dtype=np.float64)
+    theta = float(np.linalg.norm(v))
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    if theta < 1e-12:
+        return np.eye(3) - k
+    k /= theta
+    return np.eye(3) - math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
+
+
+def _as_tuple3x3(m: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(x) for x in row) for row in np.asarray(m))
+
+
+def rot_sc_to_cam(et: float = 0.0) -> np.ndarray:
+    """Fixed JUNO_SPACECRAFT -> JUNO_JUNOCAM rotation from the frames kernel (no CK)."""
+    try:
+        return np.asarray(spiceypy.pxform(SPACECRAFT_FRAME, CAMERA_FRAME, float(et)))
+    except spiceypy.utils.exceptions.SpiceyError as err:
+        from .errors import KernelMissingError
+
+        raise KernelMissingError(
+            f"cannot rotate {SPACECRAFT_FRAME} to {CAMERA_FRAME} ({getattr(err, 'short', err)})",
+            hint="load the Juno frames kernel juno_v12.tf",
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# attitude models
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpinAttitude:
+    """A pure spin about a fixed axis (implements :class:`geometry.Attitude`)."""
+
+    spin_axis_ra_deg: float
+    spin_axis_dec_deg: float
+    phase0_deg: float
+    rate_deg_s: float
+    t_ref_et: float
+    rot_sc_to_cam: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def from_params(cls, axis_j2000: np.ndarray, phase0_rad: float, rate_rad_s: float,
+                    t_ref_et: float, sc_to_cam: np.ndarray) -> SpinAttitude:
+        ra, dec = _vec_to_radec(np.asarray(axis_j2000, dtype=np.float64))
+        return cls(spin_axis_ra_deg=math.degrees(ra), spin_axis_dec_deg=math.degrees(dec),
+                   phase0_deg=math.degrees(phase0_rad) % 360.0, rate_deg_s=math.degrees(rate_rad_s),
+                   t_ref_et=float(t_ref_et), rot_sc_to_cam=_as_tuple3x3(sc_to_cam))
+
+    @property
+    def axis_j2000(self) -> np.ndarray:
+        return _radec_to_vec(math.radians(self.spin_axis_ra_deg), math.radians(self.spin_axis_dec_deg))
+
+    def rot_j2000_to_sc(self, et: float | np.ndarray) -> np.ndarray:
+        theta = math.radians(self.phase0_deg) + math.radians(self.rate_deg_s) * (
+            np.asarray(et, dtype=np.float64) - self.t_ref_et)
+        return _rz(theta) @ spin_basis(self.axis_j2000)
+
+    def rot_j2000_to_cam(self, et: float | np.ndarray) -> np.ndarray:
+        return np.asarray(self.rot_sc_to_cam) @ self.rot_j2000_to_sc(et)
+
+    def angular_velocity_j2000_rad_s(self, et: float | None = None) -> np.ndarray:
+        """Angular velocity of JUNO_SPACECRAFT relative to J2000, in J2000 (rad/s)."""
+        return math.radians(self.rate_deg_s) * self.axis_j2000
+
+    def describe(self) -> Mapping[str, object]:
+        return {"source": "spin", "spin_axis_ra_deg": self.spin_axis_ra_deg,
+                "spin_axis_dec_deg": self.spin_axis_dec_deg, "phase0_deg": self.phase0_deg,
+                "rate_deg_s": self.rate_deg_s, "t_ref_et": self.t_ref_et,
+                "t_ref_utc": _utc(self.t_ref_et)}
+
+
+@dataclass(frozen=True)
+class RefinedCkAttitude:
+    """CK attitude followed by a small fixed rotation in the camera frame.
+
+    ``rot_j2000_to_cam(et) = R(delta_cam_rad) @ pxform(J2000, JUNO_JUNOCAM, et)``.
+    """
+
+    delta_cam_rad: tuple[float, float, float]
+    frame: str = CAMERA_FRAME
+
+    @property
+    def rot_delta(self) -> np.ndarray:
+        return _small_rotation(self.delta_cam_rad)
+
+    def rot_j2000_to_cam(self, et: float) -> np.ndarray:
+        return self.rot_delta @ CkAttitude(self.frame).rot_j2000_to_cam(et)
+
+    def describe(self) -> Mapping[str, object]:
+        return {"source": "ck-refined", "frame": self.frame,
+                "delta_cam_mrad": [1e3 * d for d in self.delta_cam_rad]}
+
+
+def _utc(et: float) -> str:
+    try:
+        return str(spiceypy.et2utc(float(et), "ISOC", 3))
+    except spiceypy.utils.exceptions.SpiceyError:
+        return f"ET {et:.3f}"
+
+
+# ---------------------------------------------------------------------------------------
+# limb detection
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LimbPoints:
+    """Sub-pixel limb points; ``normal_*`` points from the target towards the sky."""
+
+    bands: tuple[str, ...]
+    frame: np.ndarray      # int (n,)
+    band: np.ndarray       # int (n,) index into ``bands``
+    x_px: np.ndarray       # float (n,) framelet pixel coordinates (corner origin)
+    y_px: np.ndarray
+    normal_x: np.ndarray
+    normal_y: np.ndarray
+    strength: np.ndarray   # contrast / edge width (DN per px)
+
+    def __len__(self) -> int:
+        return int(self.frame.size)
+
+    def subset(self, keep: np.ndarray) -> LimbPoints:
+        return replace(self, frame=self.frame[keep], band=self.band[keep], x_px=self.x_px[keep],
+                       y_px=self.y_px[keep], normal_x=self.normal_x[keep],
+                       normal_y=self.normal_y[keep], strength=self.strength[keep])
+
+    def count_by_band(self) -> dict[str, int]:
+        return {name: int(np.sum(self.band == i)) for i, name in enumerate(self.bands)}
+
+
+def _image_arrays(image: Any) -> tuple[ProductMeta, np.ndarray, np.ndarray]:
+    """(meta, data float32 (frames, filters, rows, samples), valid bool) of a raw or calibrated image."""
+    meta = image.meta
+    data = getattr(image, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4:
+        valid = getattr(image, "valid", None)
+        if valid is None:
+            valid = np.isfinite(data)
+        return meta, np.nan_to_num(data.astype(np.float32, copy=False)), np.asarray(valid, bool)
+    raw = np.asarray(image.framelets)
+    return meta, raw.astype(np.float32), raw < RAW_SATURATED
+
+
+def detect_limb(
+    image: Any, *, cell_px: int = 3, profile_half_px: float = 8.0, max_edge_width_px: float = 4.0,
+    min_blob_px: int = 400,
+) -> LimbPoints:
+    """Find the target's limb against dark sky in every framelet of every band.
+
+    ``image`` is a :class:`~junoproc.products.RawImage` (companded values: monotonic,
+    fine for edges) or a calibrated image with ``data`` and ``valid``. Candidates are
+    the boundary of the bright region (median-filtered, so hot pixels do not count;
+    bright blobs smaller than ``min_blob_px`` such as small moons are dropped); each is
+    refined along the brightness gradient: the half-level crossing between the planet
+    level inside and the sky level outside of a profile sampled every 0.25 px. The edge
+    must fall from planet to sky within ``max_edge_width_px`` (20-80 %), which rejects
+    the terminator's gradual fall-off; the profile must stay inside the photoactive
+    area and avoid saturated or invalid pixels. One point per ``cell_px`` cell.
+    """
+    meta, data, valid = _image_arrays(image)
+    n_frames, n_filters, rows, samples = data.shape
+    cam_cols = CameraModel(band="FULLCCD", naif_id=-61500, focal_px=1.0, cx_px=0.0, cy_px=0.0,
+                           k1=0.0, k2=0.0, sampling_factor=meta.sampling_factor).photoactive_columns()
+    col_lo, col_hi = cam_cols.start, cam_cols.stop  # [lo, hi)
+    s = np.arange(-profile_half_px, profile_half_px + 1e-9, 0.25)
+    inside_sel = (s <= -4.0) & (s >= -profile_half_px + 1)
+    outside_sel = s >= 4.0
+    near = s >= -1.5
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "b", "x", "y", "nx", "ny", "st")}
+    margin = profile_half_px + 1.5
+    for b in range(n_filters):
+        band_data = data[:, b, :, col_lo:col_hi]
+        sky = float(np.percentile(band_data, 2))
+        bright = float(np.percentile(band_data, 99.5))
+        dark = band_data[band_data <= np.percentile(band_data, 30)]
+        noise = max(float(np.std(dark)), 0.5)
+        contrast_min = max(8.0 * noise, 0.08 * (bright - sky))
+        if bright - sky < contrast_min:
+            continue
+        threshold = sky + max(0.5 * contrast_min + 2.0 * noise, 0.3 * (bright - sky))
+        for f in range(n_frames):
+            img = data[f, b]
+            med = cv2.medianBlur(img, 3)
+            mask = (med > threshold).astype(np.uint8)
+            mask[:, :col_lo] = 0
+            mask[:, col_hi:] = 0
+            n_lab, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_blob_px)
+            if small.size:
+                mask[np.isin(labels, small)] = 0
+            if not mask.any():
+                continue
+            edge = mask.astype(bool) & ~cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+            yy, xx = np.nonzero(edge)
+            keep = ((yy >= margin) & (yy < rows - margin) & (xx >= col_lo + margin)
+                    & (xx < col_hi - margin))
+            yy, xx = yy[keep], xx[keep]
+            if yy.size == 0:
+                continue
+            cell = (yy // cell_px) * (samples // cell_px + 1) + xx // cell_px
+            _, first = np.unique(cell, return_index=True)
+            yy, xx = yy[first], xx[first]
+            smooth = cv2.GaussianBlur(med, (0, 0), 1.2)
+            gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)[yy, xx]
+            gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)[yy, xx]
+            gn = np.hypot(gx, gy)
+            ok = gn > 1e-6
+            yy, xx, gx, gy, gn = yy[ok], xx[ok], gx[ok], gy[ok], gn[ok]
+            nx, ny = -gx / gn, -gy / gn  # towards the sky
+            # profile sample positions in array index coordinates (pixel centre = index)
+            px = xx[:, None] + s[None, :] * nx[:, None]
+            py = yy[:, None] + s[None, :] * ny[:, None]
+            inb = ((py >= 0.5) & (py <= rows - 1.5) & (px >= col_lo + 0.5) & (px <= col_hi - 1.5)).all(1)
+            prof = ndimage.map_coordinates(med, [py.ravel(), px.ravel()], order=1,
+                                           mode="nearest").reshape(px.shape)
+            # saturated pixels are allowed deep inside the planet, not near the edge
+            vprof = valid[f, b][np.clip(np.rint(py[:, near]).astype(int), 0, rows - 1),
+                                np.clip(np.rint(px[:, near]).astype(int), 0, samples - 1)].all(1)
+            inside = np.median(prof[:, inside_sel], axis=1)
+            outside = np.median(prof[:, outside_sel], axis=1)
+            contrast = inside - outside
+            good = (inb & vprof & (contrast > contrast_min)
+                    & (outside - sky < 0.25 * (inside - sky) + 3.0 * noise))
+            if not good.any():
+                continue
+            prof, inside, outside, contrast = prof[good], inside[good], outside[good], contrast[good]
+            xx, yy, nx, ny = xx[good], yy[good], nx[good], ny[good]
+            level = (prof - outside[:, None]) / contrast[:, None]  # 1 inside, 0 outside
+            s_half = _last_crossing(level, s, 0.5)
+            s_80 = _last_crossing(level, s, 0.8)
+            s_20 = _last_crossing(level, s, 0.2)
+            width = s_20 - s_80
+            fine = (np.isfinite(s_half) & np.isfinite(width) & (width > 0)
+                    & (width < max_edge_width_px) & (np.abs(s_half) < 3.0))
+            if not fine.any():
+                continue
+            sh = s_half[fine]
+            out["f"].append(np.full(sh.size, f))
+            out["b"].append(np.full(sh.size, b))
+            out["x"].append(xx[fine] + 0.5 + sh * nx[fine])
+            out["y"].append(yy[fine] + 0.5 + sh * ny[fine])
+            out["nx"].append(nx[fine])
+            out["ny"].append(ny[fine])
+            out["st"].append(contrast[fine] / width[fine])
+
+    def cat(key: str, dtype: Any) -> np.ndarray:
+        return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
+
+    return LimbPoints(bands=tuple(meta.filters), frame=cat("f", np.int32), band=cat("b", np.int32),
+                      x_px=cat("x", np.float64), y_px=cat("y", np.float64),
+                      normal_x=cat("nx", np.float64), normal_y=cat("ny", np.float64),
+                      strength=cat("st", np.float64))
+
+
+def _last_crossing(level: np.ndarray, s: np.ndarray, value: float) -> np.ndarray:
+    """Per row, the s where ``level`` last falls through ``value`` before the sky (linear)."""
+    above = level >= value
+    # last index i with above[i] and not above[i+1], searching outwards from the inside
+    fall = above[:, :-1] & ~above[:, 1:]
+    has = fall.any(axis=1)
+    idx = np.where(has, fall.shape[1] - 1 - np.argmax(fall[:, ::-1], axis=1), 0)
+    rows = np.arange(level.shape[0])
+    l0, l1 = level[rows, idx], level[rows, idx + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (l0 - value) / (l0 - l1)
+    res = s[idx] + t * (s[1] - s[0])
+    return np.where(has, res, np.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# the limb residual model
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LimbModel:
+    """Everything the residuals need that does not depend on the attitude parameters."""
+
+    frame: np.ndarray            # (n,)
+    ray_cam: np.ndarray          # (n, 3) unit
+    ifov_rad: np.ndarray         # (n,)
+    beta_j2000: np.ndarray       # (n_frames, 3)
+    rot_j2000_to_body: np.ndarray  # (n_frames, 3, 3)
+    obs_scaled: np.ndarray       # (n_frames, 3) observer in body frame / radii
+    radii_km: np.ndarray
+
+    def residuals_px(self, rot_j2000_to_cam: np.ndarray) -> np.ndarray:
+        """Signed angular distance of each limb ray from the limb (px; + = sky side)."""
+        f = self.frame
+        u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)  # cam -> J2000
+        beta = self.beta_j2000[f]
+        ub = np.einsum("ni,ni->n", u, beta)
+        k = ub + np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
+        u_geo = k[:, None] * u - beta
+        u_body = np.einsum("nij,nj->ni", self.rot_j2000_to_body[f], u_geo)
+        d = u_body / self.radii_km
+        o = self.obs_scaled[f]
+        d_norm = np.linalg.norm(d, axis=1)
+        o_norm = np.linalg.norm(o, axis=1)
+        cos_ang = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
+        ang = np.arccos(np.clip(cos_ang, -1.0, 1.0))
+        alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
+        return (ang - alpha) / self.ifov_rad
+
+
+def _limb_model(points: LimbPoints, meta: ProductMeta, states: Sequence[FrameState],
+                target: Target) -> _LimbModel:
+    rays = np.zeros((len(points), 3))
+    ifov = np.zeros(len(points))
+    for i, band in enumerate(points.bands):
+        sel = points.band == i
+        if not sel.any():
+            continue
+        cam = CameraModel.for_product(meta, band)
+        r = cam.px_to_cam(points.x_px[sel], points.y_px[sel])
+        rays[sel] = r / np.linalg.norm(r, axis=1, keepdims=True)
+        ifov[sel] = cam.sampling_factor / cam.focal_px
+    radii = target.radii
+    return _LimbModel(
+        frame=points.frame.astype(np.intp), ray_cam=rays, ifov_rad=ifov,
+        beta_j2000=np.stack([s.beta_j2000 for s in states]),
+        rot_j2000_to_body=np.stack([s.rot_j2000_to_body for s in states]),
+        obs_scaled=np.stack([s.observer_pos_body_km / radii for s in states]),
+        radii_km=radii,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the solution record
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PointingSolution:
+    """A solved (or refined) camera pointing for one product."""
+
+    product_id: str
+    method: str                       # "spin" | "ck-refined" | "ck"
+    attitude: Attitude
+    timing: FrameTiming
+    quality: str                      # "good" | "fair" | "ck-fallback"
+    residuals_px_by_band: Mapping[str, float]   # RMS of inliers per band
+    n_points_by_band: Mapping[str, int]
+    max_abs_residual_px: float
+    n_rejected: int
+    solve_time_s: float
+    fixed_parameters: tuple[str, ...] = ()
+    parameter_sigma: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rms_px(self) -> float:
+        n = sum(self.n_points_by_band.values())
+        if n == 0:
+            return float("nan")
+        return math.sqrt(sum(self.residuals_px_by_band[b] ** 2 * k
+                             for b, k in self.n_points_by_band.items() if k) / n)
+
+    def to_dict(self) -> dict[str, Any]:
+        att = self.attitude
+        if isinstance(att, SpinAttitude):
+            att_d: dict[str, Any] = {"model": "spin", **{k: getattr(att, k) for k in (
+                "spin_axis_ra_deg", "spin_axis_dec_deg", "phase0_deg", "rate_deg_s", "t_ref_et")},
+                "rot_sc_to_cam": [list(r) for r in att.rot_sc_to_cam], "t_ref_utc": _utc(att.t_ref_et)}
+        elif isinstance(att, RefinedCkAttitude):
+            att_d = {"model": "ck-refined", "delta_cam_rad": list(att.delta_cam_rad), "frame": att.frame}
+        else:
+            att_d = {"model": "ck", **dict(att.describe())}
+        t = self.timing
+        return {
+            "format": SOLUTION_FORMAT, "product_id": self.product_id, "method": self.method,
+            "attitude": att_d,
+            "timing": {k: getattr(t, k) for k in (
+                "start_et", "interframe_delay_s", "start_time_bias_s", "interframe_delta_s",
+                "exposure_s", "start_offset_s", "interframe_correction_s", "mid_exposure")},
+            "quality": self.quality,
+            "limb_residual_rms_px_by_band": dict(self.residuals_px_by_band),
+            "limb_points_by_band": dict(self.n_points_by_band),
+            "limb_residual_rms_px": self.rms_px,
+            "limb_residual_max_px": self.max_abs_residual_px,
+            "n_rejected": self.n_rejected, "solve_time_s": self.solve_time_s,
+            "fixed_parameters": list(self.fixed_parameters),
+            "parameter_sigma": dict(self.parameter_sigma), "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True)
+
+    def summary(self) -> str:
+        lines = [f"{self.product_id}: pointing {self.method}, quality {self.quality}, "
+                 f"solved in {self.solve_time_s:.2f} s"]
+        for band, rms in self.residuals_px_by_band.items():
+            lines.append(f"  {band:8s} limb RMS {rms:6.3f} px  ({self.n_points_by_band.get(band, 0)} points)")
+        lines.append(f"  max |residual| {self.max_abs_residual_px:.2f} px, {self.n_rejected} rejected")
+        for k, v in self.attitude.describe().items():
+            if k != "source":
+                lines.append(f"  {k}: {v}")
+        lines.append(f"  timing: start offset {1e3 * self.timing.start_offset_s:+.2f} ms, "
+                     f"interframe correction {1e3 * self.timing.interframe_correction_s:+.3f} ms")
+        for k, v in self.parameter_sigma.items():
+            lines.append(f"  sigma {k}: {v:.4g}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def save_solution(sol: PointingSolution, path: str | Path) -> Path:
+    """Write the solution JSON atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(sol.to_json())
+        tmp.replace(path)
+    except OSError as err:
+        raise OutputError(f"cannot write pointing solution ({err.strerror})", path=path) from None
+    return path
+
+
+def load_solution(path: str | Path, meta: ProductMeta | None = None) -> PointingSolution:
+    """Read a solution written by :func:`save_solution` (no kernels needed for a spin)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise OutputError(f"cannot read pointing solution ({err})", path=path) from None
+    if not isinstance(d, dict) or d.get("format") != SOLUTION_FORMAT:
+        raise OutputError("not a junoproc pointing solution", path=path,
+                          hint="write one with `junoproc pointing PRODUCT -o FILE`")
+    if meta is not None and d.get("product_id") != meta.product_id:
+        raise PointingError(f"solution is for {d.get('product_id')}, not {meta.product_id}", path=path)
+    a = d["attitude"]
+    att: Attitude
+    if a["model"] == "spin":
+        att = SpinAttitude(spin_axis_ra_deg=a["spin_axis_ra_deg"], spin_axis_dec_deg=a["spin_axis_dec_deg"],
+                           phase0_deg=a["phase0_deg"], rate_deg_s=a["rate_deg_s"], t_ref_et=a["t_ref_et"],
+                           rot_sc_to_cam=tuple(tuple(float(x) for x in r) for r in a["rot_sc_to_cam"]))
+    elif a["model"] == "ck-refined":
+        att = RefinedCkAttitude(delta_cam_rad=tuple(a["delta_cam_rad"]), frame=a.get("frame", CAMERA_FRAME))
+    else:
+        att = CkAttitude(a.get("frame", CAMERA_FRAME))
+    return PointingSolution(
+        product_id=d["product_id"], method=d["method"], attitude=att, timing=FrameTiming(**d["timing"]),
+        quality=d["quality"], residuals_px_by_band=d["limb_residual_rms_px_by_band"],
+        n_points_by_band=d["limb_points_by_band"], max_abs_residual_px=d["limb_residual_max_px"],
+        n_rejected=d["n_rejected"], solve_time_s=d["solve_time_s"],
+        fixed_parameters=tuple(d.get("fixed_parameters", ())),
+        parameter_sigma=d.get("parameter_sigma", {}), notes=tuple(d.get("notes", ())),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the solver
+# ---------------------------------------------------------------------------------------
+def _spin_rotations(x: np.ndarray, dt_s: np.ndarray, sc_to_cam: np.ndarray) -> np.ndarray:
+    """Per-frame J2000 -> camera rotations of spin parameters x = (ra, dec, phase0, rate)."""
+    basis = spin_basis(_radec_to_vec(x[0], x[1]))
+    return sc_to_cam @ _rz(x[2] + x[3] * dt_s) @ basis
+
+
+def _robust_cost(r: np.ndarray, f_scale: float = 1.0) -> float:
+    z = (r / f_scale) ** 2
+    return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
+
+
+def _fit_robust(fun, x0: np.ndarray, n_points: int, *, f_scale: float = 1.0, rounds: int = 3,
+                x_scale: Any = "jac") -> tuple[np.ndarray, np.ndarray, Any]:
+    """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers, result."""
+    inl = np.ones(n_points, bool)
+    x = np.asarray(x0, dtype=np.float64)
+    res = None
+    for _ in range(rounds):
+        keep = inl.copy()
+        res = optimize.least_squares(lambda p: fun(p)[keep], x, loss="soft_l1", f_scale=f_scale,
+                                     x_scale=x_scale, method="trf", max_nfev=200)
+        x = res.x
+        r = fun(x)
+        sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
+        new = np.abs(r) < max(3.0 * sigma, 0.5)
+        if np.array_equal(new, inl):
+            break
+        inl = new
+    return x, inl, res
+
+
+def _initial_spin(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray,
+                  target_dir_j2000: np.ndarray, prior_axes: Sequence[np.ndarray],
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """Start values (ra, dec, phase0, rate) from a small-circle fit of the limb rays.
+
+    For a trial rate, the limb rays in the spinning frame (phase0 = 0) must lie on a
+    small circle around the target direction: q . w = 1 is linear in w. The best rate
+    gives the target's elevation above the spin plane; the axis lies on a cone around
+    the target direction, searched on a grid (plus the priors' positions on it) with the
+    full limb cost.
+    """
+    n = model.ray_cam.shape[0]
+    sub = rng.choice(n, size=min(n, 1500), replace=False)
+    ray_sc = model.ray_cam[sub] @ sc_to_cam  # cam -> sc (row vectors)
+    t = dt_s[model.frame[sub]]
+    j = target_dir_j2000 / np.linalg.norm(target_dir_j2000)
+    u = np.cross(j, [0.0, 0.0, 1.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(j, u)
+    psis = list(np.radians(np.arange(0.0, 360.0, 5.0)))
+    for a in prior_axes:
+        psis.append(math.atan2(float(a @ v), float(a @ u)))
+    starts = []
+    for rate_deg in np.arange(SPIN_RATE_RANGE_DEG_S[0], SPIN_RATE_RANGE_DEG_S[1], 0.05):
+        rate = math.radians(rate_deg)
+        q = np.einsum("nji,nj->ni", _rz(rate * t), ray_sc)  # Rz^T v
+        w = np.linalg.lstsq(q, np.ones(len(q)), rcond=None)[0]
+        for _ in range(2):  # two IRLS passes against outliers
+            rr = q @ w - 1.0
+            wt = 1.0 / np.maximum(np.abs(rr), np.median(np.abs(rr)) + 1e-12)
+            w = np.linalg.lstsq(q * np.sqrt(wt)[:, None], np.sqrt(wt), rcond=None)[0]
+        j_spin = w / np.linalg.norm(w)
+        sin_e = float(j_spin[2])
+        cos_e = math.sqrt(max(0.0, 1 - sin_e * sin_e))
+        az_spin = math.atan2(j_spin[1], j_spin[0])
+        for psi in psis:
+            axis = sin_e * j + cos_e * (math.cos(psi) * u + math.sin(psi) * v)
+            bj = spin_basis(axis) @ j
+            phase0 = math.atan2(bj[1], bj[0]) - az_spin
+            ra, dec = _vec_to_radec(axis)
+            starts.append(np.array([ra, dec, phase0, rate]))
+    return starts
+
+
+def _prior_axes(state: FrameState, et: float) -> list[np.ndarray]:
+    """Guesses for the spin axis: the Earth direction and Juno's orbit normal about the target."""
+    out = []
+    try:
+        earth = np.asarray(spiceypy.spkpos("EARTH", et, "J2000", "LT+S", OBSERVER)[0])
+        out.append(earth / np.linalg.norm(earth))
+    except spiceypy.utils.exceptions.SpiceyError:
+        pass
+    try:
+        st = np.asarray(spiceypy.spkezr(OBSERVER, et, "J2000", "NONE", "JUPITER")[0])
+        h = np.cross(st[:3], st[3:])
+        out.append(h / np.linalg.norm(h))
+    except spiceypy.utils.exceptions.SpiceyError:
+        pass
+    return out
+
+
+def _band_stats(points: LimbPoints, r: np.ndarray, inl: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
+    rms, cnt = {}, {}
+    for i, band in enumerate(points.bands):
+        sel = (points.band == i) & inl
+        cnt[band] = int(sel.sum())
+        rms[band] = float(np.sqrt(np.mean(r[sel] ** 2))) if sel.any() else float("nan")
+    return rms, cnt
+
+
+def _check_coverage(points: LimbPoints, meta: ProductMeta, min_points: int) -> None:
+    if len(points) < min_points:
+        raise PointingQualityError(
+            f"{meta.product_id}: only {len(points)} limb points (need {min_points})",
+            hint="the limb is barely visible; use a CK or another image of the sequence")
+    frames = np.unique(points.frame)
+    if frames.size < 2:
+        raise PointingQualityError(
+            f"{meta.product_id}: limb in a single frame only ({frames.size}), the spin cannot be solved",
+            hint="use a CK or another image")
+    x_span = float(np.ptp(points.x_px)) * meta.sampling_factor
+    if x_span < 100 or frames.size < 3 and x_span < 300:
+        raise PointingQualityError(
+            f"{meta.product_id}: limb points span only {x_span:.0f} px across {frames.size} frames, "
+            "too little to constrain the spin axis", hint="use a CK or another image")
+
+
+def solve_pointing(
+    image: Any, *, ck: Attitude | None = None, target: Target | None = None,
+    points: LimbPoints | None = None, timing: FrameTiming | None = None,
+    min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0, seed: int = 0,
+    refuse_ambiguous: bool = True,
+) -> PointingSolution:
+    """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
+
+    Kernels (LSK, PCK, FK, IK, SPK; SCLK and CK for ``ck``) must be loaded. ``image`` is
+    a RawImage or a calibrated image. Raises :class:`NoLimbError` when no limb is visible
+    and there is no CK to fall back to, :class:`PointingQualityError` when the solution
+    cannot be trusted (too few points, a single frame, too small a span, RMS > ``max_rms_px``).
+    """
+    t_start = time.perf_counter()
+    meta = image.meta
+    if points is None:
+        points = detect_limb(image)
+    target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
+    timing0 = timing or FrameTiming.for_product(meta)
+    n_frames = meta.n_frames
+    frame_idx = np.arange(n_frames)
+    ets = timing0.frame_et(frame_idx)
+    if len(points) == 0:
+        if ck is not None:
+            return PointingSolution(
+                product_id=meta.product_id, method="ck", attitude=ck, timing=timing0,
+                quality="ck-fallback", residuals_px_by_band={b: float("nan") for b in meta.filters},
+                n_points_by_band={b: 0 for b in meta.filters}, max_abs_residual_px=float("nan"),
+                n_rejected=0, solve_time_s=time.perf_counter() - t_start,
+                notes=("no limb visible: CK attitude with the IK's timing, not refined",))
+        raise NoLimbError(f"{meta.product_id}: no limb of {target.name} against sky in any framelet",
+                          hint="the target fills every framelet; a CK is needed for this image")
+    _check_coverage(points, meta, min_points)
+    states = [frame_state(target, float(et)) for et in ets]
+    model = _limb_model(points, meta, states, target)
+    n = len(points)
+    notes: list[str] = []
+    sigma: dict[str, float] = {}
+    if ck is None:
+        mid = n_frames // 2
+        t_ref = float(ets[mid])
+        dt_s = ets - t_ref
+        sc_to_cam = rot_sc_to_cam(t_ref)
+        st = states[mid]
+        target_dir = st.target_pos_j2000_km / np.linalg.norm(st.target_pos_j2000_km) + st.beta_j2000
+        priors = _prior_axes(st, t_ref)
+        rng = np.random.default_rng(seed)
+        starts = _initial_spin(model, dt_s, sc_to_cam, target_dir, priors, rng)
+        sub = rng.choice(n, size=min(n, 1500), replace=False)
+        sub_model = replace(model, frame=model.frame[sub], ray_cam=model.ray_cam[sub],
+                            ifov_rad=model.ifov_rad[sub])
+
+        def fun_sub(x: np.ndarray) -> np.ndarray:
+            return sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
+
+        costs = np.array([_robust_cost(fun_sub(x0), 3.0) for x0 in starts])
+        order = np.argsort(costs)
+        # refine the best few distinct starts on the subsample
+        refined: list[tuple[float, np.ndarray]] = []
+        chosen: list[tuple[np.ndarray, float]] = []
+        for i in order:
+            ax = _radec_to_vec(starts[i][0], starts[i][1])
+            if any(float(ax @ c) > math.cos(math.radians(3.0)) and abs(starts[i][3] - s3) < 2e-3
+                   for c, s3 in chosen):
+                continue
+            chosen.append((ax, starts[i][3]))
+            if len(chosen) > 6:
+                break
+            res = optimize.least_squares(fun_sub, starts[i], loss="soft_l1", f_scale=2.0,
+                                         x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5]), max_nfev=100)
+            refined.append((_robust_cost(fun_sub(res.x), 1.0), res.x))
+        refined.sort(key=lambda cr: cr[0])
+        x0 = refined[0][1]
+
+        def fun(x: np.ndarray) -> np.ndarray:
+            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
+
+        x, inl, res = _fit_robust(fun, x0, n, x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5]))
+        # other local minima at comparable cost with a different axis: ambiguous
+        axis = _radec_to_vec(x[0], x[1])
+        for cost, xr in refined[1:]:
+            other = _radec_to_vec(xr[0], xr[1])
+            sep = math.degrees(math.acos(min(1.0, float(axis @ other))))
+            if sep > 2.0 and cost < 1.1 * refined[0][0]:  # noqa: SIM102
+                notes.append(f"another spin axis {sep:.1f} deg away fits almost as well")
+        attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, sc_to_cam)
+        timing_fit = timing0
+        fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
+        names = ("ra", "dec", "phase0", "rate")
+        method = "spin"
+    else:
+        base = np.stack([ck.rot_j2000_to_cam(float(et)) for et in ets])  # checks coverage
+
+        def rotations(x: np.ndarray) -> np.ndarray:
+            et_fit = ets + x[0] + frame_idx * x[1]
+            rot = np.stack([ck.rot_j2000_to_cam(float(e)) for e in et_fit])
+            return _small_rotation(x[2:5]) @ rot
+
+        def fun(x: np.ndarray) -> np.ndarray:
+            return model.residuals_px(rotations(x))
+
+        del base
+        x, inl, res = _fit_robust(fun, np.zeros(5), n, x_scale=np.array([1e-3, 1e-5, 1e-4, 1e-4, 1e-4]))
+        attitude = RefinedCkAttitude(delta_cam_rad=(float(x[2]), float(x[3]), float(x[4])))
+        timing_fit = timing0.with_offsets(timing0.start_offset_s + float(x[0]),
+                                          timing0.interframe_correction_s + float(x[1]))
+        fixed = ()
+        names = ("start_offset_s", "interframe_correction_s", "delta_x_rad", "delta_y_rad", "delta_z_rad")
+        method = "ck-refined"
+    r = fun(x)
+    rms_band, cnt_band = _band_stats(points, r, inl)
+    n_in = int(inl.sum())
+    # parameter covariance from the Jacobian of the inliers
+    try:
+        jac = res.jac
+        dof = max(n_in - len(x), 1)
+        s2 = float(np.sum(r[inl] ** 2)) / dof
+        cov = np.linalg.pinv(jac.T @ jac) * s2
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except (AttributeError, ValueError, np.linalg.LinAlgError):
+        sd = np.full(len(x), np.nan)
+    if method == "spin":
+        sigma = {"spin_axis_deg": math.degrees(math.hypot(sd[0] * math.cos(x[1]), sd[1])),
+                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
+        axis_sigma = sigma["spin_axis_deg"]
+    else:
+        sigma = {k: float(v) for k, v in zip(names, sd)}
+        axis_sigma = 0.0
+    rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
+    elapsed = time.perf_counter() - t_start
+    if n_in < min_points:
+        raise PointingQualityError(f"{meta.product_id}: only {n_in} limb points fit the solution",
+                                   hint="the limb detection found mostly outliers")
+    if not rms_all <= max_rms_px:
+        raise PointingQualityError(
+            f"{meta.product_id}: limb residual RMS {rms_all:.2f} px exceeds {max_rms_px} px",
+            hint="the limb fit failed; check the target and timing, or use a CK")
+    if method == "spin" and not axis_sigma < max_axis_sigma_deg:
+        raise PointingQualityError(
+            f"{meta.product_id}: spin axis undetermined (1-sigma {axis_sigma:.2f} deg)",
+            hint="the limb is nearly circular from here; use a CK")
+    if refuse_ambiguous and any(n.startswith("another spin axis") for n in notes):
+        raise PointingQualityError(f"{meta.product_id}: ambiguous solution ({notes[0]})",
+                                   hint="use a CK")
+    quality = "good" if rms_all < 0.5 and axis_sigma < 0.2 else "fair"
+    if axis_sigma >= 0.2:
+        notes.append(f"spin axis weakly constrained by the limb (1-sigma {axis_sigma:.2f} deg)")
+    if len([b for b, k in cnt_band.items() if k]) == 1 and meta.n_filters > 1:
+        notes.append("limb found in one band only")
+    return PointingSolution(
+        product_id=meta.product_id, method=method, attitude=attitude, timing=timing_fit,
+        quality=quality, residuals_px_by_band=rms_band, n_points_by_band=cnt_band,
+        max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
+        n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
+        parameter_sigma=sigma, notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# diagnostics
+# ---------------------------------------------------------------------------------------
+def predicted_limb_mask(meta: ProductMeta, sol: PointingSolution, band: str, *,
+                        target: Target | None = None) -> np.ndarray:
+    """Bool (n_frames, rows, samples): pixels whose rays hit the target (the solution's view)."""
+    target = target or Target.from_name(meta.target)
+    cam = CameraModel.for_product(meta, band)
+    rows, samples = cam.shape
+    rays = cam.framelet_rays_cam.reshape(-1, 3)
+    ets = sol.timing.frame_et(np.arange(meta.n_frames))
+    out = np.zeros((meta.n_frames, rows, samples), bool)
+    for f, et in enumerate(ets):
+        st = frame_state(target, float(et))
+        m = _LimbModel(frame=np.zeros(len(rays), np.intp), ray_cam=rays,
+                       ifov_rad=np.full(len(rays), 1.0 / cam.focal_px),
+                       beta_j2000=st.beta_j2000[None], rot_j2000_to_body=st.rot_j2000_to_body[None],
+                       obs_scaled=(st.observer_pos_body_km / target.radii)[None], radii_km=target.radii)
+        rot = sol.attitude.rot_j2000_to_cam(float(et))[None]
+        out[f] = (m.residuals_px(rot) < 0).reshape(rows, samples)
+    return out
+
+
+def write_diagnostic(image: Any, sol: PointingSolution, points: LimbPoints, path: str | Path,
+                     *, band: str | None = None, max_frames: int = 40) -> Path:
+    """PNG of one band's framelets stacked: predicted limb (red), limb points used (green)."""
+    meta, data, _ = _image_arrays(image)
+    band = band or max(points.count_by_band().items(), key=lambda kv: kv[1])[0]
+    b = meta.filters.index(band)
+    inside = predicted_limb_mask(meta, sol, band)
+    tiles = []
+    for f in range(min(meta.n_frames, max_frames)):
+        img = data[f, b]
+        hi = float(np.percentile(data[:, b], 99.5)) or 1.0
+        grey = np.clip(np.sqrt(np.clip(img, 0, None) / hi) * 255, 0, 255).astype(np.uint8)
+        vis = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+        m = inside[f].astype(np.uint8)
+        edge = (m ^ cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
+        vis[edge] = (0, 0, 255)
+        sel = (points.frame == f) & (points.band == b)
+        for x, y in zip(points.x_px[sel], points.y_px[sel]):
+            cv2.circle(vis, (int(round(x - 0.5)), int(round(y - 0.5))), 1, (0, 255, 0), -1)
+        vis[-1, :] = (80, 80, 80)
+        tiles.append(vis)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.concatenate(tiles, axis=0)):
+        raise OutputError("cannot write diagnostic PNG", path=path)
+    return path
