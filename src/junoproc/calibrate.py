@@ -1,0 +1,786 @@
+"""Calibration: 8-bit companded framelets -> DN -> DN/ms -> in-band radiance -> I/F.
+
+``calibrate(raw)`` runs the steps below in order; each is also a public function that
+takes a :class:`CalibratedImage` and returns a new one (the input is never modified),
+and refuses to run twice (``steps`` records what was applied).
+
+1. ``decompand``: one 256-entry table per SAMPLE_BIT_MODE_ID (SQROOT, LIN1/2/4/8/16).
+   A companded value ``v`` stands for a bin of 12-bit DN ``[lower(v), lower(v) + step - 1]``
+   (``lower`` is the table of ``docs/junocam.md``). ``method="centre"`` (default) returns
+   the bin centre ``lower(v) + (step - 1) / 2``: unbiased for the truncating quantiser the
+   flight software applies, where ``lower(v)`` is biased low by up to 15.5 DN (0.8 %) at
+   the top of the SQROOT range. ``method="lower"`` returns the documented table exactly.
+   Saturated: raw value >= 240. Non-photoactive columns (CCD 23..1630 are photoactive,
+   scaled by SAMPLING_FACTOR) are flagged invalid.
+2. ``mask_bad_pixels``: blemishes (kmgill masks + cosmas-heiss mask) and pixels hot in
+   the PJ28 darks are flagged invalid (values are kept; flagging never changes data).
+3. ``flag_particle_hits``: per framelet, in the companded domain (where square-root
+   companding makes the noise nearly signal-independent): excess over the 5x5 median
+   >= ``max(k_sigma * 1.4826 * MAD, min_excess)`` AND compact (at most 4 such pixels in
+   the 5x5 window) AND sharp (the non-flagged 3x3 neighbours together hold at most
+   ``sharpness`` x the excess of the pixel, which an optically blurred feature fails).
+   Pixels flagged in >= 25 % of the frames of a band (at least 3) are hot pixels: flagged
+   in all frames.
+4. ``subtract_dark``: the bias is removed on board by the companding settings (MSSS
+   calibration report, section 5.4), leaving 0.7-2.7 DN of residual dark with a fixed
+   column pattern (0.1-0.4 DN rms) on the real PJ43/PJ44 images. It is estimated like an
+   overscan, from the image itself: per band and column, the mean of the valid sky pixels
+   (DN <= ``sky_max_dn``). Columns with too little sky get ``offset + scale * profile``
+   fitted to the others, ``profile`` being the column profile of the public PJ28 darks
+   (kmgill). Cross-validated on the real images (estimate on even frames, test on odd
+   ones) this removes 60-85 % of the column pattern of the sky, where the PJ28 profile
+   alone removes 1-2 %. Without enough sky (a planet filling the frame) the step
+   subtracts nothing and says so in the provenance.
+5. ``divide_flat``: per-band flat normalised to mean 1 over the photoactive area (band
+   response is *not* in the flat; it is the explicit responsivity of step 7). BLUE, GREEN,
+   RED: kmgill's v3 flats; METHANE: a radial vignetting model fitted to those (no public
+   METHANE flat exists). See ``data/PROVENANCE.md``.
+6. ``normalise_exposure``: DN -> DN/ms by EXPOSURE_DURATION. With TDI the label's
+   EXPOSURE_DURATION is already the total integration time (TDI stages x 3.2 ms line
+   time in every real label: TDI 1 -> 3.2 ms, 6 -> 19.2 ms, 32 -> 102.4 ms, 64 -> 204.8
+   ms; the cal report compares TDI and non-TDI images "with equivalent exposure time"),
+   so DN/ms divides by EXPOSURE_DURATION and never multiplies by the TDI count.
+7. ``to_radiance``: DN/ms -> in-band radiance W/m^2/sr with the MSSS responsivities.
+8. ``to_reflectance``: radiance -> I/F = pi L d^2 / F_band(1 AU), d in AU from the
+   label's SOLAR_DISTANCE (or a parameter).
+
+Flags (``CalibratedImage.flags``, uint8 bits): see :data:`FLAG_BITS`.
+``valid = flags == 0``; ``saturated`` is the saturation bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .camera import PHOTOACTIVE_COLUMNS
+from .errors import CalibrationError, UnsupportedBitModeError
+from .products import CCD_SAMPLES, FRAMELET_ROWS, ProductMeta, RawImage
+
+# ---------------------------------------------------------------------------------------
+# Constants (each defined once, with its source)
+# ---------------------------------------------------------------------------------------
+
+#: Shipped calibration file (derived by ``examples/derive_calibration.py``).
+CALIBRATION_FILE = "junocam_calibration_v1.npz"
+#: Flats are stored as uint16 with this value meaning 1.0.
+FLAT_SCALE = 32768
+#: A pixel of the PJ28 dark frames this many DN above the frame's median is a known hot pixel.
+HOT_PIXEL_DARK_EXCESS_DN = 50.0
+
+#: A raw (companded) value at or above this is saturated (docs/junocam.md).
+SATURATION_RAW = 240
+#: SQROOT companding: (first 8-bit value, its 12-bit DN, DN step) of each linear segment
+#: (docs/junocam.md; MSSS). 8-bit 255 -> 2879 DN, the largest value the table returns.
+SQROOT_SEGMENTS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 1), (23, 23, 2), (43, 63, 4), (89, 247, 8), (184, 1007, 16), (209, 1407, 32),
+)
+#: Linear companding modes: DN = step x value (the cal report: divide by 1, 2, 4, 8 or 16).
+LINEAR_MODES = {"LIN1": 1, "LIN2": 2, "LIN4": 4, "LIN8": 8, "LIN16": 16}
+DECOMPAND_METHODS = ("centre", "lower")
+
+#: Responsivity, DN/s per W/m^2/sr of in-band radiance. MSSS, "Junocam Calibration Report"
+#: (August 2010), section 5.1 (integrating sphere, QTH lamp). Instrument constants that are
+#: in no SPICE kernel.
+RESPONSIVITY_DN_PER_S = MappingProxyType(
+    {"RED": 217239.0, "GREEN": 332944.0, "BLUE": 262186.0, "METHANE": 57761.0}
+)
+#: Nominal band passes in nm (Hansen et al. 2017, Space Sci. Rev. 213, 475, "Junocam: Juno's
+#: outreach camera"); used only to document the solar irradiance below.
+BANDPASS_NM = MappingProxyType(
+    {"BLUE": (420.0, 520.0), "GREEN": (500.0, 600.0), "RED": (600.0, 800.0), "METHANE": (880.0, 900.0)}
+)
+#: In-band solar irradiance at 1 AU, W/m^2: the ASTM E-490 AM0 solar spectrum integrated
+#: over BANDPASS_NM (rectangular pass bands; about +-5 %, and the responsivities' own "in
+#: band" convention is not stated in the report, so I/F is good to ~10 %, not better).
+SOLAR_IRRADIANCE_1AU_W_M2 = MappingProxyType(
+    {"BLUE": 193.0, "GREEN": 184.0, "RED": 308.0, "METHANE": 18.6}
+)
+#: IAU 2012 astronomical unit.
+AU_KM = 149_597_870.7
+
+#: Flag bits of ``CalibratedImage.flags``.
+FLAG_SATURATED = 1
+FLAG_NOT_PHOTOACTIVE = 2
+FLAG_BLEMISH = 4
+FLAG_KNOWN_HOT = 8
+FLAG_HOT = 16
+FLAG_PARTICLE_HIT = 32
+FLAG_BITS = MappingProxyType({
+    "saturated": FLAG_SATURATED, "not_photoactive": FLAG_NOT_PHOTOACTIVE, "blemish": FLAG_BLEMISH,
+    "known_hot": FLAG_KNOWN_HOT, "hot": FLAG_HOT, "particle_hit": FLAG_PARTICLE_HIT,
+})
+
+#: Step names, in the order ``calibrate`` applies them.
+STEPS = ("decompand", "bad_pixels", "particle_hits", "dark", "flat", "exposure", "radiance",
+         "reflectance")
+#: Units after each step that changes them.
+UNITS = ("DN", "DN/ms", "W/m^2/sr", "I/F")
+
+# ---------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibratedImage:
+    """Calibrated framelets of one product.
+
+    ``data`` is float32 (n_frames, n_filters, rows, samples), bands in FILTER_NAME order;
+    ``valid`` (bool: no flag set), ``saturated`` (bool) and ``flags`` (uint8 bits of
+    :data:`FLAG_BITS`: why a pixel is invalid) have the same shape. ``units`` is one of
+    :data:`UNITS`; ``steps`` the steps applied; ``provenance`` the calibration file with its
+    sha256 and every step's parameters and measured values (JSON-serialisable).
+    Records built by hand may leave ``flags`` out: it is then derived from ``valid`` and
+    ``saturated``.
+    """
+
+    meta: ProductMeta
+    data: np.ndarray = field(repr=False)
+    valid: np.ndarray = field(repr=False)
+    saturated: np.ndarray = field(repr=False)
+    steps: tuple[str, ...] = ()
+    units: str = "DN"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    raw_path: str = ""
+    flags: np.ndarray | None = field(default=None, repr=False)
+    #: The raw image this came from (pixels shared, not copied); hit detection needs it.
+    source: RawImage | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = self.data.shape
+        if self.data.ndim != 4 or self.valid.shape != shape or self.saturated.shape != shape:
+            raise CalibrationError(
+                f"data {shape}, valid {self.valid.shape} and saturated {self.saturated.shape} must be "
+                "one 4-D shape (n_frames, n_filters, rows, samples)", path=self.raw_path,
+            )
+        if self.flags is None:
+            flags = np.where(self.valid, 0, FLAG_BLEMISH).astype(np.uint8)
+            flags[self.saturated] |= FLAG_SATURATED
+            object.__setattr__(self, "flags", flags)
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        return self.meta.filters
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.data.shape[0])
+
+    def band_index(self, band: str) -> int:
+        try:
+            return self.meta.filters.index(band.upper())
+        except ValueError:
+            raise CalibrationError(
+                f"band {band} not in FILTER_NAME {list(self.meta.filters)}", path=self.raw_path,
+                hint="pick one of the product's filters",
+            ) from None
+
+    def band(self, band: str) -> np.ndarray:
+        """View (n_frames, rows, samples) of one band."""
+        return self.data[:, self.band_index(band)]
+
+    def flag_counts(self) -> dict[str, int]:
+        """How many pixels carry each flag."""
+        assert self.flags is not None
+        counts = np.bincount(self.flags.ravel(), minlength=256)
+        values = np.arange(256)
+        return {name: int(counts[(values & bit) != 0].sum()) for name, bit in FLAG_BITS.items()}
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration arrays for one SAMPLING_FACTOR, per band name (BLUE, GREEN, RED, METHANE)."""
+
+    sampling_factor: int
+    flat: Mapping[str, np.ndarray] = field(repr=False)          # float32 (rows, samples), mean 1
+    dark_columns: Mapping[str, np.ndarray] = field(repr=False)  # float32 (samples,), mean 1
+    blemish: Mapping[str, np.ndarray] = field(repr=False)       # bool (rows, samples)
+    known_hot: Mapping[str, np.ndarray] = field(repr=False)     # bool (rows, samples)
+    #: name -> sha256 of the files the arrays came from.
+    files: Mapping[str, str] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration files
+# ---------------------------------------------------------------------------------------
+
+
+def photoactive_columns(sampling_factor: int) -> slice:
+    """Columns of a product whose every summed CCD column is photoactive."""
+    first, last = PHOTOACTIVE_COLUMNS
+    sf = int(sampling_factor)
+    return slice(-(-first // sf), (last + 1) // sf)
+
+
+@lru_cache(maxsize=8)
+def _load_full_resolution() -> tuple[dict[str, np.ndarray], str, dict[str, Any]]:
+    ref = resources.files("junoproc") / "data" / CALIBRATION_FILE
+    try:
+        blob = ref.read_bytes()
+    except (FileNotFoundError, OSError) as err:
+        raise CalibrationError(
+            f"calibration file {CALIBRATION_FILE} is missing ({err})", path=str(ref),
+            hint="reinstall junoproc, or regenerate it with examples/derive_calibration.py",
+        ) from None
+    import io
+
+    with np.load(io.BytesIO(blob)) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    info = json.loads(arrays.pop("info_json").tobytes().decode())
+    return arrays, hashlib.sha256(blob).hexdigest(), info
+
+
+def _bin_mean(image: np.ndarray, sf: int) -> np.ndarray:
+    rows, cols = image.shape
+    return image.reshape(rows // sf, sf, cols // sf, sf).mean(axis=(1, 3))
+
+
+def _bin_any(mask: np.ndarray, sf: int) -> np.ndarray:
+    rows, cols = mask.shape
+    return mask.reshape(rows // sf, sf, cols // sf, sf).any(axis=(1, 3))
+
+
+@lru_cache(maxsize=8)
+def load_calibration(sampling_factor: int = 1) -> CalibrationSet:
+    """The shipped calibration, binned to ``sampling_factor`` (1, 2, 4, 8)."""
+    if sampling_factor not in (1, 2, 4, 8):
+        raise CalibrationError(f"SAMPLING_FACTOR {sampling_factor} is not 1, 2, 4 or 8",
+                               hint="the label is damaged")
+    arrays, sha, info = _load_full_resolution()
+    sf = int(sampling_factor)
+    shape = (FRAMELET_ROWS, CCD_SAMPLES)
+    flats, darks, blemish, hot = {}, {}, {}, {}
+    for band in RESPONSIVITY_DN_PER_S:
+        flat = arrays[f"flat_{band}"].astype(np.float32) / FLAT_SCALE
+        bl = np.unpackbits(arrays[f"blemish_{band}"])[: shape[0] * shape[1]].reshape(shape).astype(bool)
+        kh = np.unpackbits(arrays[f"hot_{band}"])[: shape[0] * shape[1]].reshape(shape).astype(bool)
+        dark = arrays[f"dark_columns_{band}"].astype(np.float32)
+        if sf > 1:
+            flat = _bin_mean(flat, sf).astype(np.float32)
+            bl, kh = _bin_any(bl, sf), _bin_any(kh, sf)
+            dark = dark.reshape(-1, sf).mean(axis=1).astype(np.float32)
+        for arr in (flat, bl, kh, dark):
+            arr.setflags(write=False)
+        flats[band], darks[band], blemish[band], hot[band] = flat, dark, bl, kh
+    return CalibrationSet(
+        sampling_factor=sf, flat=MappingProxyType(flats), dark_columns=MappingProxyType(darks),
+        blemish=MappingProxyType(blemish), known_hot=MappingProxyType(hot),
+        files=MappingProxyType({CALIBRATION_FILE: sha}), info=MappingProxyType(info),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Decompanding
+# ---------------------------------------------------------------------------------------
+
+
+def companding_table(mode: str, *, method: str = "centre", path: Any = None) -> np.ndarray:
+    """float32[256]: companded 8-bit value -> 12-bit DN for SAMPLE_BIT_MODE_ID ``mode``."""
+    if method not in DECOMPAND_METHODS:
+        raise CalibrationError(f"decompanding method {method!r} is not one of {DECOMPAND_METHODS}",
+                               path=path, hint="use 'centre' (default) or 'lower'")
+    return _companding_table(str(mode).strip().upper(), method, str(path) if path is not None else None)
+
+
+@lru_cache(maxsize=32)
+def _companding_table(mode: str, method: str, path: str | None) -> np.ndarray:
+    v = np.arange(256, dtype=np.float64)
+    if mode == "SQROOT":
+        lower = np.zeros(256)
+        step = np.ones(256)
+        for v0, dn0, s in SQROOT_SEGMENTS:
+            sel = v >= v0
+            lower[sel] = dn0 + (v[sel] - v0) * s
+            step[sel] = s
+    elif mode in LINEAR_MODES:
+        step = np.full(256, float(LINEAR_MODES[mode]))
+        lower = v * step
+    else:
+        raise UnsupportedBitModeError(
+            f"SAMPLE_BIT_MODE_ID {mode!r} has no decompanding table", path=path,
+            hint=f"junoproc knows SQROOT and {', '.join(LINEAR_MODES)}",
+        )
+    table = lower + (step - 1.0) / 2.0 if method == "centre" else lower
+    out = table.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def _require(cal: CalibratedImage, step: str, *, needs: tuple[str, ...] = ()) -> None:
+    if not isinstance(cal, CalibratedImage):
+        raise CalibrationError(f"{step} needs a CalibratedImage, got {type(cal).__name__}",
+                               hint="start with junoproc.calibrate(raw) or calibrate.decompand(raw)")
+    if step in cal.steps:
+        raise CalibrationError(
+            f"calibration step '{step}' was already applied (steps: {', '.join(cal.steps)})",
+            path=cal.raw_path, hint="apply each step once",
+        )
+    for need in needs:
+        if need not in cal.steps:
+            raise CalibrationError(f"calibration step '{step}' needs '{need}' first", path=cal.raw_path,
+                                   hint=f"run {need} before {step}")
+    order = STEPS.index(step)
+    later = [s for s in cal.steps if s in STEPS and STEPS.index(s) > order]
+    if later:
+        raise CalibrationError(f"calibration step '{step}' must come before {', '.join(later)}",
+                               path=cal.raw_path, hint="apply the steps in the order of calibrate.STEPS")
+
+
+def decompand(raw: RawImage, *, method: str = "centre") -> CalibratedImage:
+    """8-bit companded pixels -> DN (float32), with saturation and non-photoactive flags."""
+    if isinstance(raw, CalibratedImage):
+        raise CalibrationError("image is already calibrated (steps: " + ", ".join(raw.steps) + ")",
+                               path=raw.raw_path, hint="decompand the RawImage from junoproc.load")
+    if not isinstance(raw, RawImage):
+        raise CalibrationError(f"decompand needs a RawImage, got {type(raw).__name__}",
+                               hint="load the product with junoproc.load(path)")
+    meta = raw.meta
+    table = companding_table(meta.bit_mode, method=method, path=raw.raw_path or meta.metadata_path)
+    pixels = np.ascontiguousarray(raw.pixels)
+    data = cv2.LUT(pixels, table) if pixels.ndim == 2 else table[pixels]
+    shape4 = (meta.n_frames, meta.n_filters, meta.framelet_rows, meta.framelet_samples)
+    data = data.reshape(shape4)
+    _, saturated = cv2.threshold(pixels.reshape(-1, pixels.shape[-1]), SATURATION_RAW - 1, FLAG_SATURATED,
+                                 cv2.THRESH_BINARY)
+    flags = saturated.reshape(shape4)
+    cols = photoactive_columns(meta.sampling_factor)
+    flags[..., : cols.start] |= FLAG_NOT_PHOTOACTIVE
+    flags[..., cols.stop:] |= FLAG_NOT_PHOTOACTIVE
+    provenance = {
+        "decompand": {"bit_mode": meta.bit_mode, "method": method, "saturation_raw": SATURATION_RAW,
+                      "photoactive_columns": [cols.start, cols.stop - 1],
+                      "max_dn": float(table[-1])},
+    }
+    return CalibratedImage(meta=meta, data=data, valid=flags == 0, saturated=(flags & FLAG_SATURATED) != 0,
+                           steps=("decompand",), units="DN", provenance=MappingProxyType(provenance),
+                           raw_path=raw.raw_path, flags=flags, source=raw)
+
+
+def _flags(cal: CalibratedImage) -> np.ndarray:
+    assert cal.flags is not None  # __post_init__ fills it
+    return cal.flags
+
+
+def _with(cal: CalibratedImage, step: str, info: Mapping[str, Any], **changes: Any) -> CalibratedImage:
+    """The record after ``step``: provenance and steps extended, valid/saturated from the flags."""
+    provenance = dict(cal.provenance)
+    provenance[step] = info
+    flags = _flags(cal)
+    return replace(cal, steps=(*cal.steps, step), provenance=MappingProxyType(provenance),
+                   valid=flags == 0, saturated=(flags & FLAG_SATURATED) != 0, **changes)
+
+
+def _copy(cal: CalibratedImage) -> CalibratedImage:
+    """A record owning fresh copies of data and flags (so a step can work in place)."""
+    return replace(cal, data=cal.data.copy(), flags=_flags(cal).copy())
+
+
+def _calibration_for(cal: CalibratedImage, calibration: CalibrationSet | None) -> CalibrationSet:
+    cs = calibration if calibration is not None else load_calibration(cal.meta.sampling_factor)
+    if cs.sampling_factor != cal.meta.sampling_factor:
+        raise CalibrationError(
+            f"calibration is for SAMPLING_FACTOR {cs.sampling_factor}, image has {cal.meta.sampling_factor}",
+            path=cal.raw_path, hint="use load_calibration(meta.sampling_factor)",
+        )
+    return cs
+
+
+def _files(cs: CalibrationSet) -> dict[str, str]:
+    return dict(cs.files)
+
+
+# ---------------------------------------------------------------------------------------
+# Dark
+# ---------------------------------------------------------------------------------------
+
+#: Sky pixels for the dark fit: DN at or below this (companding is identity below 23 DN).
+SKY_MAX_DN = 12.0
+#: A column takes part in the dark fit with at least this many sky pixels.
+_MIN_SKY_PER_COLUMN = 32
+#: ... and the fit needs at least this fraction of the photoactive columns.
+_MIN_SKY_COLUMN_FRACTION = 0.25
+
+
+def _sky_column_sums(framelets: np.ndarray, flags: np.ndarray,
+                     sky_max_dn: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: how many valid pixels are <= sky_max_dn, and their sum.
+
+    ``framelets`` float32 and ``flags`` uint8, both (n, rows, samples).
+    """
+    count = np.zeros(framelets.shape[-1], np.float64)
+    total = np.zeros(framelets.shape[-1], np.float64)
+    for framelet, flag in zip(framelets, flags, strict=True):
+        _, below = cv2.threshold(framelet, sky_max_dn, 1.0, cv2.THRESH_BINARY_INV)
+        below[flag != 0] = 0.0
+        values = cv2.multiply(framelet, below)
+        count += cv2.reduce(below, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
+        total += cv2.reduce(values, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
+    return count, total
+
+
+def _dark_inplace(cal: CalibratedImage, cs: CalibrationSet, sky_max_dn: float) -> dict[str, Any]:
+    cols = photoactive_columns(cal.meta.sampling_factor)
+    out: dict[str, Any] = {
+        "model": "per-column mean of valid sky pixels; columns without sky: offset + scale * "
+                 "(PJ28 dark column profile - 1) fitted to the others",
+        "sky_max_dn": sky_max_dn, "min_sky_per_column": _MIN_SKY_PER_COLUMN, "files": _files(cs), "bands": {},
+    }
+    flags = _flags(cal)
+    for b, band in enumerate(cal.meta.filters):
+        count_all, total_all = _sky_column_sums(cal.data[:, b], flags[:, b], sky_max_dn)
+        count, total = count_all[cols], total_all[cols]
+        use = count >= _MIN_SKY_PER_COLUMN
+        n_cols = int(use.sum())
+        band_info: dict[str, Any] = {"sky_columns": n_cols, "columns": int(count.size),
+                                     "sky_pixels": int(count.sum())}
+        if n_cols < _MIN_SKY_COLUMN_FRACTION * count.size:
+            band_info.update(applied=False, reason="too few sky pixels to estimate the dark")
+            out["bands"][band] = band_info
+            continue
+        column_mean = np.zeros(count.size)
+        column_mean[use] = total[use] / count[use]
+        profile = cs.dark_columns[band][cols].astype(np.float64) - 1.0
+        weights = np.sqrt(count[use])
+        design = np.column_stack([np.ones(n_cols), profile[use]])
+        (offset, scale), *_ = np.linalg.lstsq(design * weights[:, None], column_mean[use] * weights,
+                                              rcond=None)
+        if not scale > 0:  # no usable pattern (METHANE has none): constant only
+            scale, offset = 0.0, float(np.average(column_mean[use], weights=count[use]))
+        dark = np.where(use, column_mean, offset + scale * profile)
+        dark_row = np.zeros(cal.data.shape[-1], np.float32)
+        dark_row[cols] = dark
+        cal.data[:, b] -= dark_row
+        band_info.update(applied=True, mean_dn=round(float(dark.mean()), 4),
+                         column_rms_dn=round(float(dark.std()), 4),
+                         fallback_offset_dn=round(float(offset), 4), fallback_scale_dn=round(float(scale), 4))
+        out["bands"][band] = band_info
+    return out
+
+
+def subtract_dark(cal: CalibratedImage, calibration: CalibrationSet | None = None, *,
+                  sky_max_dn: float = SKY_MAX_DN) -> CalibratedImage:
+    """Subtract the residual dark (see module doc); returns a new image."""
+    _require(cal, "dark", needs=("decompand",))
+    cs = _calibration_for(cal, calibration)
+    new = _copy(cal)
+    return _with(new, "dark", _dark_inplace(new, cs, sky_max_dn))
+
+
+# ---------------------------------------------------------------------------------------
+# Flat
+# ---------------------------------------------------------------------------------------
+
+
+def _flat_inplace(cal: CalibratedImage, cs: CalibrationSet) -> dict[str, Any]:
+    for b, band in enumerate(cal.meta.filters):
+        inverse = (1.0 / cs.flat[band]).astype(np.float32)
+        np.multiply(cal.data[:, b], inverse, out=cal.data[:, b])
+    return {"files": _files(cs), "normalisation": "mean 1 over the photoactive area, per band",
+            "methane": "radial vignetting model (no public METHANE flat)"
+            if "METHANE" in cal.meta.filters else None}
+
+
+def divide_flat(cal: CalibratedImage, calibration: CalibrationSet | None = None) -> CalibratedImage:
+    """Divide by the per-band flat (mean 1); returns a new image."""
+    _require(cal, "flat", needs=("decompand",))
+    cs = _calibration_for(cal, calibration)
+    new = _copy(cal)
+    return _with(new, "flat", _flat_inplace(new, cs))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad pixels
+# ---------------------------------------------------------------------------------------
+
+
+def _bad_pixels_inplace(cal: CalibratedImage, cs: CalibrationSet) -> dict[str, Any]:
+    counts = {}
+    for b, band in enumerate(cal.meta.filters):
+        bits = (cs.blemish[band].astype(np.uint8) * FLAG_BLEMISH) | (cs.known_hot[band].astype(np.uint8)
+                                                                      * FLAG_KNOWN_HOT)
+        _flags(cal)[:, b] |= bits
+        counts[band] = {"blemish_px": int(cs.blemish[band].sum()),
+                        "known_hot_px": int(cs.known_hot[band].sum())}
+    return {"files": _files(cs), "per_framelet": counts}
+
+
+def mask_bad_pixels(cal: CalibratedImage, calibration: CalibrationSet | None = None) -> CalibratedImage:
+    """Flag blemishes and known hot pixels invalid (values untouched); returns a new image."""
+    _require(cal, "bad_pixels", needs=("decompand",))
+    cs = _calibration_for(cal, calibration)
+    new = replace(cal, flags=_flags(cal).copy())
+    return _with(new, "bad_pixels", _bad_pixels_inplace(new, cs))
+
+
+# ---------------------------------------------------------------------------------------
+# Particle hits and hot pixels
+# ---------------------------------------------------------------------------------------
+
+#: Defaults of the hit detector (companded 8-bit units; see the module doc).
+HIT_K_SIGMA = 6.0
+HIT_MIN_EXCESS = 8
+HIT_MAX_PIXELS = 4
+HIT_SHARPNESS = 2.0
+#: A pixel flagged in at least this fraction of a band's frames is a hot pixel.
+HOT_FRACTION = 0.25
+
+
+def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_excess: int = HIT_MIN_EXCESS,
+                max_pixels: int = HIT_MAX_PIXELS, sharpness: float = HIT_SHARPNESS,
+                columns: slice | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Particle hits and hot pixels in companded uint8 framelets (n_frames, n_bands, rows, samples).
+
+    Returns (hits, hot, info): ``hits`` bool per pixel (compact, sharp spikes), ``hot`` bool
+    (n_bands, rows, samples): pixels spiking in >= HOT_FRACTION of a band's frames (at
+    least 3). No neighbourhood ever reaches into another framelet: medians are taken
+    framelet by framelet (edges replicated) and the 3x3/5x5 sums run on a stack with two
+    zero rows between framelets.
+    """
+    if framelets.dtype != np.uint8 or framelets.ndim != 4:
+        raise CalibrationError("hit detection needs uint8 framelets (n_frames, n_bands, rows, samples)")
+    n_frames, n_bands, rows, samples = framelets.shape
+    cols = columns if columns is not None else slice(0, samples)
+    pad = 2
+    # framelets and their 5x5 medians in a zero-padded stack (n_frames, n_bands, rows + pad, samples)
+    raw_p = np.zeros((n_frames, n_bands, rows + pad, samples), np.uint8)
+    med_p = np.zeros_like(raw_p)
+    raw_p[:, :, :rows] = framelets
+    for f in range(n_frames):
+        for b in range(n_bands):
+            cv2.medianBlur(raw_p[f, b, :rows], 5, dst=med_p[f, b, :rows])
+    raw2 = raw_p.reshape(-1, samples)
+    med2 = med_p.reshape(-1, samples)
+    # robust noise per band: MAD of (raw - median) over every third row of the photoactive area
+    deviation = cv2.absdiff(raw2, med2).reshape(raw_p.shape)
+    mad = np.empty(n_bands)
+    for b in range(n_bands):
+        hist = np.bincount(deviation[:, b, :rows:3, cols].ravel(), minlength=256)
+        mad[b] = np.searchsorted(np.cumsum(hist), hist.sum() / 2.0)
+    sigma = 1.4826 * np.maximum(mad, 1.0)
+    thresholds = np.maximum(np.ceil(k_sigma * sigma), min_excess).astype(np.uint8)
+    excess = cv2.subtract(raw2, med2)  # uint8, saturating at 0
+    excess4 = excess.reshape(raw_p.shape)
+    candidate4 = excess4 >= thresholds[None, :, None, None]
+    candidate4[..., : cols.start] = False
+    candidate4[..., cols.stop:] = False
+    candidate = candidate4.reshape(excess.shape)
+    # compact: at most max_pixels candidates in the 5x5 window
+    count = cv2.boxFilter(candidate.view(np.uint8), cv2.CV_16S, (5, 5), normalize=False,
+                          borderType=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(candidate & (count <= max_pixels))
+    # sharp: the other (non-candidate) 3x3 neighbours hold little of the excess
+    calm = excess.copy()
+    calm[candidate] = 0
+    around = cv2.boxFilter(calm, cv2.CV_16S, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    sharp = around[ys, xs] <= sharpness * excess[ys, xs].astype(np.float32)
+    hits_p = np.zeros(excess.shape, bool)
+    hits_p[ys[sharp], xs[sharp]] = True
+    hits = hits_p.reshape(raw_p.shape)[:, :, :rows]
+    repeats = candidate4[:, :, :rows].sum(axis=0, dtype=np.uint16)
+    min_count = max(3, math.ceil(HOT_FRACTION * n_frames))
+    hot = repeats >= min_count
+    info = {"mad_raw": mad.tolist(), "threshold_raw": thresholds.astype(int).tolist(), "k_sigma": k_sigma,
+            "min_excess_raw": min_excess, "max_pixels_5x5": max_pixels, "sharpness": sharpness,
+            "hot_min_frames": min_count, "candidates": int(candidate.sum())}
+    return hits, hot, info
+
+
+def _hits_inplace(cal: CalibratedImage, **kwargs: Any) -> dict[str, Any]:
+    if cal.source is None:
+        raise CalibrationError("particle-hit detection needs the raw image this was decompanded from",
+                               path=cal.raw_path, hint="calibrate a RawImage from junoproc.load")
+    cols = photoactive_columns(cal.meta.sampling_factor)
+    hits, hot, info = detect_hits(cal.source.framelets, columns=cols, **kwargs)
+    info["mad_raw"] = dict(zip(cal.meta.filters, info["mad_raw"], strict=True))
+    info["threshold_raw"] = dict(zip(cal.meta.filters, info["threshold_raw"], strict=True))
+    flags = _flags(cal)
+    flags[hits] |= FLAG_PARTICLE_HIT
+    flags |= (hot * np.uint8(FLAG_HOT))[None]
+    info.update(hits=int(hits.sum()),
+                hot_px={band: int(hot[b].sum()) for b, band in enumerate(cal.meta.filters)})
+    return info
+
+
+def flag_particle_hits(cal: CalibratedImage, **kwargs: Any) -> CalibratedImage:
+    """Flag particle hits and hot pixels invalid (values untouched); returns a new image.
+
+    Keyword arguments are those of :func:`detect_hits` (k_sigma, min_excess, max_pixels, sharpness).
+    """
+    _require(cal, "particle_hits", needs=("decompand",))
+    new = replace(cal, flags=_flags(cal).copy())
+    return _with(new, "particle_hits", _hits_inplace(new, **kwargs))
+
+
+def inpaint(cal: CalibratedImage, *, radius_px: float = 2.0) -> CalibratedImage:
+    """A copy with invalid photoactive pixels (not saturated ones) filled from their neighbours.
+
+    ``flags`` are kept, so ``valid`` still tells which values were invented.
+    """
+    if "inpaint" in cal.steps:
+        raise CalibrationError("calibration step 'inpaint' was already applied", path=cal.raw_path,
+                               hint="apply each step once")
+    cols = photoactive_columns(cal.meta.sampling_factor)
+    data = cal.data.copy()
+    flags = _flags(cal)
+    fill = (flags & ~np.uint8(FLAG_SATURATED | FLAG_NOT_PHOTOACTIVE)) != 0
+    fill &= (flags & FLAG_SATURATED) == 0
+    count = 0
+    for f in range(data.shape[0]):
+        for b in range(data.shape[1]):
+            mask = fill[f, b, :, cols]
+            if mask.any():
+                region = np.ascontiguousarray(data[f, b, :, cols])
+                data[f, b, :, cols] = cv2.inpaint(region, mask.astype(np.uint8), radius_px, cv2.INPAINT_TELEA)
+                count += int(mask.sum())
+    return _with(replace(cal, data=data), "inpaint", {"method": "cv2.INPAINT_TELEA", "radius_px": radius_px,
+                                                      "filled_px": count})
+
+
+# ---------------------------------------------------------------------------------------
+# Exposure, radiance, reflectance
+# ---------------------------------------------------------------------------------------
+
+
+def _exposure_inplace(cal: CalibratedImage) -> dict[str, Any]:
+    exposure = cal.meta.exposure_ms
+    if not (math.isfinite(exposure) and exposure > 0):
+        raise CalibrationError(f"EXPOSURE_DURATION {exposure} ms is not positive", path=cal.raw_path,
+                               hint="the label is damaged")
+    np.multiply(cal.data, np.float32(1.0 / exposure), out=cal.data)
+    return {"exposure_ms": exposure, "tdi_stages": cal.meta.tdi_stages,
+            "rule": "DN / EXPOSURE_DURATION; with TDI the label's exposure is already the total integration"}
+
+
+def normalise_exposure(cal: CalibratedImage) -> CalibratedImage:
+    """DN -> DN/ms (EXPOSURE_DURATION, which already includes TDI); returns a new image."""
+    _require(cal, "exposure", needs=("decompand",))
+    new = _copy(cal)
+    info = _exposure_inplace(new)
+    return _with(new, "exposure", info, units="DN/ms")
+
+
+def _radiance_inplace(cal: CalibratedImage) -> dict[str, Any]:
+    factors = {}
+    for b, band in enumerate(cal.meta.filters):
+        factor = 1000.0 / RESPONSIVITY_DN_PER_S[band]  # DN/ms -> DN/s -> W/m^2/sr
+        cal.data[:, b] *= np.float32(factor)
+        factors[band] = factor
+    return {"responsivity_dn_per_s_per_w_m2_sr": {b: RESPONSIVITY_DN_PER_S[b] for b in cal.meta.filters},
+            "source": "MSSS Junocam Calibration Report (2010), section 5.1", "factor_per_dn_per_ms": factors}
+
+
+def to_radiance(cal: CalibratedImage) -> CalibratedImage:
+    """DN/ms -> in-band radiance W/m^2/sr; returns a new image."""
+    _require(cal, "radiance", needs=("exposure",))
+    new = _copy(cal)
+    info = _radiance_inplace(new)
+    return _with(new, "radiance", info, units="W/m^2/sr")
+
+
+def _solar_distance(cal: CalibratedImage, solar_distance_km: float | None) -> float:
+    d = solar_distance_km if solar_distance_km is not None else cal.meta.solar_distance_km
+    if d is None or not (math.isfinite(d) and d > 0):
+        raise CalibrationError("no solar distance for I/F", path=cal.meta.metadata_path or cal.raw_path,
+                               hint="the label lacks SOLAR_DISTANCE; pass solar_distance_km=")
+    return float(d)
+
+
+def reflectance_factor(band: str, solar_distance_km: float) -> float:
+    """I/F per in-band radiance unit (W/m^2/sr) for ``band`` at ``solar_distance_km``."""
+    d_au = solar_distance_km / AU_KM
+    return math.pi * d_au * d_au / SOLAR_IRRADIANCE_1AU_W_M2[band.upper()]
+
+
+def _reflectance_inplace(cal: CalibratedImage, solar_distance_km: float) -> dict[str, Any]:
+    factors = {}
+    for b, band in enumerate(cal.meta.filters):
+        factors[band] = reflectance_factor(band, solar_distance_km)
+        cal.data[:, b] *= np.float32(factors[band])
+    return {"solar_distance_km": solar_distance_km, "solar_distance_au": solar_distance_km / AU_KM,
+            "solar_irradiance_1au_w_m2": {b: SOLAR_IRRADIANCE_1AU_W_M2[b] for b in cal.meta.filters},
+            "bandpass_nm": {b: list(BANDPASS_NM[b]) for b in cal.meta.filters},
+            "source": "ASTM E-490 AM0 spectrum over nominal band passes (approximate, see calibrate.py)",
+            "factor_per_radiance": factors}
+
+
+def to_reflectance(cal: CalibratedImage, *, solar_distance_km: float | None = None) -> CalibratedImage:
+    """In-band radiance -> I/F (solar distance from the label unless given); returns a new image."""
+    _require(cal, "reflectance", needs=("radiance",))
+    d = _solar_distance(cal, solar_distance_km)
+    new = _copy(cal)
+    info = _reflectance_inplace(new, d)
+    return _with(new, "reflectance", info, units="I/F")
+
+
+# ---------------------------------------------------------------------------------------
+# The whole chain
+# ---------------------------------------------------------------------------------------
+
+
+def calibrate(raw: RawImage, *, units: str = "DN/ms", dark: bool = True, flat: bool = True,
+              bad_pixels: bool = True, particle_hits: bool = True, decompand_method: str = "centre",
+              calibration: CalibrationSet | None = None, solar_distance_km: float | None = None,
+              sky_max_dn: float = SKY_MAX_DN,
+              hit_options: Mapping[str, Any] | None = None) -> CalibratedImage:
+    """Raw product -> calibrated framelets in ``units`` ("DN", "DN/ms", "W/m^2/sr" or "I/F").
+
+    Runs the steps of :data:`STEPS` in order on one working copy (no per-step copies).
+    ``calibrate`` on an already calibrated image raises :class:`CalibrationError`.
+    """
+    if isinstance(raw, CalibratedImage):
+        raise CalibrationError("image is already calibrated (steps: " + ", ".join(raw.steps) + ")",
+                               path=raw.raw_path, hint="calibrate the RawImage from junoproc.load once")
+    if units not in UNITS:
+        raise CalibrationError(f"units {units!r} is not one of {UNITS}", hint="pick one of those")
+    cal = decompand(raw, method=decompand_method)
+    if not (dark or flat or bad_pixels or particle_hits) and units == "DN":
+        return cal
+    cs = calibration if calibration is not None else None
+    if dark or flat or bad_pixels:
+        cs = _calibration_for(cal, calibration)
+    provenance = dict(cal.provenance)
+    steps = list(cal.steps)
+    work = cal  # decompand made fresh arrays: safe to modify in place from here on
+    if bad_pixels:
+        assert cs is not None
+        provenance["bad_pixels"] = _bad_pixels_inplace(work, cs)
+        steps.append("bad_pixels")
+    if particle_hits:
+        provenance["particle_hits"] = _hits_inplace(work, **dict(hit_options or {}))
+        steps.append("particle_hits")
+    if dark:
+        assert cs is not None
+        provenance["dark"] = _dark_inplace(work, cs, sky_max_dn)
+        steps.append("dark")
+    if flat:
+        assert cs is not None
+        provenance["flat"] = _flat_inplace(work, cs)
+        steps.append("flat")
+    out_units = "DN"
+    if units != "DN":
+        provenance["exposure"] = _exposure_inplace(work)
+        steps.append("exposure")
+        out_units = "DN/ms"
+    if units in ("W/m^2/sr", "I/F"):
+        provenance["radiance"] = _radiance_inplace(work)
+        steps.append("radiance")
+        out_units = "W/m^2/sr"
+    if units == "I/F":
+        provenance["reflectance"] = _reflectance_inplace(work, _solar_distance(work, solar_distance_km))
+        steps.append("reflectance")
+        out_units = "I/F"
+    flags = _flags(work)
+    return replace(work, steps=tuple(steps), units=out_units, provenance=MappingProxyType(provenance),
+                   valid=flags == 0, saturated=(flags & FLAG_SATURATED) != 0)
