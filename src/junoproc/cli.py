@@ -177,5 +177,43 @@ def kernels_fetch_cmd(path: str | None, kernels_dir: str | None, ck: bool, dry_r
         sys.exit(1)
 
 
+# --- simulate ---
+@main.command("simulate")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["jupiter", "io", "europa", "ganymede", "callisto"],
+                                            case_sensitive=False), default="jupiter", show_default=True)
+@click.option("--altitude", "altitude_km", type=click.FloatRange(min=1.0), default=None,
+              help="Altitude above the target (km) [86000 for Jupiter, 30000 for moons].")
+@click.option("--frames", "n_frames", type=click.IntRange(1, 200), default=None,
+              help="Number of frames [22 for Jupiter, 14 for moons].")
+@click.option("--filters", default="BLUE,GREEN,RED", show_default=True,
+              help="FILTER_NAME, comma-separated, in readout order (e.g. METHANE).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-ck", is_flag=True, help="Do not write the CK (the truth keeps the attitude).")
+@click.option("--time-offset-ms", type=float, default=0.0, show_default=True,
+              help="True frame times = label timing + this offset.")
+@click.option("--jupitershine", is_flag=True, help="Moons: light from Jupiter on the night side.")
+@click.option("--kernels", "kernels_dir", default=None, type=click.Path(),
+              help="Folder with the generic text kernels (LSK, PCK, FK, IK, SCLK) to copy.")
+def simulate_cmd(out: str, target: str, altitude_km: float | None, n_frames: int | None, filters: str,
+                 seed: int, no_ck: bool, time_offset_ms: float, jupitershine: bool,
+                 kernels_dir: str | None) -> None:
+    """Write a synthetic raw product, its kernels and its truth into OUT."""
+    from .simulate import simulate
+
+    product = simulate(
+        out, target=target, altitude_km=altitude_km, n_frames=n_frames,
+        filters=tuple(f for f in filters.split(",") if f.strip()), seed=seed, write_ck=not no_ck,
+        time_offset_s=time_offset_ms * 1e-3, kernel_dir=kernels_dir, jupitershine=jupitershine,
+    )
+    click.echo(f"product:  {product.raw_path}")
+    click.echo(f"metadata: {product.metadata_path}")
+    notes = (" (synthetic text kernels)" if product.synthetic_kernels else "") + (
+        "" if product.wrote_ck else " (no CK)")
+    click.echo(f"kernels:  {product.kernel_dir}{notes}")
+    click.echo(f"truth:    {product.truth_dir / 'truth.json'}")
+    click.echo(f"{product.n_frames} frames x {len(product.filters)} filters in {product.elapsed_s:.1f} s")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

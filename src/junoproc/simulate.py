@@ -89,8 +89,6 @@ _SSB_ID = 0
 _SUN_ID = 10
 _JUPITER_ID = 599
 
-#: SQROOT decompanding knots from docs/junocam.md: (8-bit value, 12-bit DN), piecewise linear.
-_SQROOT_KNOTS = ((0, 0), (23, 23), (43, 63), (89, 247), (184, 1007), (209, 1407), (255, 2879))
 
 
 class SimulationError(JunoprocError):
@@ -101,40 +99,27 @@ class SimulationError(JunoprocError):
 # companding
 # ---------------------------------------------------------------------------------------
 def decompand_sqroot_table() -> np.ndarray:
-    """The SQROOT table: 8-bit value (index 0..255) -> 12-bit DN (float64, 256 entries).
+    """The SQROOT table: 8-bit value (index 0..255) -> lower 12-bit DN of its bin (256 entries).
 
-    Taken from :mod:`junoproc.calibrate` when it provides one (one table in the project),
-    otherwise built from the knots in docs/junocam.md.
+    The one table of the project, :func:`junoproc.calibrate.companding_table` (``method="lower"``).
     """
-    try:  # pragma: no cover - depends on the calibrate module's progress
-        from . import calibrate  # type: ignore[attr-defined]
+    from .calibrate import companding_table
 
-        for name in ("SQROOT_TABLE", "SQROOT", "sqroot_table"):
-            table = getattr(calibrate, name, None)
-            if callable(table):
-                table = table()
-            if table is not None and len(table) == 256:
-                return np.asarray(table, dtype=np.float64)
-    except ImportError:
-        pass
-    v = np.arange(256, dtype=np.float64)
-    knots_v, knots_dn = zip(*_SQROOT_KNOTS, strict=True)
-    return np.interp(v, knots_v, knots_dn)
+    return np.asarray(companding_table("SQROOT", method="lower"), dtype=np.float64)
 
 
 def compand_sqroot(dn: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
-    """12-bit DN (any float array) -> 8-bit SQROOT values: the value whose DN is nearest.
+    """12-bit DN (float array) -> 8-bit SQROOT values, as the flight software quantises.
 
-    Saturates at 255 (DN >= 2879) and clips negative DN to 0.
+    The DN is rounded to an integer (the ADC), then truncated into its bin: the largest
+    ``v`` with ``table[v] <= DN`` (so ``calibrate``'s bin centre is unbiased). Negative DN
+    give 0; DN at or above the top of the table saturate at 255.
     """
     table = decompand_sqroot_table() if table is None else np.asarray(table, dtype=np.float64)
-    midpoints = 0.5 * (table[1:] + table[:-1])
-    # lookup on a 1/4-DN grid: exact except within 1/8 DN of a decision boundary
-    top = int(math.ceil(table[-1])) + 1
-    grid = np.arange(0, top * 4 + 1) / 4.0
-    lut = np.clip(np.searchsorted(midpoints, grid, side="right"), 0, 255).astype(np.uint8)
-    index = np.clip(np.rint(np.asarray(dn, dtype=np.float32) * 4.0), 0, top * 4)
-    return lut[index.astype(np.int32)]
+    top = int(table[-1])
+    lut = (np.searchsorted(table, np.arange(top + 1), side="right") - 1).astype(np.uint8)
+    index = np.clip(np.rint(np.asarray(dn, dtype=np.float32)), 0, top).astype(np.int32)
+    return lut[index]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1022,7 +1007,8 @@ def simulate(
         "radiometry": {"full_well_dn_reflectance_1": full_well_dn, "band_response": band_response,
                        "exposure_scale": exposure_scale,
                        "dn_per_reflectance": dict(zip(filters, scale.tolist(), strict=True)),
-                       "companding": "SQROOT, nearest 8-bit value, saturating at 255",
+                       "companding": "SQROOT (calibrate's table): DN rounded, truncated into its bin, "
+                                     "255 at >= 2879 DN",
                        "dark_columns_zero_signal": [first, last]},
         "noise": {"enabled": noise, "gain_e_per_dn": gain_e_per_dn, "read_noise_dn": read_noise_dn,
                   "hot_pixels": hot, "particle_hits": hits},
