@@ -33,6 +33,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -706,10 +707,10 @@ def _loaded_kernels() -> list[str]:
 
 @contextlib.contextmanager
 def _furnish_paths(paths: Sequence[Path]) -> Iterator[None]:
-    """furnsh ``paths`` in order; on exit unload exactly those (and only those).
+    """furnsh ``paths`` in order; on exit unload exactly those loads (and only those).
 
-    A file that was already loaded before entry is loaded again on exit, so the pool holds
-    the same files afterwards (its priority may move to the end of its kind).
+    SPICE counts each furnsh of a file (text or binary) and ``unload`` removes one of them,
+    so a file the caller had loaded already stays loaded after the block.
     """
     names: list[str] = []
     for p in paths:
@@ -719,7 +720,7 @@ def _furnish_paths(paths: Sequence[Path]) -> Iterator[None]:
                               hint="move the kernels to a shorter folder")
         if name not in names:
             names.append(name)
-    before = set(_loaded_kernels())
+    before = Counter(_loaded_kernels())
     loaded: list[str] = []
     try:
         for name in names:
@@ -728,11 +729,17 @@ def _furnish_paths(paths: Sequence[Path]) -> Iterator[None]:
             loaded.append(name)
         yield
     finally:
-        for name in reversed(loaded):
-            with contextlib.suppress(SpiceyError):
-                sp.unload(name)
-        for name in loaded:
-            if name in before:
+        if not before and Counter(_loaded_kernels()) == Counter(loaded):
+            # The pool held nothing else: one kclear instead of unloads (each text kernel
+            # unload makes SPICE re-read every remaining text kernel).
+            sp.kclear()
+        else:
+            for name in reversed(loaded):
+                with contextlib.suppress(SpiceyError):
+                    sp.unload(name)
+        now = Counter(_loaded_kernels())
+        for name in loaded:  # safety net: never leave the caller with fewer loads than before
+            for _ in range(before[name] - now[name]):
                 with contextlib.suppress(SpiceyError):
                     sp.furnsh(name)
 
