@@ -1,0 +1,178 @@
+"""The simulator: products that load, kernels that round-trip, timing offsets that show."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spiceypy
+from click.testing import CliRunner
+
+from junoproc.camera import FrameTiming
+from junoproc.cli import main
+from junoproc.geometry import CkAttitude, frame_state, image_geometry, intersect_rays
+from junoproc.products import parse_metadata
+from junoproc.simulate import SpinAttitude, compand_sqroot, decompand_sqroot_table, simulate
+
+
+@pytest.fixture(scope="module")
+def jupiter_rgb(tmp_path_factory, kernel_dir):
+    """A full 22-frame RGB Jupiter product (the benchmark case), made once."""
+    out = tmp_path_factory.mktemp("sim_jupiter")
+    t0 = time.perf_counter()
+    product = simulate(out, kernel_dir=kernel_dir, seed=3)
+    wall = time.perf_counter() - t0
+    print(f"\nbenchmark: simulate 22-frame RGB Jupiter product: {wall:.2f} s wall")
+    return product, wall
+
+
+@pytest.fixture(scope="module")
+def offset_product(tmp_path_factory, kernel_dir):
+    out = tmp_path_factory.mktemp("sim_offset")
+    return simulate(out, kernel_dir=kernel_dir, n_frames=8, texture_width=2048, time_offset_s=0.030,
+                    noise=False, seed=5)
+
+
+def _load_meta(product):
+    return parse_metadata(json.loads(product.metadata_path.read_text()), path=product.metadata_path)
+
+
+def _pixel_errors(product, timing_offset_s: float, step: int = 4) -> np.ndarray:
+    """Truth (analytic spin) surface points -> px through the written kernels (CK + label timing)."""
+    meta = _load_meta(product)
+    spiceypy.kclear()
+    try:
+        for path in product.kernel_files:
+            spiceypy.furnsh(str(path))
+        timing = FrameTiming.for_product(meta).with_offsets(timing_offset_s, 0.0)
+        geo = image_geometry(meta, CkAttitude(), timing=timing)
+        yy, xx = np.mgrid[0:128:step, 0:1648:step] + 0.5
+        errors = []
+        for f in range(meta.n_frames):
+            et = product.frame_ets[f]
+            state = frame_state(geo.target, et)
+            for band in meta.filters:
+                rays = geo.cameras[band].framelet_rays_cam[::step, ::step]
+                pts = intersect_rays(state, product.attitude.rot_j2000_to_cam(et), rays, geo.target)
+                if pts.hit.any():
+                    x, y = geo.surface_to_px(f, band, pts.pos_body_km[pts.hit])
+                    errors.append(np.hypot(x - xx[pts.hit], y - yy[pts.hit]))
+        return np.concatenate(errors)
+    finally:
+        spiceypy.kclear()
+
+
+def test_sqroot_compander_inverts_calibrate_table():
+    table = decompand_sqroot_table()
+    assert table[255] == 2879 and table[23] == 23 and table[43] == 63
+    dn = np.arange(0, 3100, dtype=np.float64)
+    v = compand_sqroot(dn)
+    assert v[2879] == 255 and v[3099] == 255 and v[0] == 0
+    assert np.all(table[v] <= np.minimum(dn, 2879))  # truncation into the bin
+    assert np.array_equal(compand_sqroot(table), np.arange(256))  # every bin's lower edge maps home
+
+
+def test_spin_attitude_is_a_rotation_about_its_axis():
+    att = SpinAttitude(axis_ra_deg=30.0, axis_dec_deg=-10.0, phase_deg=5.0, rate_deg_s=12.0, ref_et=100.0)
+    r0, r1 = att.rot_j2000_to_spacecraft(100.0), att.rot_j2000_to_spacecraft(101.0)
+    assert np.allclose(r0 @ r0.T, np.eye(3), atol=1e-12)
+    assert np.allclose(r0[2], att.axis_j2000)
+    angle = np.degrees(np.arccos((np.trace(r1 @ r0.T) - 1) / 2))
+    assert angle == pytest.approx(12.0, abs=1e-9)
+
+
+def test_product_layout_and_metadata(jupiter_rgb):
+    product, _ = jupiter_rgb
+    assert product.raw_path.parent.name == "ImageSet"
+    assert product.raw_path.parent.parent.name.endswith("-ImageSet")
+    assert product.metadata_path.name.endswith("-Metadata.json")
+    label = json.loads(product.metadata_path.read_text())
+    assert label["INTERFRAME_DELAY"].endswith(" <s>") and label["EXPOSURE_DURATION"] == "3.200000 <ms>"
+    assert label["SAMPLE_BIT_MODE_ID"] == "SQROOT" and label["SAMPLING_FACTOR"] == 1
+    meta = _load_meta(product)
+    assert meta.filters == ("BLUE", "GREEN", "RED")
+    assert meta.n_frames == 22 and meta.lines == 22 * 3 * 128 and meta.target == "JUPITER"
+    import cv2
+
+    raw = cv2.imread(str(product.raw_path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint8 and raw.shape == (meta.lines, 1648)
+    framelets = raw.reshape(22, 3, 128, 1648)
+    lit = (framelets > 40).mean(axis=(2, 3))
+    assert lit.max() > 0.5  # the planet fills framelets mid-image
+    assert lit[0].max() < lit[11].max()  # ... and enters/leaves the strip
+    assert np.median(framelets[..., :23]) < 3  # dark columns carry only noise
+    truth = json.loads((product.truth_dir / "truth.json").read_text())
+    assert truth["timing"]["time_offset_s"] == 0.0 and truth["kernels"]["ck_written"]
+    assert truth["spin"]["rate_deg_s"] == 12.0
+    assert (product.truth_dir / truth["texture"]["files"]["GREEN"]).is_file()
+    assert len(truth["noise"]["hot_pixels"]) == 6 and len(truth["noise"]["particle_hits"]) == 12
+
+
+def test_simulates_22_frame_rgb_quickly(jupiter_rgb):
+    _, wall = jupiter_rgb
+    # Brief: < 10 s. Measured ~6-9 s on an idle 2-core box; shared CI boxes get slack.
+    assert wall < 30.0
+
+
+def test_round_trip_through_written_kernels(jupiter_rgb):
+    product, _ = jupiter_rgb
+    err = _pixel_errors(product, 0.0, step=6)
+    print(f"\nround trip: {err.size} px, max {err.max():.2e} px, median {np.median(err):.2e} px")
+    assert err.size > 50_000
+    assert err.max() < 0.01
+
+
+def test_time_offset_shows_and_is_recovered(offset_product):
+    label_err = _pixel_errors(offset_product, 0.0)
+    fixed_err = _pixel_errors(offset_product, 0.030)
+    print(f"\n30 ms offset: label timing median {np.median(label_err):.2f} px; "
+          f"with_offsets(0.030) max {fixed_err.max():.2e} px")
+    expected_px = 12.0 * 0.030 / np.degrees(0.0074 / 10.95637)  # spin x dt / IFOV
+    assert np.median(label_err) == pytest.approx(expected_px, rel=0.15)
+    assert fixed_err.max() < 0.01
+
+
+def test_methane_only_and_no_ck(tmp_path, kernel_dir):
+    product = simulate(tmp_path, kernel_dir=kernel_dir, filters=("METHANE",), n_frames=4, write_ck=False,
+                       texture_width=1024, noise=False)
+    meta = _load_meta(product)
+    assert meta.filters == ("METHANE",) and meta.lines == 4 * 128 and meta.sampling_factor == 1
+    assert "M" in product.product_id.split("_")[2]
+    assert not list((tmp_path / "kernels").rglob("*.bc"))
+    truth = json.loads((product.truth_dir / "truth.json").read_text())
+    assert truth["kernels"]["ck_written"] is False and "axis_ra_deg" in truth["spin"]
+
+
+def test_moon_with_jupitershine(tmp_path, kernel_dir):
+    common = dict(target="io", kernel_dir=kernel_dir, n_frames=10, noise=False, n_hot_pixels=0,
+                  n_particle_hits=0, texture_width=1024, filters=("GREEN",))
+    dark = simulate(tmp_path / "dark", **common)
+    shine = simulate(tmp_path / "shine", jupitershine=True, **common)
+    import cv2
+
+    a = cv2.imread(str(dark.raw_path), cv2.IMREAD_UNCHANGED).astype(int)
+    b = cv2.imread(str(shine.raw_path), cv2.IMREAD_UNCHANGED).astype(int)
+    assert (a > 30).sum() > 2000  # the sunlit disc is there
+    night = (a == 0) & (b > 0)
+    print(f"\njupitershine: {night.sum()} night-side px lit, mean raw {b[night].mean():.1f}")
+    assert night.sum() > 300
+    assert b[night].mean() < 0.1 * a[a > 30].mean()  # faint
+    truth = json.loads((shine.truth_dir / "truth.json").read_text())
+    assert truth["illumination"]["jupitershine_fraction"] > 0
+
+
+def test_cli_simulate_and_bad_options(tmp_path, kernel_dir):
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", str(tmp_path / "cli"), "--target", "europa", "--frames", "3",
+                                  "--filters", "RED", "--time-offset-ms", "10", "--kernels", str(kernel_dir)])
+    assert result.exit_code == 0, result.output
+    assert "product:" in result.output and Path(result.output.split()[1]).is_file()
+    bad = runner.invoke(main, ["simulate", str(tmp_path / "bad"), "--filters", "BLUE,UV"])
+    assert bad.exit_code != 0
+    assert "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert "UV" in bad.output
+    missing = runner.invoke(main, ["simulate", str(tmp_path / "bad2"), "--kernels", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and len(missing.output.strip().splitlines()) == 1
