@@ -621,6 +621,11 @@ def _initial_spin(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray,
             phase0 = math.atan2(bj[1], bj[0]) - az_spin
             ra, dec = _vec_to_radec(axis)
             starts.append(np.array([ra, dec, phase0, rate]))
+    for a in prior_axes:  # the priors themselves, any phase, typical rates
+        ra, dec = _vec_to_radec(a)
+        for rate_deg in (11.7, 11.85, 12.0):
+            for phase_deg in range(0, 360, 10):
+                starts.append(np.array([ra, dec, math.radians(phase_deg), math.radians(rate_deg)]))
     return starts
 
 
@@ -733,18 +738,25 @@ def solve_pointing(
                    for c, s3 in chosen):
                 continue
             chosen.append((ax, starts[i][3]))
-            if len(chosen) > 6:
+            if len(chosen) > 10:
                 break
             res = optimize.least_squares(fun_sub, starts[i], loss="soft_l1", f_scale=2.0,
                                          x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5]), max_nfev=100)
             refined.append((_robust_cost(fun_sub(res.x), 1.0), res.x))
         refined.sort(key=lambda cr: cr[0])
+        if priors:  # Juno's +Z (HGA) faces Earth: among equally good fits, the Earth side
+            best_cost = refined[0][0]
+            earth_side = [cr for cr in refined if cr[0] < 1.2 * best_cost
+                          and float(_radec_to_vec(cr[1][0], cr[1][1]) @ priors[0]) > 0]
+            if earth_side:
+                refined = earth_side + [cr for cr in refined if not any(cr is e for e in earth_side)]
         x0 = refined[0][1]
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
+            m = replace(model, obs_scaled=model.obs_scaled * (1.0 + x[4]))
+            return m.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
 
-        x, inl, res = _fit_robust(fun, x0, n, x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5]))
+        x, inl, res = _fit_robust(fun, np.r_[x0, 0.0], n, x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-4]))
         # other local minima at comparable cost with a different axis: ambiguous
         axis = _radec_to_vec(x[0], x[1])
         for cost, xr in refined[1:]:
@@ -755,7 +767,10 @@ def solve_pointing(
         attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, sc_to_cam)
         timing_fit = timing0
         fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
-        names = ("ra", "dec", "phase0", "rate")
+        names = ("ra", "dec", "phase0", "rate", "range_scale")
+        range_km = float(np.linalg.norm(st.target_pos_j2000_km))
+        notes.append(f"limb-size nuisance parameter: {x[4] * range_km:+.1f} km equivalent range change "
+                     "(absorbs edge-location bias and SPK range error; not a trajectory fix)")
         method = "spin"
     else:
         base = np.stack([ck.rot_j2000_to_cam(float(et)) for et in ets])  # checks coverage
@@ -790,7 +805,8 @@ def solve_pointing(
         sd = np.full(len(x), np.nan)
     if method == "spin":
         sigma = {"spin_axis_deg": math.degrees(math.hypot(sd[0] * math.cos(x[1]), sd[1])),
-                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
+                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3]),
+                 "range_km": float(sd[4]) * float(np.linalg.norm(states[n_frames // 2].target_pos_j2000_km))}
         axis_sigma = sigma["spin_axis_deg"]
     else:
         sigma = {k: float(v) for k, v in zip(names, sd)}
