@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -338,34 +339,39 @@ def _require(cal: CalibratedImage, step: str, *, needs: tuple[str, ...] = ()) ->
                                path=cal.raw_path, hint="apply the steps in the order of calibrate.STEPS")
 
 
-def decompand(raw: RawImage, *, method: str = "centre") -> CalibratedImage:
-    """8-bit companded pixels -> DN (float32), with saturation and non-photoactive flags."""
+def _decompand_arrays(raw: RawImage, method: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(data float32 DN, flags uint8, provenance) of a raw image, both (frames, filters, rows, samples)."""
     if isinstance(raw, CalibratedImage):
         raise CalibrationError("image is already calibrated (steps: " + ", ".join(raw.steps) + ")",
-                               path=raw.raw_path, hint="decompand the RawImage from junoproc.load")
+                               path=raw.raw_path, hint="calibrate the RawImage from junoproc.load once")
     if not isinstance(raw, RawImage):
-        raise CalibrationError(f"decompand needs a RawImage, got {type(raw).__name__}",
+        raise CalibrationError(f"calibration needs a RawImage, got {type(raw).__name__}",
                                hint="load the product with junoproc.load(path)")
     meta = raw.meta
     table = companding_table(meta.bit_mode, method=method, path=raw.raw_path or meta.metadata_path)
-    pixels = np.ascontiguousarray(raw.pixels)
-    data = cv2.LUT(pixels, table) if pixels.ndim == 2 else table[pixels]
     shape4 = (meta.n_frames, meta.n_filters, meta.framelet_rows, meta.framelet_samples)
-    data = data.reshape(shape4)
-    _, saturated = cv2.threshold(pixels.reshape(-1, pixels.shape[-1]), SATURATION_RAW - 1, FLAG_SATURATED,
-                                 cv2.THRESH_BINARY)
+    pixels = np.ascontiguousarray(raw.pixels).reshape(-1, meta.framelet_samples)
+    if pixels.size != math.prod(shape4):
+        raise CalibrationError(f"raw image {raw.pixels.shape} does not hold {shape4} framelets",
+                               path=raw.raw_path, hint="load it with junoproc.load (which checks LINES)")
+    data = cv2.LUT(pixels, table).reshape(shape4)
+    _, saturated = cv2.threshold(pixels, SATURATION_RAW - 1, FLAG_SATURATED, cv2.THRESH_BINARY)
     flags = saturated.reshape(shape4)
     cols = photoactive_columns(meta.sampling_factor)
     flags[..., : cols.start] |= FLAG_NOT_PHOTOACTIVE
     flags[..., cols.stop:] |= FLAG_NOT_PHOTOACTIVE
-    provenance = {
-        "decompand": {"bit_mode": meta.bit_mode, "method": method, "saturation_raw": SATURATION_RAW,
-                      "photoactive_columns": [cols.start, cols.stop - 1],
-                      "max_dn": float(table[-1])},
-    }
-    return CalibratedImage(meta=meta, data=data, valid=flags == 0, saturated=(flags & FLAG_SATURATED) != 0,
-                           steps=("decompand",), units="DN", provenance=MappingProxyType(provenance),
-                           raw_path=raw.raw_path, flags=flags, source=raw)
+    info = {"bit_mode": meta.bit_mode, "method": method, "saturation_raw": SATURATION_RAW,
+            "photoactive_columns": [cols.start, cols.stop - 1], "max_dn": float(table[-1])}
+    return data, flags, info
+
+
+def decompand(raw: RawImage, *, method: str = "centre") -> CalibratedImage:
+    """8-bit companded pixels -> DN (float32), with saturation and non-photoactive flags."""
+    data, flags, info = _decompand_arrays(raw, method)
+    return CalibratedImage(meta=raw.meta, data=data, valid=flags == 0,
+                           saturated=(flags & FLAG_SATURATED) != 0, steps=("decompand",), units="DN",
+                           provenance=MappingProxyType({"decompand": info}), raw_path=raw.raw_path,
+                           flags=flags, source=raw)
 
 
 def _flags(cal: CalibratedImage) -> np.ndarray:
@@ -387,14 +393,19 @@ def _copy(cal: CalibratedImage) -> CalibratedImage:
     return replace(cal, data=cal.data.copy(), flags=_flags(cal).copy())
 
 
-def _calibration_for(cal: CalibratedImage, calibration: CalibrationSet | None) -> CalibrationSet:
-    cs = calibration if calibration is not None else load_calibration(cal.meta.sampling_factor)
-    if cs.sampling_factor != cal.meta.sampling_factor:
+def _calibration_for_meta(meta: ProductMeta, where: str,
+                          calibration: CalibrationSet | None) -> CalibrationSet:
+    cs = calibration if calibration is not None else load_calibration(meta.sampling_factor)
+    if cs.sampling_factor != meta.sampling_factor:
         raise CalibrationError(
-            f"calibration is for SAMPLING_FACTOR {cs.sampling_factor}, image has {cal.meta.sampling_factor}",
-            path=cal.raw_path, hint="use load_calibration(meta.sampling_factor)",
+            f"calibration is for SAMPLING_FACTOR {cs.sampling_factor}, image has {meta.sampling_factor}",
+            path=where, hint="use load_calibration(meta.sampling_factor)",
         )
     return cs
+
+
+def _calibration_for(cal: CalibratedImage, calibration: CalibrationSet | None) -> CalibrationSet:
+    return _calibration_for_meta(cal.meta, cal.raw_path, calibration)
 
 
 def _files(cs: CalibrationSet) -> dict[str, str]:
@@ -537,6 +548,24 @@ HIT_SHARPNESS = 2.0
 HOT_FRACTION = 0.25
 
 
+def _neighbour_sum(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, rows: int, radius: int,
+                   *, include_centre: bool) -> np.ndarray:
+    """Sum of ``image`` (a stack of framelets as 2-D, ``rows`` rows each) over the
+    (2 radius + 1)^2 window around each point, never crossing a framelet's edge."""
+    total = np.zeros(ys.shape, np.int32)
+    row_in_framelet = ys % rows
+    height, width = image.shape
+    for dy in range(-radius, radius + 1):
+        y_ok = (row_in_framelet + dy >= 0) & (row_in_framelet + dy < rows)
+        yy = np.clip(ys + dy, 0, height - 1)
+        for dx in range(-radius, radius + 1):
+            if dx == 0 and dy == 0 and not include_centre:
+                continue
+            ok = y_ok & (xs + dx >= 0) & (xs + dx < width)
+            total += np.where(ok, image[yy, np.clip(xs + dx, 0, width - 1)], 0)
+    return total
+
+
 def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_excess: int = HIT_MIN_EXCESS,
                 max_pixels: int = HIT_MAX_PIXELS, sharpness: float = HIT_SHARPNESS,
                 columns: slice | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -544,56 +573,60 @@ def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_exce
 
     Returns (hits, hot, info): ``hits`` bool per pixel (compact, sharp spikes), ``hot`` bool
     (n_bands, rows, samples): pixels spiking in >= HOT_FRACTION of a band's frames (at
-    least 3). No neighbourhood ever reaches into another framelet: medians are taken
-    framelet by framelet (edges replicated) and the 3x3/5x5 sums run on a stack with two
-    zero rows between framelets.
+    least 3). No neighbourhood reaches into another framelet: medians are taken framelet
+    by framelet (edges replicated), and the 5x5 / 3x3 sums around the (sparse)
+    candidates skip pixels outside the candidate's framelet.
     """
     if framelets.dtype != np.uint8 or framelets.ndim != 4:
         raise CalibrationError("hit detection needs uint8 framelets (n_frames, n_bands, rows, samples)")
     n_frames, n_bands, rows, samples = framelets.shape
     cols = columns if columns is not None else slice(0, samples)
-    pad = 2
-    # framelets and their 5x5 medians in a zero-padded stack (n_frames, n_bands, rows + pad, samples)
-    raw_p = np.zeros((n_frames, n_bands, rows + pad, samples), np.uint8)
-    med_p = np.zeros_like(raw_p)
-    raw_p[:, :, :rows] = framelets
-    for f in range(n_frames):
-        for b in range(n_bands):
-            cv2.medianBlur(raw_p[f, b, :rows], 5, dst=med_p[f, b, :rows])
-    raw2 = raw_p.reshape(-1, samples)
-    med2 = med_p.reshape(-1, samples)
-    # robust noise per band: MAD of (raw - median) over every third row of the photoactive area
-    deviation = cv2.absdiff(raw2, med2).reshape(raw_p.shape)
+    stack = np.ascontiguousarray(framelets).reshape(-1, samples)
+    median = np.empty_like(stack)
+    for i in range(n_frames * n_bands):
+        cv2.medianBlur(stack[i * rows:(i + 1) * rows], 5, dst=median[i * rows:(i + 1) * rows])
+    # robust noise per band: MAD of |raw - median| on every third row of the photoactive area
+    deviation = cv2.absdiff(stack[::3, cols], median[::3, cols])
+    band_of_row = (np.arange(0, stack.shape[0], 3) // rows) % n_bands
     mad = np.empty(n_bands)
     for b in range(n_bands):
-        hist = np.bincount(deviation[:, b, :rows:3, cols].ravel(), minlength=256)
+        hist = np.bincount(deviation[band_of_row == b].ravel(), minlength=256)
         mad[b] = np.searchsorted(np.cumsum(hist), hist.sum() / 2.0)
     sigma = 1.4826 * np.maximum(mad, 1.0)
-    thresholds = np.maximum(np.ceil(k_sigma * sigma), min_excess).astype(np.uint8)
-    excess = cv2.subtract(raw2, med2)  # uint8, saturating at 0
-    excess4 = excess.reshape(raw_p.shape)
-    candidate4 = excess4 >= thresholds[None, :, None, None]
-    candidate4[..., : cols.start] = False
-    candidate4[..., cols.stop:] = False
-    candidate = candidate4.reshape(excess.shape)
-    # compact: at most max_pixels candidates in the 5x5 window
-    count = cv2.boxFilter(candidate.view(np.uint8), cv2.CV_16S, (5, 5), normalize=False,
-                          borderType=cv2.BORDER_CONSTANT)
-    ys, xs = np.nonzero(candidate & (count <= max_pixels))
-    # sharp: the other (non-candidate) 3x3 neighbours hold little of the excess
-    calm = excess.copy()
-    calm[candidate] = 0
-    around = cv2.boxFilter(calm, cv2.CV_16S, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    sharp = around[ys, xs] <= sharpness * excess[ys, xs].astype(np.float32)
-    hits_p = np.zeros(excess.shape, bool)
-    hits_p[ys[sharp], xs[sharp]] = True
-    hits = hits_p.reshape(raw_p.shape)[:, :, :rows]
-    repeats = candidate4[:, :, :rows].sum(axis=0, dtype=np.uint16)
+    thresholds = np.maximum(np.ceil(k_sigma * sigma), min_excess).astype(np.int64)
+    excess = cv2.subtract(stack, median)  # uint8, saturating at 0
+    if np.all(thresholds == thresholds[0]):
+        _, candidate = cv2.threshold(excess, float(thresholds[0] - 1), 1, cv2.THRESH_BINARY)
+    else:
+        candidate = (excess.reshape(framelets.shape) >= thresholds[None, :, None, None].astype(np.uint8))
+        candidate = candidate.reshape(excess.shape).view(np.uint8)
+    candidate[:, : cols.start] = 0
+    candidate[:, cols.stop:] = 0
+    points = cv2.findNonZero(candidate)
+    hits = np.zeros(framelets.shape, bool)
+    hot = np.zeros((n_bands, rows, samples), bool)
     min_count = max(3, math.ceil(HOT_FRACTION * n_frames))
-    hot = repeats >= min_count
+    n_candidates = 0 if points is None else len(points)
+    if points is not None:
+        points = points.reshape(-1, 2)  # (x, y) pairs; OpenCV versions differ in the shape
+        xs = points[:, 0].astype(np.int64)
+        ys = points[:, 1].astype(np.int64)
+        # compact: at most max_pixels candidates in the 5x5 window
+        compact = _neighbour_sum(candidate, ys, xs, rows, 2, include_centre=True) <= max_pixels
+        # sharp: the non-candidate 3x3 neighbours hold little of the excess
+        calm = cv2.subtract(excess, candidate * np.uint8(255))
+        around = _neighbour_sum(calm, ys, xs, rows, 1, include_centre=False)
+        sharp = around <= sharpness * excess[ys, xs].astype(np.float64)
+        keep = compact & sharp
+        hits.reshape(-1, samples)[ys[keep], xs[keep]] = True
+        # hot: the same pixel is a candidate in >= min_count frames of a band
+        band = (ys // rows) % n_bands
+        flat_index = (band * rows + ys % rows) * samples + xs
+        repeats = np.bincount(flat_index, minlength=n_bands * rows * samples)
+        hot = (repeats >= min_count).reshape(n_bands, rows, samples)
     info = {"mad_raw": mad.tolist(), "threshold_raw": thresholds.astype(int).tolist(), "k_sigma": k_sigma,
             "min_excess_raw": min_excess, "max_pixels_5x5": max_pixels, "sharpness": sharpness,
-            "hot_min_frames": min_count, "candidates": int(candidate.sum())}
+            "hot_min_frames": min_count, "candidates": n_candidates}
     return hits, hot, info
 
 
@@ -739,48 +772,46 @@ def calibrate(raw: RawImage, *, units: str = "DN/ms", dark: bool = True, flat: b
     Runs the steps of :data:`STEPS` in order on one working copy (no per-step copies).
     ``calibrate`` on an already calibrated image raises :class:`CalibrationError`.
     """
-    if isinstance(raw, CalibratedImage):
-        raise CalibrationError("image is already calibrated (steps: " + ", ".join(raw.steps) + ")",
-                               path=raw.raw_path, hint="calibrate the RawImage from junoproc.load once")
     if units not in UNITS:
         raise CalibrationError(f"units {units!r} is not one of {UNITS}", hint="pick one of those")
-    cal = decompand(raw, method=decompand_method)
-    if not (dark or flat or bad_pixels or particle_hits) and units == "DN":
-        return cal
-    cs = calibration if calibration is not None else None
-    if dark or flat or bad_pixels:
-        cs = _calibration_for(cal, calibration)
-    provenance = dict(cal.provenance)
-    steps = list(cal.steps)
-    work = cal  # decompand made fresh arrays: safe to modify in place from here on
+    started = time.perf_counter()
+    data, flags, info = _decompand_arrays(raw, decompand_method)
+    provenance: dict[str, Any] = {"decompand": info}
+    steps = ["decompand"]
+    timings = {"decompand": time.perf_counter() - started}
+    cs = _calibration_for_meta(raw.meta, raw.raw_path, calibration) if (dark or flat or bad_pixels) else None
+    # a working record owning fresh arrays: every step below modifies it in place
+    work = CalibratedImage(meta=raw.meta, data=data, valid=flags, saturated=flags, steps=(), units="DN",
+                           raw_path=raw.raw_path, flags=flags, source=raw)
+
+    def run(step: str, apply: Any, *args: Any, **kwargs: Any) -> None:
+        tic = time.perf_counter()
+        provenance[step] = apply(work, *args, **kwargs)
+        steps.append(step)
+        timings[step] = time.perf_counter() - tic
+
     if bad_pixels:
-        assert cs is not None
-        provenance["bad_pixels"] = _bad_pixels_inplace(work, cs)
-        steps.append("bad_pixels")
+        run("bad_pixels", _bad_pixels_inplace, cs)
     if particle_hits:
-        provenance["particle_hits"] = _hits_inplace(work, **dict(hit_options or {}))
-        steps.append("particle_hits")
+        run("particle_hits", _hits_inplace, **dict(hit_options or {}))
     if dark:
-        assert cs is not None
-        provenance["dark"] = _dark_inplace(work, cs, sky_max_dn)
-        steps.append("dark")
+        run("dark", _dark_inplace, cs, sky_max_dn)
     if flat:
-        assert cs is not None
-        provenance["flat"] = _flat_inplace(work, cs)
-        steps.append("flat")
+        run("flat", _flat_inplace, cs)
     out_units = "DN"
     if units != "DN":
-        provenance["exposure"] = _exposure_inplace(work)
-        steps.append("exposure")
+        run("exposure", _exposure_inplace)
         out_units = "DN/ms"
     if units in ("W/m^2/sr", "I/F"):
-        provenance["radiance"] = _radiance_inplace(work)
-        steps.append("radiance")
+        run("radiance", _radiance_inplace)
         out_units = "W/m^2/sr"
     if units == "I/F":
-        provenance["reflectance"] = _reflectance_inplace(work, _solar_distance(work, solar_distance_km))
-        steps.append("reflectance")
+        run("reflectance", _reflectance_inplace, _solar_distance(work, solar_distance_km))
         out_units = "I/F"
+    tic = time.perf_counter()
     flags = _flags(work)
+    valid, saturated = flags == 0, (flags & FLAG_SATURATED) != 0
+    timings["masks"] = time.perf_counter() - tic
+    provenance["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     return replace(work, steps=tuple(steps), units=out_units, provenance=MappingProxyType(provenance),
-                   valid=flags == 0, saturated=(flags & FLAG_SATURATED) != 0)
+                   valid=valid, saturated=saturated)
