@@ -215,5 +215,53 @@ def simulate_cmd(out: str, target: str, altitude_km: float | None, n_frames: int
     click.echo(f"{product.n_frames} frames x {len(product.filters)} filters in {product.elapsed_s:.1f} s")
 
 
+# --- pointing ---
+@main.command("pointing")
+@click.argument("product", type=click.Path(exists=True))
+@click.option("--kernels", "kernel_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of SPICE kernels (searched recursively).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Solution JSON.")
+@click.option("--ck", "ck_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a CK (not implemented yet).")
+@click.option("--diagnostic", type=click.Path(dir_okay=False), default=None,
+              help="PNG: framelets with the predicted limb (red) and the limb points (green).")
+def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_out: str | None,
+                 diagnostic: str | None) -> None:
+    """Solve the camera pointing of PRODUCT from the limb (no CK needed)."""
+    from pathlib import Path
+
+    import spiceypy
+
+    from . import pointing
+    from .errors import PointingError
+    from .products import load
+
+    raw = load(product)
+    folder = Path(kernel_dir) if kernel_dir else None
+    if folder is None:
+        from .paths import shared_data_dir
+
+        folder = shared_data_dir() / "kernels"
+    suffixes = {".tls", ".tpc", ".tf", ".ti", ".tsc", ".bsp", ".bc"}
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes]
+    for path in files:
+        spiceypy.furnsh(str(path))
+    try:
+        points = pointing.detect_limb(raw)
+        sol = pointing.solve_pointing(raw, points=points)
+        click.echo(sol.summary())
+        if output:
+            pointing.save_solution(sol, output)
+            click.echo(f"wrote {output}")
+        if diagnostic:
+            pointing.write_diagnostic(raw, sol, points, diagnostic)
+            click.echo(f"wrote {diagnostic}")
+        if ck_out:
+            raise PointingError("CK export is not implemented yet", hint="use the solution JSON")
+    finally:
+        for path in files:
+            spiceypy.unload(str(path))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

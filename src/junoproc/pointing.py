@@ -568,7 +568,7 @@ def _fit_robust(fun, x0: np.ndarray, n_points: int, *, f_scale: float = 1.0, rou
     res = None
     for _ in range(rounds):
         keep = inl.copy()
-        res = optimize.least_squares(lambda p: fun(p)[keep], x, loss="soft_l1", f_scale=f_scale,
+        res = optimize.least_squares(lambda p, keep=keep: fun(p)[keep], x, loss="soft_l1", f_scale=f_scale,
                                      x_scale=x_scale, method="trf", max_nfev=200)
         x = res.x
         r = fun(x)
@@ -646,7 +646,8 @@ def _prior_axes(state: FrameState, et: float) -> list[np.ndarray]:
     return out
 
 
-def _band_stats(points: LimbPoints, r: np.ndarray, inl: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
+def _band_stats(points: LimbPoints, r: np.ndarray,
+                inl: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
     rms, cnt = {}, {}
     for i, band in enumerate(points.bands):
         sel = (points.band == i) & inl
@@ -809,7 +810,7 @@ def solve_pointing(
                  "range_km": float(sd[4]) * float(np.linalg.norm(states[n_frames // 2].target_pos_j2000_km))}
         axis_sigma = sigma["spin_axis_deg"]
     else:
-        sigma = {k: float(v) for k, v in zip(names, sd)}
+        sigma = {k: float(v) for k, v in zip(names, sd, strict=False)}
         axis_sigma = 0.0
     rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
     elapsed = time.perf_counter() - t_start
@@ -881,7 +882,7 @@ def write_diagnostic(image: Any, sol: PointingSolution, points: LimbPoints, path
         edge = (m ^ cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
         vis[edge] = (0, 0, 255)
         sel = (points.frame == f) & (points.band == b)
-        for x, y in zip(points.x_px[sel], points.y_px[sel]):
+        for x, y in zip(points.x_px[sel], points.y_px[sel], strict=False):
             cv2.circle(vis, (int(round(x - 0.5)), int(round(y - 0.5))), 1, (0, 255, 0), -1)
         vis[-1, :] = (80, 80, 80)
         tiles.append(vis)
