@@ -263,5 +263,41 @@ def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_ou
             spiceypy.unload(str(path))
 
 
+# --- info ---
+_INFO_COLUMNS = ("product", "PJ", "target", "frames", "filters", "start (UTC)", "exp ms/TDI", "bit mode",
+                 "missing / problem")
+
+
+def _info_row(s) -> tuple[str, ...]:
+    exposure = f"{s.exposure_ms:g}/{s.tdi_stages}" if s.exposure_ms is not None else ""
+    note = f"PROBLEM: {s.problem}" if s.problem else (f"{s.missing} missing" if s.missing else "")
+    return (s.product_id, "" if s.perijove is None else str(s.perijove), s.target,
+            "" if s.frames is None else str(s.frames), ",".join(s.filters), s.start_time_utc, exposure,
+            s.bit_mode, note)
+
+
+@main.command("info")
+@click.argument("path", type=click.Path(exists=True))
+def info_cmd(path: str) -> None:
+    """What a product file, zip or folder holds, and what is missing.
+
+    Exit 0 if everything found is readable (a missing half is listed, not an error);
+    1 if a folder holds unreadable files; 2 with a one-line error for a bad single product.
+    """
+    from .products import summarize
+
+    summaries = summarize(path)
+    rows = [_info_row(s) for s in summaries]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_INFO_COLUMNS)]
+    for row in (_INFO_COLUMNS, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    bad = sum(not s.ok for s in summaries)
+    incomplete = sum(s.missing is not None for s in summaries)
+    click.echo(f"{len(summaries)} product(s): {len(summaries) - bad - incomplete} complete, "
+               f"{incomplete} incomplete, {bad} unreadable")
+    if bad:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,7 +16,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -969,3 +969,86 @@ def _single(entries: list[ProductEntry], where: Path) -> ProductEntry:
     # nothing complete: report the first problem (missing halves before unreadable files)
     incomplete = [e for e in entries if e.problem is None]
     return (incomplete or entries)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# What a file or folder holds (for `junoproc info`)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProductSummary:
+    """One row of ``junoproc info``: a product, what its label says, what is missing or broken."""
+
+    product_id: str
+    perijove: int | None = None
+    target: str = ""
+    frames: int | None = None
+    filters: tuple[str, ...] = ()
+    start_time_utc: str = ""
+    exposure_ms: float | None = None
+    tdi_stages: int | None = None
+    bit_mode: str = ""
+    missing: str | None = None
+    problem: str | None = None
+    raw: str = ""
+    metadata: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Readable (a missing half is reported, not an error)."""
+        return self.problem is None
+
+
+def load_metadata(entry: ProductEntry) -> ProductMeta:
+    """The metadata of an entry, parsed, without reading its pixels."""
+    if entry.metadata is None:
+        raise _missing_metadata_error(entry)
+    data = read_bytes(entry.metadata, limit=MAX_METADATA_BYTES)
+    reader = read_pds3_label if entry.kind == "pds3" else read_site_json
+    return parse_metadata(reader(data, path=entry.metadata), path=str(entry.metadata))
+
+
+def _summary(meta: ProductMeta | None, entry: ProductEntry, *, problem: str | None = None) -> ProductSummary:
+    base = ProductSummary(product_id=entry.product_id, missing=entry.missing,
+                          problem=problem or entry.problem, raw=str(entry.raw or ""),
+                          metadata=str(entry.metadata or ""))
+    if meta is None:
+        return base
+    return replace(base, perijove=meta.perijove, target=meta.target, frames=meta.n_frames,
+                   filters=meta.filters, start_time_utc=meta.start_time_utc, exposure_ms=meta.exposure_ms,
+                   tdi_stages=meta.tdi_stages, bit_mode=meta.bit_mode)
+
+
+def summarize_entry(entry: ProductEntry) -> ProductSummary:
+    """Decode the entry (complete ones fully, pixels included) and report it; never raises."""
+    if entry.problem is not None:
+        return _summary(None, entry)
+    try:
+        if entry.complete:
+            return _summary(load_entry(entry).meta, entry)
+        return _summary(load_metadata(entry) if entry.metadata is not None else None, entry)
+    except JunoprocError as err:
+        return _summary(None, entry, problem=err.one_line())
+
+
+def summarize(path: str | Path) -> list[ProductSummary]:
+    """What ``path`` holds, for ``junoproc info``.
+
+    A single product (a file, or a zip holding one product) must load: its one-line error
+    is raised otherwise. A folder (or a zip of several products) lists every product, with
+    what is missing or broken as rows; an empty folder is an error.
+    """
+    p = Path(path)
+    entries = find_products(p) if p.is_dir() or p.suffix.lower() == ".zip" else []
+    if not p.is_dir() and len({e.product_id for e in entries}) <= 1:
+        raw = load(p)
+        m = raw.meta
+        return [ProductSummary(product_id=m.product_id, perijove=m.perijove, target=m.target,
+                               frames=m.n_frames, filters=m.filters, start_time_utc=m.start_time_utc,
+                               exposure_ms=m.exposure_ms, tdi_stages=m.tdi_stages, bit_mode=m.bit_mode,
+                               raw=raw.raw_path, metadata=m.metadata_path)]
+    if not entries:
+        raise ProductError("no JunoCam product found", path=p,
+                           hint="expected JNCE_*-raw.png with its -Metadata.json, zips of them, "
+                                "or PDS3 .IMG/.LBL")
+    return [summarize_entry(e) for e in entries]
