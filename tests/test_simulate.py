@@ -176,3 +176,21 @@ def test_cli_simulate_and_bad_options(tmp_path, kernel_dir):
     assert "UV" in bad.output
     missing = runner.invoke(main, ["simulate", str(tmp_path / "bad2"), "--kernels", str(tmp_path / "nope")])
     assert missing.exit_code != 0 and len(missing.output.strip().splitlines()) == 1
+
+
+def test_offline_synthetic_kernels_round_trip(tmp_path, monkeypatch):
+    """No local kernels at all: self-contained synthetic text kernels, still exact."""
+    monkeypatch.setenv("JUNOPROC_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("JUNOPROC_KERNELS", str(tmp_path / "no-kernels"))
+    monkeypatch.setenv("JUNOPROC_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("JUNOPROC_CONFIG", str(tmp_path / "no-config.toml"))
+    product = simulate(tmp_path / "sim", n_frames=4, texture_width=1024, noise=False, filters=("RED",),
+                       time_offset_s=-0.02)
+    assert product.synthetic_kernels
+    names = [p.name for p in product.kernel_files]
+    assert "synthetic_naif.tls" in names and any(n.endswith(".bc") for n in names)
+    assert "SYNTHETIC" in (product.kernel_dir / "fk" / "synthetic_juno.tf").read_text()
+    truth = json.loads((product.truth_dir / "truth.json").read_text())
+    assert truth["kernels"]["synthetic_text_kernels"] is True
+    err = _pixel_errors(product, -0.02)
+    assert err.size > 1000 and err.max() < 0.01

@@ -403,8 +403,15 @@ def _find_generic_kernels(kernel_dir: Path | None) -> dict[str, Path] | None:
             raise KernelMissingError("kernel folder does not exist", path=kernel_dir,
                                      hint="pass a folder with LSK, PCK, FK, IK, SCLK or omit --kernels")
         candidates.append(Path(kernel_dir))
-    else:
-        candidates += [shared_data_dir() / "kernels", cache_dir() / "kernels", cache_dir()]
+    else:  # the shared real-data folder, then junoproc's kernel folder ($JUNOPROC_KERNELS > config > cache)
+        candidates.append(shared_data_dir() / "kernels")
+        try:
+            from .kernels import resolve_kernel_dir
+
+            candidates.append(resolve_kernel_dir(None, must_exist=False)[0])
+        except (ImportError, JunoprocError):
+            pass
+        candidates.append(cache_dir() / "kernels")
     for folder in candidates:
         if not folder.is_dir():
             continue
@@ -429,10 +436,87 @@ def _find_generic_kernels(kernel_dir: Path | None) -> dict[str, Path] | None:
     return None
 
 
+_SYNTHETIC_NOTE = ("SYNTHETIC kernel written by the junoproc simulator for offline use: values modelled on "
+                   "public NAIF kernels (naif0012, pck00010 without nutation terms, juno_v12, "
+                   "juno_junocam_v03, jno_sclkscet); not for real data.")
+_LEAP_SECONDS = (
+    (10, "1972-JAN-1"), (11, "1972-JUL-1"), (12, "1973-JAN-1"), (13, "1974-JAN-1"), (14, "1975-JAN-1"),
+    (15, "1976-JAN-1"), (16, "1977-JAN-1"), (17, "1978-JAN-1"), (18, "1979-JAN-1"), (19, "1980-JAN-1"),
+    (20, "1981-JUL-1"), (21, "1982-JUL-1"), (22, "1983-JUL-1"), (23, "1985-JUL-1"), (24, "1988-JAN-1"),
+    (25, "1990-JAN-1"), (26, "1991-JAN-1"), (27, "1992-JUL-1"), (28, "1993-JUL-1"), (29, "1994-JUL-1"),
+    (30, "1996-JAN-1"), (31, "1997-JUL-1"), (32, "1999-JAN-1"), (33, "2006-JAN-1"), (34, "2009-JAN-1"),
+    (35, "2012-JUL-1"), (36, "2015-JUL-1"), (37, "2017-JAN-1"),
+)
+#: (radii km, pole RA deg (a0, a1/century), pole Dec deg, prime meridian deg (W0, deg/day)).
+_SYNTHETIC_BODIES = {
+    599: ((71492.0, 71492.0, 66854.0), (268.056595, -0.006499), (64.495303, 0.002413), (284.95, 870.536)),
+    501: ((1829.4, 1819.4, 1815.7), (268.05, -0.009), (64.50, 0.003), (200.39, 203.4889538)),
+    502: ((1562.6, 1560.3, 1559.5), (268.08, -0.009), (64.51, 0.003), (36.022, 101.3747235)),
+    503: ((2631.2, 2631.2, 2631.2), (268.20, -0.009), (64.57, 0.003), (44.064, 50.3176081)),
+    504: ((2410.3, 2410.3, 2410.3), (268.72, -0.009), (64.83, 0.003), (259.51, 21.5710715)),
+}
+_SYNTHETIC_CAMERA_CY = {-61500: 78.48, -61501: 158.48, -61502: 3.48, -61503: -151.52, -61504: 315.48}
+
+
+def _kernel_text(title: str, data: Sequence[str]) -> str:
+    body = "\n".join(f"   {line}" for line in data)
+    return (f"KPL/{title}\n\n{_SYNTHETIC_NOTE}\n\n\\begindata\n\n{body}\n\n\\begintext\n")
+
+
 def _write_synthetic_text_kernels(kdir: Path, target: str) -> list[Path]:
-    """Self-contained LSK, PCK, FK, IK and SCLK for offline use (see :data:`SYNTHETIC_KERNELS`)."""
-    raise KernelMissingError("no local generic kernels (LSK, PCK, FK, IK, SCLK) found",
-                             hint="pass --kernels DIR or run `junoproc kernels fetch`")
+    """Self-contained LSK, PCK, FK, IK and SCLK, so the simulator works offline anywhere.
+
+    Labelled SYNTHETIC in their comments (and in truth.json). The camera and frame numbers
+    are JunoCam-like (the published values); the bodies lack pck00010's nutation terms.
+    """
+    del target  # every Galilean body is written: the scene needs Jupiter for moons anyway
+    leaps = ["DELTET/DELTA_T_A = 32.184", "DELTET/K = 1.657D-3", "DELTET/EB = 1.671D-2",
+             "DELTET/M = ( 6.239996D0 1.99096871D-7 )", "DELTET/DELTA_AT = ( "
+             + "\n     ".join(f"{n}, @{d}" for n, d in _LEAP_SECONDS) + " )"]
+    pck = []
+    for naif, (radii, ra, dec, pm) in _SYNTHETIC_BODIES.items():
+        pck += [f"BODY{naif}_RADII = ( {radii[0]} {radii[1]} {radii[2]} )",
+                f"BODY{naif}_POLE_RA = ( {ra[0]} {ra[1]} 0.0 )",
+                f"BODY{naif}_POLE_DEC = ( {dec[0]} {dec[1]} 0.0 )",
+                f"BODY{naif}_PM = ( {pm[0]} {pm[1]} 0.0 )"]
+    fk = ["NAIF_BODY_NAME += ( 'JUNO' )", "NAIF_BODY_CODE += ( -61 )",
+          "FRAME_JUNO_SPACECRAFT = -61000", "FRAME_-61000_NAME = 'JUNO_SPACECRAFT'",
+          "FRAME_-61000_CLASS = 3", "FRAME_-61000_CLASS_ID = -61000", "FRAME_-61000_CENTER = -61",
+          "CK_-61000_SCLK = -61", "CK_-61000_SPK = -61",
+          "FRAME_JUNO_JUNOCAM_CUBE = -61505", "FRAME_-61505_NAME = 'JUNO_JUNOCAM_CUBE'",
+          "FRAME_-61505_CLASS = 4", "FRAME_-61505_CLASS_ID = -61505", "FRAME_-61505_CENTER = -61",
+          "TKFRAME_-61505_SPEC = 'MATRIX'", "TKFRAME_-61505_RELATIVE = 'JUNO_SPACECRAFT'",
+          "TKFRAME_-61505_MATRIX = ( -0.0059163 -0.0142817 -0.9998805 0.0023828 -0.9998954 0.0142678 "
+          "-0.9999797 -0.0022981 0.0059497 )",
+          "FRAME_JUNO_JUNOCAM = -61500", "FRAME_-61500_NAME = 'JUNO_JUNOCAM'",
+          "FRAME_-61500_CLASS = 4", "FRAME_-61500_CLASS_ID = -61500", "FRAME_-61500_CENTER = -61",
+          "TKFRAME_-61500_SPEC = 'ANGLES'", "TKFRAME_-61500_RELATIVE = 'JUNO_JUNOCAM_CUBE'",
+          "TKFRAME_-61500_ANGLES = ( 0.69 -0.469 0.583 )", "TKFRAME_-61500_AXES = ( 3 2 1 )",
+          "TKFRAME_-61500_UNITS = 'DEGREES'"]
+    ik = []
+    for naif, cy in _SYNTHETIC_CAMERA_CY.items():
+        ik += [f"INS{naif}_FOCAL_LENGTH = 10.95637", f"INS{naif}_PIXEL_SIZE = 0.0074",
+               f"INS{naif}_DISTORTION_K1 = -5.9624209455667325D-08",
+               f"INS{naif}_DISTORTION_K2 = 2.7381910042256151D-14",
+               f"INS{naif}_DISTORTION_X = 814.21", f"INS{naif}_DISTORTION_Y = {cy}",
+               f"INS{naif}_START_TIME_BIAS = 0.06188", f"INS{naif}_INTERFRAME_DELTA = 0.001"]
+    # SCLK: one partition, 256 ticks per second, counting TDT seconds from J2000
+    sclk = ["SCLK_KERNEL_ID = ( @2000-01-01/12:00:00 )", "SCLK_DATA_TYPE_61 = ( 1 )",
+            "SCLK01_TIME_SYSTEM_61 = ( 2 )", "SCLK01_N_FIELDS_61 = ( 2 )",
+            "SCLK01_MODULI_61 = ( 4294967296 256 )", "SCLK01_OFFSETS_61 = ( 0 0 )",
+            "SCLK01_OUTPUT_DELIM_61 = ( 1 )", "SCLK_PARTITION_START_61 = ( 0.0 )",
+            "SCLK_PARTITION_END_61 = ( 1.0995116277750E+12 )",
+            "SCLK01_COEFFICIENTS_61 = ( 0.0 0.0 1.0 )"]
+    files = [("lsk", "synthetic_naif.tls", "LSK", leaps), ("pck", "synthetic_galilean.tpc", "PCK", pck),
+             ("fk", "synthetic_juno.tf", "FK", fk), ("ik", "synthetic_junocam.ti", "IK", ik),
+             ("sclk", "synthetic_juno_sclk.tsc", "SCLK", sclk)]
+    written = []
+    for kind, name, title, data in files:
+        (kdir / kind).mkdir(parents=True, exist_ok=True)
+        path = kdir / kind / name
+        _atomic_text(path, _kernel_text(title, data))
+        written.append(path)
+    return written
 
 
 @contextmanager
