@@ -667,3 +667,32 @@ def test_cli_fetch_then_check_offline(fake_naif, tmp_path, data_dir, kernel_dir)
     res = runner.invoke(main, ["kernels", "check", str(data_dir / PJ44_META), "--kernels", str(dest)],
                         env={K.NAIF_URL_ENV: "http://127.0.0.1:9"})
     assert res.exit_code == 0, res.output
+
+
+def test_fetch_dry_run_downloads_nothing(fake_naif, tmp_path, data_dir, kernel_dir):
+    fake_naif.put(f"JUNO/kernels/spk/{PJ44_SPK}", kernel_dir / "spk" / PJ44_SPK)
+    dest = tmp_path / "dest"
+    result = K.fetch_kernels(dest, K.image_spans(data_dir / "perijove44"), dry_run=True, progress=False)
+    assert {k.action for k in result.kernels} == {"planned"}
+    assert [k.name for k in result.kernels].count(PJ44_SPK) == 1  # four images, one file
+    assert fake_naif.file_requests() == [] and not dest.exists()
+    assert result.coverage == ()
+
+
+def test_fetch_without_ck_listing_and_for_a_moon(fake_naif, tmp_path, data_dir, kernel_dir):
+    shutil.rmtree(fake_naif.root / "JUNO/kernels/ck")  # a mirror without CKs: a note, not a failure
+    fake_naif.put(f"JUNO/kernels/spk/{PJ44_SPK}", kernel_dir / "spk" / PJ44_SPK)
+    # a "satellite ephemeris" that holds no moon: downloaded for the Io image, then found wanting
+    fake_naif.put("generic_kernels/spk/satellites/jup365.bsp", kernel_dir / "spk" / PJ44_SPK)
+    fake_naif.put("generic_kernels/spk/satellites/jup344.bsp", b"DAF/SPK older")
+    label = json.loads((data_dir / PJ44_META).read_text())
+    label.update(TARGET_NAME="IO")
+    meta = tmp_path / "io" / "1-Metadata.json"
+    meta.parent.mkdir()
+    meta.write_text(json.dumps(label))
+    result = K.fetch_kernels(tmp_path / "dest", K.image_spans(meta), progress=False)
+    assert any("JUNO/kernels/ck/: cannot read the kernel listing" in n for n in result.notes)
+    assert {k.name for k in result.downloaded} >= {PJ44_SPK, "jup365.bsp"}
+    assert "jup344.bsp" not in {k.name for k in result.kernels}
+    (cov,) = result.coverage
+    assert not cov.ok and cov.problem.startswith("no SPK for IO (501) covers 2022-08-17T13:44:54.688")

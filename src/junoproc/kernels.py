@@ -1454,6 +1454,9 @@ def fetch_kernels(
     notes: list[str] = []
 
     def get(name: str, kind: str, url: str, sha: str | None, verify: str | None = None) -> Path:
+        for done in fetched:  # several images may need the same file
+            if done.name == name:
+                return done.path
         have = existing.get(name)
         if have is not None:
             ok = file_sha256(have) == sha if sha else (verify is None or _valid_daf(have, verify))
@@ -1478,19 +1481,29 @@ def fetch_kernels(
 
     listings: dict[str, tuple[str, ...]] = {}
 
-    def candidates(kind: str, quality: str | None = None) -> tuple[MissionCandidate, ...]:
+    def candidates(kind: str, satellites: bool = False, required: bool = True
+                   ) -> tuple[MissionCandidate, ...]:
+        """Listed names matching the rules of ``kind``; an optional listing that cannot be
+        read becomes a note (a mirror may lack it), a required one raises."""
         rules = [r for r in manifest.mission
-                 if r.kind == kind and (quality is None or r.quality == quality)]
+                 if r.kind == kind and (r.quality == "satellite") == satellites]
         out: list[MissionCandidate] = []
         for listing in dict.fromkeys(r.listing for r in rules):
             if listing not in listings:
-                listings[listing] = _read_listing(f"{base}/{listing}")
+                try:
+                    listings[listing] = _read_listing(f"{base}/{listing}")
+                except KernelDownloadError as err:
+                    if required:
+                        raise
+                    notes.append(err.one_line())
+                    listings[listing] = ()
             out += mission_candidates(listings[listing], [r for r in rules if r.listing == listing])
         return tuple(out)
 
     # A newer Juno SCLK than the pinned one.
     pinned_sclk = manifest.generic_for("sclk")
-    newer = [c for c in candidates("sclk") if _version(c.name) > _version(pinned_sclk.name)]
+    newer = [c for c in candidates("sclk", required=False)
+             if _version(c.name) > _version(pinned_sclk.name)]
     if newer:
         best = max(newer, key=lambda c: _version(c.name))
         path = get(best.name, "sclk", f"{base}/{best.listing}{best.name}", None)
@@ -1502,12 +1515,12 @@ def fetch_kernels(
         for kind, wanted, label in (("spk", True, "SPK"), ("ck", ck, "CK")):
             if not wanted:
                 continue
-            pool = [c for c in candidates(kind) if c.quality != "satellite"]
+            pool = candidates(kind, required=(kind == "spk"))
             for span in spans:
                 _fetch_for_span(span, kind, label, pool, base, get, notes, dry_run, dest_dir)
         moons = sorted({s.target for s in spans if _target_is_moon(s.target)})
         if moons:
-            sats = sorted(candidates("spk", "satellite"), key=MissionCandidate.preference)
+            sats = sorted(candidates("spk", satellites=True), key=MissionCandidate.preference)
             if sats:
                 best = sats[-1]
                 get(best.name, "spk", f"{base}/{best.listing}{best.name}", None, verify="spk")
@@ -1517,7 +1530,7 @@ def fetch_kernels(
     coverage: tuple[ImageCoverage, ...] = ()
     if spans and not dry_run:
         coverage = coverage_report(spans, dest_dir, source=source)
-    return FetchResult(dest_dir, base, tuple(fetched), tuple(notes), coverage)
+    return FetchResult(dest_dir, base, tuple(fetched), tuple(dict.fromkeys(notes)), coverage)
 
 
 def _fetch_for_span(
