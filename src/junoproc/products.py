@@ -13,6 +13,7 @@ import json
 import math
 import re
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -501,7 +502,9 @@ def _plain_value(value: Any) -> Any:
 
 def read_pds3_label(data: bytes, *, path: Any) -> dict[str, Any]:
     """A PDS3 label as one flat dict: top-level keywords plus the IMAGE object's."""
-    import pvl
+    with warnings.catch_warnings():  # pvl warns about its own Units class when imported
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        import pvl
 
     try:
         text = data.decode("utf-8", errors="strict")
@@ -863,6 +866,9 @@ def load_entry(entry: ProductEntry) -> RawImage:
     else:
         label = read_site_json(meta_bytes, path=entry.metadata)
     meta = parse_metadata(label, path=str(entry.metadata))
+    from .calibrate import companding_table  # the decompanding tables live there (lazy: no cycle)
+
+    companding_table(meta.bit_mode, path=entry.metadata)  # unknown SAMPLE_BIT_MODE_ID -> error now
     raw_bytes = read_bytes(entry.raw)
     if entry.kind == "pds3":
         _, offset = _pds3_image_pointer(label, entry.metadata.name)
