@@ -22,11 +22,11 @@ from junoproc.simulate import SpinAttitude, compand_sqroot, decompand_sqroot_tab
 def jupiter_rgb(tmp_path_factory, kernel_dir):
     """A full 22-frame RGB Jupiter product (the benchmark case), made once."""
     out = tmp_path_factory.mktemp("sim_jupiter")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     product = simulate(out, kernel_dir=kernel_dir, seed=3)
-    wall = time.perf_counter() - t0
-    print(f"\nbenchmark: simulate 22-frame RGB Jupiter product: {wall:.2f} s wall")
-    return product, wall
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"\nbenchmark: simulate 22-frame RGB Jupiter product: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    return product, cpu
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +112,10 @@ def test_product_layout_and_metadata(jupiter_rgb):
 
 
 def test_simulates_22_frame_rgb_quickly(jupiter_rgb):
-    _, wall = jupiter_rgb
-    # Brief: < 10 s. Measured ~6-9 s on an idle 2-core box; shared CI boxes get slack.
-    assert wall < 30.0
+    _, cpu = jupiter_rgb
+    # Brief: < 10 s. CPU time (all threads) does not depend on how busy a shared box is;
+    # wall time on an idle box is at most this (the geometry runs on all cores).
+    assert cpu < 10.0
 
 
 def test_round_trip_through_written_kernels(jupiter_rgb):

@@ -282,7 +282,7 @@ def jupiter_texture(seed: int, width: int = 8192, bands: Sequence[str] = ("BLUE"
     albedo = cv2.remap(profile, index, np.zeros_like(index), cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REPLICATE)
     del index
-    albedo += 0.05 * _smooth_noise(rng, (1024, 1024), (height, width))
+    cv2.scaleAdd(_smooth_noise(rng, (1024, 1024), (height, width)), 0.05, albedo, dst=albedo)
     polar_rows = np.nonzero(np.abs(lat[:, 0]) > 62.0)[0]
     for rows in (polar_rows[polar_rows < height // 2], polar_rows[polar_rows >= height // 2]):
         block = albedo[rows[0]:rows[-1] + 1]
@@ -329,14 +329,16 @@ def jupiter_texture(seed: int, width: int = 8192, bands: Sequence[str] = ("BLUE"
     for band in bands:
         if band == "METHANE":  # dark except hazes: poles and the red oval
             m = albedo * np.float32(0.08)
-            m += 0.10 + 0.25 * polar
+            m += np.float32(0.10)
+            m += 0.25 * polar
             m[red_rows] += 0.35 * red_block
         else:
             belt, zone_r, absorb = colours[band]
             m = albedo * np.float32(zone_r - belt)
             m += np.float32(belt)
             m[red_rows] *= 1.0 - absorb * red_block
-        np.clip(m, 0.0, 1.0, out=m)
+        cv2.min(m, 1.0, dst=m)
+        cv2.max(m, 0.0, dst=m)
         maps[band] = m
     desc = {"kind": "jupiter: zonal belts/zones, turbulent latitude displacement, ovals, a red oval",
             "band_edges_deg": [round(e, 3) for e in edges], "n_ovals": n_ovals,
@@ -606,24 +608,22 @@ class SimulatedProduct:
 # ---------------------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------------------
-def _pad_texture(texture: np.ndarray) -> np.ndarray:
-    """Two wrapped columns each side (longitude) and two edge rows (poles) for remap."""
-    padded = np.pad(texture, ((0, 0), (2, 2)), mode="wrap")
-    return np.ascontiguousarray(np.pad(padded, ((2, 2), (0, 0)), mode="edge"))
-
-
 def _texel_coords(lat_deg: np.ndarray, lon_deg: np.ndarray, shape: tuple[int, int]
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Planetocentric lat / east lon -> (x, y) in the padded texture, pixel centres at integers."""
+    """Planetocentric lat / east lon -> (x, y) in the texture, pixel centres at integers."""
     height, width = shape
-    x = lon_deg * (width / 360.0) - 0.5 + 2.0
-    y = (90.0 - lat_deg) * (height / 180.0) - 0.5 + 2.0
+    x = lon_deg * (width / 360.0) - 0.5
+    y = (90.0 - lat_deg) * (height / 180.0) - 0.5
     return x, y
 
 
-def _sample_supersampled(padded: np.ndarray, shape: tuple[int, int], x: np.ndarray, y: np.ndarray
+def _sample_supersampled(texture: np.ndarray, shape: tuple[int, int], x: np.ndarray, y: np.ndarray
                          ) -> np.ndarray:
-    """Average of 4 bilinear taps at pixel offsets (+-0.25, +-0.25) via the local Jacobian."""
+    """Average of 4 bilinear taps at pixel offsets (+-0.25, +-0.25) via the local Jacobian.
+
+    The texture wraps (BORDER_WRAP): right in longitude; at the poles the half texel beyond
+    the edge reads the opposite pole's row, below the pixel scale of any framelet.
+    """
     width = shape[1]
 
     def grad(a: np.ndarray, axis: int, wrap: float | None) -> np.ndarray:
@@ -638,10 +638,10 @@ def _sample_supersampled(padded: np.ndarray, shape: tuple[int, int], x: np.ndarr
     for sc, sr in ((-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)):
         xs = x + sc * dx_dcol + sr * dx_drow
         ys = y + sc * dy_dcol + sr * dy_drow
-        xs = np.mod(xs - 2.0, width) + 2.0
-        acc += cv2.remap(padded, np.nan_to_num(xs, nan=-10).astype(np.float32),
-                         np.nan_to_num(ys, nan=-10).astype(np.float32),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        xs = np.mod(xs, width)
+        acc += cv2.remap(texture, np.nan_to_num(xs, nan=0.0).astype(np.float32),
+                         np.nan_to_num(ys, nan=0.0).astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
     return acc * 0.25
 
 
@@ -661,7 +661,6 @@ def _render_noiseless(scene: _Scene, filters: Sequence[str]) -> np.ndarray:
     """Reflectance x illumination, (n_frames, n_filters, rows, samples) float32."""
     rows, samples = FRAMELET_ROWS, CCD_SAMPLES
     out = np.zeros((len(scene.frame_ets), len(filters), rows, samples), np.float32)
-    padded = {band: _pad_texture(scene.textures[band]) for band in filters}
     target = scene.target
     radius_max = float(np.max(target.radii))
     k = scene.minnaert_k
@@ -691,7 +690,7 @@ def _render_noiseless(scene: _Scene, filters: Sequence[str]) -> np.ndarray:
                 continue
             ll = lonlat_from_body(pts.pos_body_km, target)
             x, y = _texel_coords(ll["lat_centric_deg"], ll["lon_east_deg"], scene.texture_shape)
-            refl = _sample_supersampled(padded[band], scene.texture_shape, x, y)
+            refl = _sample_supersampled(scene.textures[band], scene.texture_shape, x, y)
             normal = pts.pos_body_km / target.radii**2
             normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
             to_sun = state.sun_pos_body_km - pts.pos_body_km
@@ -951,9 +950,10 @@ def simulate(
     first, last = PHOTOACTIVE_COLUMNS
     dn[..., :first] = 0.0
     dn[..., last + 1:] = 0.0
-    if noise:
-        dn = rng.poisson(np.clip(dn, 0, None) * gain_e_per_dn).astype(np.float32) / gain_e_per_dn
-        dn += rng.normal(0.0, read_noise_dn, dn.shape).astype(np.float32)
+    if noise:  # photon noise where there is signal, read noise everywhere
+        lit = dn > 0
+        dn[lit] = rng.poisson(dn[lit] * gain_e_per_dn).astype(np.float32) / np.float32(gain_e_per_dn)
+        dn += rng.standard_normal(dn.shape, dtype=np.float32) * np.float32(read_noise_dn)
     hot = []
     for _ in range(n_hot_pixels):
         b = int(rng.integers(len(filters)))
@@ -980,7 +980,7 @@ def simulate(
     from .io import write_png, write_tiff
 
     raw_path = product_dir / "ImageSet" / f"{product_id}-raw.png"
-    write_png(raw_path, raw, compression=3)
+    write_png(raw_path, raw, compression=1)
     label = {
         "COMPRESSION_TYPE": "INTEGER COSINE TRANSFORM",
         "DATA_SET_ID": "JUNO-J-JUNOCAM-2-EDR-L0-V1.0",
@@ -1039,7 +1039,9 @@ def simulate(
     tex_files = {}
     for band in filters:  # uncompressed 16-bit TIFF: a 8192x4096 PNG costs seconds to encode
         path = truth_dir / f"texture_{band.lower()}.tif"
-        write_tiff(path, (np.clip(textures[band], 0, 1) * 65535 + 0.5).astype(np.uint16),
+        scaled = textures[band] * np.float32(65535.0)
+        scaled += np.float32(0.5)
+        write_tiff(path, scaled.astype(np.uint16),
                    description={"kind": "junoproc.simulator.texture", "band": band,
                                 "value": "reflectance * 65535"})
         tex_files[band] = path.name
