@@ -729,9 +729,10 @@ def _furnish_paths(paths: Sequence[Path]) -> Iterator[None]:
             loaded.append(name)
         yield
     finally:
-        if not before and Counter(_loaded_kernels()) == Counter(loaded):
+        if not before and Counter(_loaded_kernels()) == Counter(loaded) and sp.ktotal("TEXT"):
             # The pool held nothing else: one kclear instead of unloads (each text kernel
-            # unload makes SPICE re-read every remaining text kernel).
+            # unload makes SPICE re-read every remaining text kernel; like kclear, it also
+            # drops variables set with pdpool).
             sp.kclear()
         else:
             for name in reversed(loaded):
