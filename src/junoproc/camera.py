@@ -50,6 +50,20 @@ def _pool_float(name: str, band: str) -> float:
     return float(values[0])
 
 
+#: Tile size of :attr:`CameraModel.framelet_ray_tiles`.
+TILE_ROWS = 32
+TILE_COLUMN_SPLIT = 2
+
+
+@dataclass(frozen=True)
+class RayTile:
+    """A rectangle of a framelet and the unit rays (3, n) of its pixel centres, row-major."""
+
+    rows: slice
+    cols: slice
+    rays: np.ndarray = field(repr=False)
+
+
 @dataclass(frozen=True)
 class CameraModel:
     """Pinhole + radial distortion model of one JunoCam band (all values in pixels)."""
@@ -145,6 +159,27 @@ class CameraModel:
         sf = self.sampling_factor
         return (xd + self.cx_px) / sf, (yd + self.cy_px) / sf
 
+    def cam_to_px_xyz(self, x_cam: np.ndarray, y_cam: np.ndarray, z_cam: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`cam_to_px` for separate x, y, z arrays (any length; z <= 0 gives NaN)."""
+        z = np.asarray(z_cam, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = self.focal_px / np.where(z > 0, z, np.nan)
+        xu = x_cam * scale
+        yu = y_cam * scale
+        factor = xu * xu
+        factor += yu * yu
+        factor = self._radial_factor(factor)
+        sf = self.sampling_factor
+        xu *= factor
+        xu += self.cx_px
+        yu *= factor
+        yu += self.cy_px
+        if sf != 1:
+            xu /= sf
+            yu /= sf
+        return xu, yu
+
     # -- the whole framelet ------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
@@ -163,6 +198,32 @@ class CameraModel:
         ray /= np.linalg.norm(ray, axis=-1, keepdims=True)
         ray.setflags(write=False)
         return ray
+
+    @cached_property
+    def framelet_unit_rays_xyz(self) -> np.ndarray:
+        """:attr:`framelet_rays_cam` as structure of arrays: (3, rows * samples) float64,
+        row-major over the framelet (x, y, z each contiguous)."""
+        rays = np.ascontiguousarray(self.framelet_rays_cam.reshape(-1, 3).T)
+        rays.setflags(write=False)
+        return rays
+
+    @cached_property
+    def framelet_ray_tiles(self) -> tuple[RayTile, ...]:
+        """The framelet's unit rays cut into tiles of ~26,000 pixels (32 rows x half the
+        columns at full resolution), each (3, n) contiguous: work units whose temporaries
+        stay in cache, large enough to amortise numpy's per-call cost, skipped whole when
+        they see only sky."""
+        rows, samples = self.shape
+        tile_rows = min(TILE_ROWS, rows)
+        tile_cols = -(-samples // TILE_COLUMN_SPLIT)
+        tiles = []
+        for r0 in range(0, rows, tile_rows):
+            for c0 in range(0, samples, tile_cols):
+                rs, cs = slice(r0, min(r0 + tile_rows, rows)), slice(c0, min(c0 + tile_cols, samples))
+                rays = np.ascontiguousarray(np.moveaxis(self.framelet_rays_cam[rs, cs], -1, 0).reshape(3, -1))
+                rays.setflags(write=False)
+                tiles.append(RayTile(rows=rs, cols=cs, rays=rays))
+        return tuple(tiles)
 
     def photoactive_columns(self) -> slice:
         """Columns of product pixels that are photoactive (others are dark/overscan)."""
