@@ -100,6 +100,15 @@ def spin_basis(axis_j2000: np.ndarray) -> np.ndarray:
     return np.stack([e1, np.cross(a, e1), a])
 
 
+def _spin_bases(axes_j2000: np.ndarray) -> np.ndarray:
+    """:func:`spin_basis` of many axes (m, 3) at once: (m, 3, 3)."""
+    a = axes_j2000 / np.linalg.norm(axes_j2000, axis=1, keepdims=True)
+    e1 = np.stack([-a[:, 1], a[:, 0], np.zeros(len(a))], axis=1)  # Z x a
+    n = np.linalg.norm(e1, axis=1, keepdims=True)
+    e1 = np.where(n > 1e-9, e1 / np.maximum(n, 1e-300), np.array([1.0, 0.0, 0.0]))
+    return np.stack([e1, np.cross(a, e1), a], axis=1)
+
+
 def _small_rotation(angles_rad: Sequence[float]) -> np.ndarray:
     """Rotation by the rotation vector ``angles_rad`` (Rodrigues), as a frame rotation."""
     v = np.asarray(angles_rad, dtype=np.float64)
@@ -381,11 +390,18 @@ class _LimbModel:
     ifov_rad: np.ndarray         # (n,)
     beta_j2000: np.ndarray       # (n_frames, 3)
     rot_j2000_to_body: np.ndarray  # (n_frames, 3, 3)
-    obs_scaled: np.ndarray       # (n_frames, 3) observer in body frame / radii
+    obs_body_km: np.ndarray      # (n_frames, 3) observer relative to the target, body frame
     radii_km: np.ndarray
 
-    def residuals_px(self, rot_j2000_to_cam: np.ndarray) -> np.ndarray:
-        """Signed angular distance of each limb ray from the limb (px; + = sky side)."""
+    def subset(self, keep: np.ndarray) -> _LimbModel:
+        return replace(self, frame=self.frame[keep], ray_cam=self.ray_cam[keep], ifov_rad=self.ifov_rad[keep])
+
+    def residuals_px(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float = 0.0) -> np.ndarray:
+        """Signed angular distance of each limb ray from the limb (px; + = sky side).
+
+        The limb is that of the ellipsoid ``radii + limb_alt_km`` (the visible haze limb
+        lies above the 1-bar ellipsoid of the PCK).
+        """
         f = self.frame
         u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)  # cam -> J2000
         beta = self.beta_j2000[f]
@@ -393,8 +409,9 @@ class _LimbModel:
         k = ub + np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
         u_geo = k[:, None] * u - beta
         u_body = np.einsum("nij,nj->ni", self.rot_j2000_to_body[f], u_geo)
-        d = u_body / self.radii_km
-        o = self.obs_scaled[f]
+        radii = self.radii_km + limb_alt_km
+        d = u_body / radii
+        o = (self.obs_body_km / radii)[f]
         d_norm = np.linalg.norm(d, axis=1)
         o_norm = np.linalg.norm(o, axis=1)
         cos_ang = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
@@ -415,13 +432,12 @@ def _limb_model(points: LimbPoints, meta: ProductMeta, states: Sequence[FrameSta
         r = cam.px_to_cam(points.x_px[sel], points.y_px[sel])
         rays[sel] = r / np.linalg.norm(r, axis=1, keepdims=True)
         ifov[sel] = cam.sampling_factor / cam.focal_px
-    radii = target.radii
     return _LimbModel(
         frame=points.frame.astype(np.intp), ray_cam=rays, ifov_rad=ifov,
         beta_j2000=np.stack([s.beta_j2000 for s in states]),
         rot_j2000_to_body=np.stack([s.rot_j2000_to_body for s in states]),
-        obs_scaled=np.stack([s.observer_pos_body_km / radii for s in states]),
-        radii_km=radii,
+        obs_body_km=np.stack([s.observer_pos_body_km for s in states]),
+        radii_km=np.asarray(target.radii, dtype=np.float64),
     )
 
 
@@ -445,6 +461,10 @@ class PointingSolution:
     fixed_parameters: tuple[str, ...] = ()
     parameter_sigma: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Fitted altitude of the visible limb above the PCK ellipsoid (km).
+    limb_alt_km: float = 0.0
+    #: Spin axis vs the physics prior: angles (deg), prior sigma, "prior_dependent_roll".
+    axis: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rms_px(self) -> float:
@@ -479,6 +499,7 @@ class PointingSolution:
             "n_rejected": self.n_rejected, "solve_time_s": self.solve_time_s,
             "fixed_parameters": list(self.fixed_parameters),
             "parameter_sigma": dict(self.parameter_sigma), "notes": list(self.notes),
+            "limb_alt_km": self.limb_alt_km, "axis": dict(self.axis),
         }
 
     def to_json(self) -> str:
@@ -495,6 +516,9 @@ class PointingSolution:
                 lines.append(f"  {k}: {v}")
         lines.append(f"  timing: start offset {1e3 * self.timing.start_offset_s:+.2f} ms, "
                      f"interframe correction {1e3 * self.timing.interframe_correction_s:+.3f} ms")
+        lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km")
+        for k, v in self.axis.items():
+            lines.append(f"  axis {k}: {v:.3g}" if isinstance(v, float) else f"  axis {k}: {v}")
         for k, v in self.parameter_sigma.items():
             lines.append(f"  sigma {k}: {v:.4g}")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -543,6 +567,7 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         n_rejected=d["n_rejected"], solve_time_s=d["solve_time_s"],
         fixed_parameters=tuple(d.get("fixed_parameters", ())),
         parameter_sigma=d.get("parameter_sigma", {}), notes=tuple(d.get("notes", ())),
+        limb_alt_km=float(d.get("limb_alt_km", 0.0)), axis=d.get("axis", {}),
     )
 
 
@@ -560,51 +585,153 @@ def _robust_cost(r: np.ndarray, f_scale: float = 1.0) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 
-def _fit_robust(fun, x0: np.ndarray, n_points: int, *, f_scale: float = 1.0, rounds: int = 3,
-                x_scale: Any = "jac") -> tuple[np.ndarray, np.ndarray, Any]:
-    """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers, result."""
+def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: float = 1.0, rounds: int = 3,
+                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf)) -> tuple[np.ndarray, np.ndarray]:
+    """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers.
+
+    ``fun(x)`` gives the point residuals (px), ``extra(x)`` optional prior residuals (in
+    sigmas) that are always kept.
+    """
     inl = np.ones(n_points, bool)
     x = np.asarray(x0, dtype=np.float64)
-    res = None
     for _ in range(rounds):
         keep = inl.copy()
-        res = optimize.least_squares(lambda p, keep=keep: fun(p)[keep], x, loss="soft_l1", f_scale=f_scale,
-                                     x_scale=x_scale, method="trf", max_nfev=200)
-        x = res.x
+
+        def f(p: np.ndarray, keep: np.ndarray = keep) -> np.ndarray:
+            r = fun(p)[keep]
+            return r if extra is None else np.r_[r, extra(p)]
+
+        x = optimize.least_squares(f, x, loss="soft_l1", f_scale=f_scale, x_scale=x_scale, method="trf",
+                                   max_nfev=200, bounds=bounds).x
         r = fun(x)
         sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
         new = np.abs(r) < max(3.0 * sigma, 0.5)
         if np.array_equal(new, inl):
             break
         inl = new
-    return x, inl, res
+    return x, inl
 
 
-def _initial_spin(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray,
-                  target_dir_j2000: np.ndarray, prior_axes: Sequence[np.ndarray],
-                  rng: np.random.Generator) -> list[np.ndarray]:
-    """Start values (ra, dec, phase0, rate) from a small-circle fit of the limb rays.
+def _numeric_jacobian(fun, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    f0 = fun(x)
+    jac = np.empty((f0.size, x.size))
+    for i, h in enumerate(steps):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        jac[:, i] = (fun(xp) - fun(xm)) / (2 * h)
+    return jac
 
-    For a trial rate, the limb rays in the spinning frame (phase0 = 0) must lie on a
-    small circle around the target direction: q . w = 1 is linear in w. The best rate
-    gives the target's elevation above the spin plane; the axis lies on a cone around
-    the target direction, searched on a grid (plus the priors' positions on it) with the
-    full limb cost.
+
+@dataclass(frozen=True)
+class AxisPrior:
+    """Where Juno's spin axis (s/c +Z, the HGA boresight) may be, in J2000.
+
+    ``centre_j2000``: the mean of a Gaussian prior of ``sigma_deg`` on the axis (a weak
+    residual in the same least-squares problem); ``gates``: named directions, the axis
+    must lie within ``gate_deg`` of one of them (candidates beyond are never tried and a
+    solution beyond is refused: an anti-Earth axis is a mirror solution).
     """
-    n = model.ray_cam.shape[0]
-    sub = rng.choice(n, size=min(n, 1500), replace=False)
-    ray_sc = model.ray_cam[sub] @ sc_to_cam  # cam -> sc (row vectors)
-    t = dt_s[model.frame[sub]]
-    j = target_dir_j2000 / np.linalg.norm(target_dir_j2000)
-    u = np.cross(j, [0.0, 0.0, 1.0])
-    u /= np.linalg.norm(u)
-    v = np.cross(j, u)
-    psis = list(np.radians(np.arange(0.0, 360.0, 5.0)))
-    for a in prior_axes:
-        psis.append(math.atan2(float(a @ v), float(a @ u)))
-    starts = []
-    for rate_deg in np.arange(SPIN_RATE_RANGE_DEG_S[0], SPIN_RATE_RANGE_DEG_S[1], 0.05):
-        rate = math.radians(rate_deg)
+
+    centre_j2000: np.ndarray
+    sigma_deg: float = 5.0
+    gates: tuple[tuple[str, np.ndarray], ...] = ()
+    gate_deg: float = 30.0
+    source: str = "earth"
+
+    def residuals(self, axis_j2000: np.ndarray) -> np.ndarray:
+        """Tangent-plane offset of the axis from the centre, in prior sigmas (2,)."""
+        e = spin_basis(self.centre_j2000)
+        return np.array([axis_j2000 @ e[0], axis_j2000 @ e[1]]) / math.radians(self.sigma_deg)
+
+    def gate_distances_deg(self, axis_j2000: np.ndarray) -> dict[str, float]:
+        return {name: _angle_deg(axis_j2000, d) for name, d in self.gates}
+
+    def within_gate(self, axis_j2000: np.ndarray) -> bool:
+        return not self.gates or min(self.gate_distances_deg(axis_j2000).values()) <= self.gate_deg
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    return math.degrees(math.atan2(float(np.linalg.norm(np.cross(a, b))), float(a @ b)))
+
+
+def juno_axis_prior(et: float, *, sigma_deg: float = 5.0, gate_deg: float = 30.0) -> AxisPrior | None:
+    """The physics prior near perijove: +Z at Earth (HGA) or near the orbit normal.
+
+    Earth as seen from Juno (LT+S) is the prior's centre; the gates are Earth and the
+    orbit normal (r x v of Juno about Jupiter). None when the kernels give neither.
+    """
+    gates: list[tuple[str, np.ndarray]] = []
+    try:
+        earth = np.asarray(spiceypy.spkpos("EARTH", et, "J2000", "LT+S", OBSERVER)[0])
+        gates.append(("earth", earth / np.linalg.norm(earth)))
+    except spiceypy.utils.exceptions.SpiceyError:
+        pass
+    try:
+        st = np.asarray(spiceypy.spkezr(OBSERVER, et, "J2000", "NONE", "JUPITER")[0])
+        h = np.cross(st[:3], st[3:])
+        gates.append(("orbit_normal", h / np.linalg.norm(h)))
+    except spiceypy.utils.exceptions.SpiceyError:
+        pass
+    if not gates:
+        return None
+    return AxisPrior(centre_j2000=gates[0][1], sigma_deg=sigma_deg, gates=tuple(gates), gate_deg=gate_deg,
+                     source=gates[0][0])
+
+
+def _axis_grid(centres: Sequence[np.ndarray], radius_deg: float, step_deg: float) -> np.ndarray:
+    """Unit axes on a square grid (gnomonic) within ``radius_deg`` of each centre: (m, 3)."""
+    k = int(radius_deg // step_deg)
+    a, b = np.meshgrid(np.arange(-k, k + 1) * step_deg, np.arange(-k, k + 1) * step_deg)
+    keep = np.hypot(a, b) <= radius_deg
+    ta, tb = np.tan(np.radians(a[keep])), np.tan(np.radians(b[keep]))
+    out = []
+    for c in centres:
+        e = spin_basis(c)
+        v = e[2][None] + ta[:, None] * e[0][None] + tb[:, None] * e[1][None]
+        out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+    return np.concatenate(out)
+
+
+def _batch_residuals_px(model: _LimbModel, ray_sc: np.ndarray, dt_pt: np.ndarray, axes: np.ndarray,
+                        phase0: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Limb residuals (K, n) of K spin candidates (zero limb altitude), vectorised."""
+    theta = phase0[:, None] + rate[:, None] * dt_pt[None, :]            # (K, n)
+    c, s = np.cos(theta), np.sin(theta)
+    # Rz(theta)^T applied to ray_sc: the spinning frame's vector in the axis basis
+    vx = c * ray_sc[None, :, 0] - s * ray_sc[None, :, 1]
+    vy = s * ray_sc[None, :, 0] + c * ray_sc[None, :, 1]
+    vz = np.broadcast_to(ray_sc[None, :, 2], vx.shape)
+    basis = _spin_bases(axes)                                            # (K, 3, 3) rows e1, e2, axis
+    u = (vx[..., None] * basis[:, None, 0] + vy[..., None] * basis[:, None, 1]
+         + vz[..., None] * basis[:, None, 2])                           # (K, n, 3) J2000
+    f = model.frame
+    beta = model.beta_j2000[f][None]
+    ub = np.einsum("kni,kni->kn", u, np.broadcast_to(beta, u.shape))
+    kk = ub + np.sqrt(ub * ub - np.sum(beta * beta, axis=-1) + 1.0)
+    u_geo = kk[..., None] * u - beta
+    u_body = np.einsum("nij,knj->kni", model.rot_j2000_to_body[f], u_geo)
+    d = u_body / model.radii_km
+    o = (model.obs_body_km / model.radii_km)[f][None]
+    cos_ang = -np.sum(d * o, axis=-1) / (np.linalg.norm(d, axis=-1) * np.linalg.norm(o, axis=-1))
+    ang = np.arccos(np.clip(cos_ang, -1.0, 1.0))
+    alpha = np.arcsin(np.clip(1.0 / np.linalg.norm(o, axis=-1), -1.0, 1.0))
+    return (ang - alpha) / model.ifov_rad[None]
+
+
+def _small_circle_phases(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray,
+                         rates_rad_s: np.ndarray) -> list[tuple[float, float, float]]:
+    """Per trial rate: (rate, elevation sin, azimuth) of the target in the spinning frame.
+
+    For a trial rate, the limb rays in the spinning frame (phase0 = 0) lie on a small
+    circle around the target direction: ``q . w = 1`` is linear in ``w``.
+    """
+    ray_sc = model.ray_cam @ sc_to_cam  # cam -> sc (row vectors)
+    t = dt_s[model.frame]
+    out = []
+    for rate in rates_rad_s:
         q = np.einsum("nji,nj->ni", _rz(rate * t), ray_sc)  # Rz^T v
         w = np.linalg.lstsq(q, np.ones(len(q)), rcond=None)[0]
         for _ in range(2):  # two IRLS passes against outliers
@@ -612,38 +739,66 @@ def _initial_spin(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray,
             wt = 1.0 / np.maximum(np.abs(rr), np.median(np.abs(rr)) + 1e-12)
             w = np.linalg.lstsq(q * np.sqrt(wt)[:, None], np.sqrt(wt), rcond=None)[0]
         j_spin = w / np.linalg.norm(w)
-        sin_e = float(j_spin[2])
-        cos_e = math.sqrt(max(0.0, 1 - sin_e * sin_e))
-        az_spin = math.atan2(j_spin[1], j_spin[0])
-        for psi in psis:
-            axis = sin_e * j + cos_e * (math.cos(psi) * u + math.sin(psi) * v)
-            bj = spin_basis(axis) @ j
-            phase0 = math.atan2(bj[1], bj[0]) - az_spin
-            ra, dec = _vec_to_radec(axis)
-            starts.append(np.array([ra, dec, phase0, rate]))
-    for a in prior_axes:  # the priors themselves, any phase, typical rates
-        ra, dec = _vec_to_radec(a)
-        for rate_deg in (11.7, 11.85, 12.0):
-            for phase_deg in range(0, 360, 10):
-                starts.append(np.array([ra, dec, math.radians(phase_deg), math.radians(rate_deg)]))
-    return starts
-
-
-def _prior_axes(state: FrameState, et: float) -> list[np.ndarray]:
-    """Guesses for the spin axis: the Earth direction and Juno's orbit normal about the target."""
-    out = []
-    try:
-        earth = np.asarray(spiceypy.spkpos("EARTH", et, "J2000", "LT+S", OBSERVER)[0])
-        out.append(earth / np.linalg.norm(earth))
-    except spiceypy.utils.exceptions.SpiceyError:
-        pass
-    try:
-        st = np.asarray(spiceypy.spkezr(OBSERVER, et, "J2000", "NONE", "JUPITER")[0])
-        h = np.cross(st[:3], st[3:])
-        out.append(h / np.linalg.norm(h))
-    except spiceypy.utils.exceptions.SpiceyError:
-        pass
+        out.append((float(rate), float(j_spin[2]), math.atan2(j_spin[1], j_spin[0])))
     return out
+
+
+def _spin_starts(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray, target_dir_j2000: np.ndarray,
+                 prior: AxisPrior | None, rng: np.random.Generator, *, radius_deg: float = 15.0,
+                 step_deg: float = 2.0, n_best: int = 4) -> list[np.ndarray]:
+    """The best few start vectors (ra, dec, phase0, rate) of a gridded search.
+
+    Axes: a grid of ``radius_deg`` around Earth and the orbit normal (the prior's gates),
+    or, with no prior, every 3 deg on the cone of the target's small-circle elevation.
+    Rates: 11.3-12.4 deg/s. Phase: where the target's azimuth in the spinning frame
+    (small-circle fit of the limb rays) says. Scored by the robust limb cost on a
+    subsample, plus the prior.
+    """
+    rates = np.radians(np.arange(SPIN_RATE_RANGE_DEG_S[0], SPIN_RATE_RANGE_DEG_S[1] + 1e-9, 0.1))
+    sub = rng.choice(len(model.frame), size=min(len(model.frame), 300), replace=False)
+    sm = model.subset(sub)
+    circles = _small_circle_phases(sm, dt_s, sc_to_cam, rates)
+    j = target_dir_j2000 / np.linalg.norm(target_dir_j2000)
+    if prior is not None and prior.gates:
+        axes = _axis_grid([d for _, d in prior.gates], radius_deg, step_deg)
+        axes_by_rate = [axes] * len(rates)
+    else:  # the cone of the small circle's elevation around the target direction
+        e = spin_basis(j)
+        psi = np.radians(np.arange(0.0, 360.0, 3.0))
+        axes_by_rate = []
+        for _, sin_e, _ in circles:
+            cos_e = math.sqrt(max(0.0, 1 - sin_e * sin_e))
+            axes_by_rate.append(sin_e * j[None] + cos_e * (np.cos(psi)[:, None] * e[0] + np.sin(psi)[:, None]
+                                                           * e[1]))
+    ray_sc = sm.ray_cam @ sc_to_cam
+    dt_pt = dt_s[sm.frame]
+    cand_x: list[np.ndarray] = []
+    cand_cost: list[np.ndarray] = []
+    for (rate, _, az_spin), axes in zip(circles, axes_by_rate, strict=True):
+        bj = np.einsum("kij,j->ki", _spin_bases(axes), j)
+        phase0 = np.arctan2(bj[:, 1], bj[:, 0]) - az_spin
+        r = _batch_residuals_px(sm, ray_sc, dt_pt, axes, phase0, np.full(len(axes), rate))
+        z = (r / 3.0) ** 2
+        cost = np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0), axis=1)
+        if prior is not None:
+            e = spin_basis(prior.centre_j2000)
+            cost = cost + ((axes @ e[0]) ** 2 + (axes @ e[1]) ** 2) / math.radians(prior.sigma_deg) ** 2
+        ra_dec = np.column_stack([np.arctan2(axes[:, 1], axes[:, 0]) % (2 * math.pi),
+                                  np.arcsin(np.clip(axes[:, 2], -1.0, 1.0))])
+        cand_x.append(np.column_stack([ra_dec, phase0, np.full(len(axes), rate)]))
+        cand_cost.append(cost)
+    xs = np.concatenate(cand_x)
+    costs = np.concatenate(cand_cost)
+    chosen: list[np.ndarray] = []
+    for i in np.argsort(costs):
+        ax = _radec_to_vec(xs[i][0], xs[i][1])
+        if any(_angle_deg(ax, _radec_to_vec(c[0], c[1])) < 4.0 and abs(xs[i][3] - c[3]) < math.radians(0.2)
+               for c in chosen):
+            continue
+        chosen.append(xs[i])
+        if len(chosen) >= n_best:
+            break
+    return chosen
 
 
 def _band_stats(points: LimbPoints, r: np.ndarray,
@@ -673,18 +828,35 @@ def _check_coverage(points: LimbPoints, meta: ProductMeta, min_points: int) -> N
             "too little to constrain the spin axis", hint="use a CK or another image")
 
 
+def _axis_sigma_deg(cov_radec: np.ndarray, dec_rad: float) -> float:
+    """1-sigma of the axis direction along its worst direction (deg) from the (ra, dec) covariance."""
+    s = np.diag([math.cos(dec_rad), 1.0])
+    c = s @ cov_radec @ s
+    return math.degrees(math.sqrt(max(float(np.max(np.linalg.eigvalsh(c))), 0.0)))
+
+
+#: Bounds of the fitted limb altitude above the PCK ellipsoid (km).
+LIMB_ALT_BOUNDS_KM = (-200.0, 800.0)
+_AUTO = "auto"
+
+
 def solve_pointing(
     image: Any, *, ck: Attitude | None = None, target: Target | None = None,
     points: LimbPoints | None = None, timing: FrameTiming | None = None,
     min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0, seed: int = 0,
-    refuse_ambiguous: bool = True,
+    refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
+    allow_prior_dependent: bool = True, fit_limb_altitude: bool = True,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
     Kernels (LSK, PCK, FK, IK, SPK; SCLK and CK for ``ck``) must be loaded. ``image`` is
-    a RawImage or a calibrated image. Raises :class:`NoLimbError` when no limb is visible
-    and there is no CK to fall back to, :class:`PointingQualityError` when the solution
-    cannot be trusted (too few points, a single frame, too small a span, RMS > ``max_rms_px``).
+    a RawImage or a calibrated image. ``axis_prior``: "auto" (Earth / orbit normal from
+    the kernels, :func:`juno_axis_prior`), an :class:`AxisPrior`, or None (no prior, no
+    gate: the limb alone). Raises :class:`NoLimbError` when no limb is visible and there
+    is no CK to fall back to, :class:`PointingQualityError` when the solution cannot be
+    trusted (too few points, a single frame, too small a span, RMS > ``max_rms_px``, an
+    axis outside the prior's gate, an axis the limb leaves free beyond
+    ``max_axis_sigma_deg`` without a prior or with ``allow_prior_dependent=False``).
     """
     t_start = time.perf_counter()
     meta = image.meta
@@ -710,7 +882,8 @@ def solve_pointing(
     model = _limb_model(points, meta, states, target)
     n = len(points)
     notes: list[str] = []
-    sigma: dict[str, float] = {}
+    axis_info: dict[str, Any] = {}
+    lo_h, hi_h = LIMB_ALT_BOUNDS_KM if fit_limb_altitude else (-1e-6, 1e-6)
     if ck is None:
         mid = n_frames // 2
         t_ref = float(ets[mid])
@@ -718,101 +891,113 @@ def solve_pointing(
         sc_to_cam = rot_sc_to_cam(t_ref)
         st = states[mid]
         target_dir = st.target_pos_j2000_km / np.linalg.norm(st.target_pos_j2000_km) + st.beta_j2000
-        priors = _prior_axes(st, t_ref)
+        prior = juno_axis_prior(t_ref) if isinstance(axis_prior, str) else axis_prior
+        if prior is None:
+            notes.append("no spin-axis prior (no Earth or orbit normal in the kernels): the limb alone")
         rng = np.random.default_rng(seed)
-        starts = _initial_spin(model, dt_s, sc_to_cam, target_dir, priors, rng)
+        starts = _spin_starts(model, dt_s, sc_to_cam, target_dir, prior, rng)
         sub = rng.choice(n, size=min(n, 1500), replace=False)
-        sub_model = replace(model, frame=model.frame[sub], ray_cam=model.ray_cam[sub],
-                            ifov_rad=model.ifov_rad[sub])
+        sub_model = model.subset(sub)
 
-        def fun_sub(x: np.ndarray) -> np.ndarray:
-            return sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
+        def prior_res(x: np.ndarray) -> np.ndarray:
+            return prior.residuals(_radec_to_vec(x[0], x[1])) if prior is not None else np.zeros(0)
 
-        costs = np.array([_robust_cost(fun_sub(x0), 3.0) for x0 in starts])
-        order = np.argsort(costs)
-        # refine the best few distinct starts on the subsample
+        x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 10.0])
+        bounds = ([-np.inf] * 4 + [lo_h], [np.inf] * 4 + [hi_h])
         refined: list[tuple[float, np.ndarray]] = []
-        chosen: list[tuple[np.ndarray, float]] = []
-        for i in order:
-            ax = _radec_to_vec(starts[i][0], starts[i][1])
-            if any(float(ax @ c) > math.cos(math.radians(3.0)) and abs(starts[i][3] - s3) < 2e-3
-                   for c, s3 in chosen):
+        for x0 in starts:
+            res = optimize.least_squares(
+                lambda x: np.r_[sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[4]),
+                                prior_res(x)],
+                np.r_[x0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
+            axis_r = _radec_to_vec(res.x[0], res.x[1])
+            if prior is not None and not prior.within_gate(axis_r):
                 continue
-            chosen.append((ax, starts[i][3]))
-            if len(chosen) > 10:
-                break
-            res = optimize.least_squares(fun_sub, starts[i], loss="soft_l1", f_scale=2.0,
-                                         x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5]), max_nfev=100)
-            refined.append((_robust_cost(fun_sub(res.x), 1.0), res.x))
+            r_sub = sub_model.residuals_px(_spin_rotations(res.x, dt_s, sc_to_cam), res.x[4])
+            cost = _robust_cost(r_sub, 1.0)
+            refined.append((cost + 0.5 * float(np.sum(prior_res(res.x) ** 2)), res.x))
+        if not refined:
+            raise PointingQualityError(
+                f"{meta.product_id}: no spin axis within {getattr(prior, 'gate_deg', 0.0):.0f} deg of Earth "
+                "or the orbit normal fits the limb", hint="check the target and kernels, or use a CK")
         refined.sort(key=lambda cr: cr[0])
-        if priors:  # Juno's +Z (HGA) faces Earth: among equally good fits, the Earth side
-            best_cost = refined[0][0]
-            earth_side = [cr for cr in refined if cr[0] < 1.2 * best_cost
-                          and float(_radec_to_vec(cr[1][0], cr[1][1]) @ priors[0]) > 0]
-            if earth_side:
-                refined = earth_side + [cr for cr in refined if not any(cr is e for e in earth_side)]
         x0 = refined[0][1]
 
         def fun(x: np.ndarray) -> np.ndarray:
-            m = replace(model, obs_scaled=model.obs_scaled * (1.0 + x[4]))
-            return m.residuals_px(_spin_rotations(x, dt_s, sc_to_cam))
+            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[4])
 
-        x, inl, res = _fit_robust(fun, np.r_[x0, 0.0], n, x_scale=np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-4]))
-        # other local minima at comparable cost with a different axis: ambiguous
+        x, inl = _fit_robust(fun, x0, n, extra=prior_res if prior is not None else None,
+                             x_scale=x_scale, bounds=bounds)
         axis = _radec_to_vec(x[0], x[1])
         for cost, xr in refined[1:]:
-            other = _radec_to_vec(xr[0], xr[1])
-            sep = math.degrees(math.acos(min(1.0, float(axis @ other))))
-            if sep > 2.0 and cost < 1.1 * refined[0][0]:  # noqa: SIM102
+            sep = _angle_deg(axis, _radec_to_vec(xr[0], xr[1]))
+            if sep > 2.0 and cost < 1.1 * refined[0][0]:
                 notes.append(f"another spin axis {sep:.1f} deg away fits almost as well")
         attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, sc_to_cam)
         timing_fit = timing0
         fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
-        names = ("ra", "dec", "phase0", "rate", "range_scale")
-        range_km = float(np.linalg.norm(st.target_pos_j2000_km))
-        notes.append(f"limb-size nuisance parameter: {x[4] * range_km:+.1f} km equivalent range change "
-                     "(absorbs edge-location bias and SPK range error; not a trajectory fix)")
+        steps = np.array([1e-5, 1e-5, 1e-5, 1e-7, 1.0])
         method = "spin"
+        limb_alt = float(x[4])
     else:
-        base = np.stack([ck.rot_j2000_to_cam(float(et)) for et in ets])  # checks coverage
-
         def rotations(x: np.ndarray) -> np.ndarray:
             et_fit = ets + x[0] + frame_idx * x[1]
             rot = np.stack([ck.rot_j2000_to_cam(float(e)) for e in et_fit])
             return _small_rotation(x[2:5]) @ rot
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(rotations(x))
+            return model.residuals_px(rotations(x), x[5])
 
-        del base
-        x, inl, res = _fit_robust(fun, np.zeros(5), n, x_scale=np.array([1e-3, 1e-5, 1e-4, 1e-4, 1e-4]))
+        rotations(np.zeros(6))  # checks the CK's coverage before fitting
+        prior = None
+        x, inl = _fit_robust(fun, np.zeros(6), n, x_scale=np.array([1e-3, 1e-5, 1e-4, 1e-4, 1e-4, 10.0]),
+                             bounds=([-np.inf] * 5 + [lo_h], [np.inf] * 5 + [hi_h]))
         attitude = RefinedCkAttitude(delta_cam_rad=(float(x[2]), float(x[3]), float(x[4])))
         timing_fit = timing0.with_offsets(timing0.start_offset_s + float(x[0]),
                                           timing0.interframe_correction_s + float(x[1]))
         fixed = ()
-        names = ("start_offset_s", "interframe_correction_s", "delta_x_rad", "delta_y_rad", "delta_z_rad")
+        steps = np.array([1e-5, 1e-7, 1e-6, 1e-6, 1e-6, 1.0])
         method = "ck-refined"
+        limb_alt = float(x[5])
     r = fun(x)
     rms_band, cnt_band = _band_stats(points, r, inl)
     n_in = int(inl.sum())
-    # parameter covariance from the Jacobian of the inliers
-    try:
-        jac = res.jac
-        dof = max(n_in - len(x), 1)
-        s2 = float(np.sum(r[inl] ** 2)) / dof
-        cov = np.linalg.pinv(jac.T @ jac) * s2
-        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
-    except (AttributeError, ValueError, np.linalg.LinAlgError):
-        sd = np.full(len(x), np.nan)
-    if method == "spin":
-        sigma = {"spin_axis_deg": math.degrees(math.hypot(sd[0] * math.cos(x[1]), sd[1])),
-                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3]),
-                 "range_km": float(sd[4]) * float(np.linalg.norm(states[n_frames // 2].target_pos_j2000_km))}
-        axis_sigma = sigma["spin_axis_deg"]
-    else:
-        sigma = {k: float(v) for k, v in zip(names, sd, strict=False)}
-        axis_sigma = 0.0
     rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
+    # covariance: limb rows weighted by the fit's RMS, the prior's rows in sigmas
+    jac = _numeric_jacobian(lambda p: fun(p)[inl], x, steps) / max(rms_all, 1e-3)
+    if not fit_limb_altitude:
+        jac = jac[:, :-1]
+    info_limb = jac.T @ jac
+    info = info_limb.copy()
+    if prior is not None:
+        jp = _numeric_jacobian(prior_res, x, steps)[:, : jac.shape[1]]
+        info += jp.T @ jp
+    cov = np.linalg.pinv(info)
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    sigma: dict[str, float]
+    axis_sigma = axis_sigma_limb = 0.0
+    if method == "spin":
+        axis_sigma = _axis_sigma_deg(cov[:2, :2], x[1])
+        axis_sigma_limb = _axis_sigma_deg(np.linalg.pinv(info_limb)[:2, :2], x[1])
+        sigma = {"spin_axis_deg": axis_sigma, "spin_axis_limb_only_deg": axis_sigma_limb,
+                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
+        if prior is not None:
+            axis_info = {"prior": prior.source, "prior_sigma_deg": prior.sigma_deg,
+                         "prior_gate_deg": prior.gate_deg,
+                         "axis_from_prior_deg": _angle_deg(axis, prior.centre_j2000),
+                         **{f"axis_from_{k}_deg": v for k, v in prior.gate_distances_deg(axis).items()}}
+            if not prior.within_gate(axis):
+                raise PointingQualityError(
+                    f"{meta.product_id}: solved spin axis is more than {prior.gate_deg:.0f} deg from Earth "
+                    "and the orbit normal", hint="the limb fit is wrong (mirror solution?); use a CK")
+    else:
+        names = ("start_offset_s", "interframe_correction_s", "delta_x_rad", "delta_y_rad", "delta_z_rad")
+        sigma = {k: float(v) for k, v in zip(names, sd, strict=False)}
+    if fit_limb_altitude:
+        sigma["limb_alt_km"] = float(sd[-1])
+    # the limb alone would not pass the axis gate: the roll rests on the prior
+    prior_dependent = prior is not None and axis_sigma_limb >= max_axis_sigma_deg
+    axis_info["prior_dependent_roll"] = bool(prior_dependent)
     elapsed = time.perf_counter() - t_start
     if n_in < min_points:
         raise PointingQualityError(f"{meta.product_id}: only {n_in} limb points fit the solution",
@@ -821,16 +1006,24 @@ def solve_pointing(
         raise PointingQualityError(
             f"{meta.product_id}: limb residual RMS {rms_all:.2f} px exceeds {max_rms_px} px",
             hint="the limb fit failed; check the target and timing, or use a CK")
-    if method == "spin" and not axis_sigma < max_axis_sigma_deg:
+    accepted_by_prior = prior_dependent and allow_prior_dependent
+    if method == "spin" and not axis_sigma < max_axis_sigma_deg and not accepted_by_prior:
         raise PointingQualityError(
             f"{meta.product_id}: spin axis undetermined (1-sigma {axis_sigma:.2f} deg)",
             hint="the limb is nearly circular from here; use a CK")
     if refuse_ambiguous and any(n.startswith("another spin axis") for n in notes):
-        raise PointingQualityError(f"{meta.product_id}: ambiguous solution ({notes[0]})",
-                                   hint="use a CK")
+        raise PointingQualityError(f"{meta.product_id}: ambiguous solution ({notes[-1]})", hint="use a CK")
     quality = "good" if rms_all < 0.5 and axis_sigma < 0.2 else "fair"
-    if axis_sigma >= 0.2:
+    if prior_dependent:
+        quality = "prior-dependent roll"
+        notes.append(f"the limb leaves the spin axis free (limb-only 1-sigma {axis_sigma_limb:.1f} deg): "
+                     f"it rests on the {getattr(prior, 'source', '')} prior (sigma "
+                     f"{getattr(prior, 'sigma_deg', 0.0):.0f} deg), posterior 1-sigma {axis_sigma:.1f} deg; "
+                     "features far from the limb may be rotated about the sub-spacecraft point")
+    elif axis_sigma >= 0.2 and method == "spin":
         notes.append(f"spin axis weakly constrained by the limb (1-sigma {axis_sigma:.2f} deg)")
+    if fit_limb_altitude and min(abs(limb_alt - lo_h), abs(limb_alt - hi_h)) < 1.0:
+        notes.append(f"limb altitude at its bound ({limb_alt:.0f} km): something else is wrong")
     if len([b for b, k in cnt_band.items() if k]) == 1 and meta.n_filters > 1:
         notes.append("limb found in one band only")
     return PointingSolution(
@@ -838,7 +1031,7 @@ def solve_pointing(
         quality=quality, residuals_px_by_band=rms_band, n_points_by_band=cnt_band,
         max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
         n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
-        parameter_sigma=sigma, notes=tuple(notes),
+        parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
     )
 
 
@@ -859,9 +1052,9 @@ def predicted_limb_mask(meta: ProductMeta, sol: PointingSolution, band: str, *,
         m = _LimbModel(frame=np.zeros(len(rays), np.intp), ray_cam=rays,
                        ifov_rad=np.full(len(rays), 1.0 / cam.focal_px),
                        beta_j2000=st.beta_j2000[None], rot_j2000_to_body=st.rot_j2000_to_body[None],
-                       obs_scaled=(st.observer_pos_body_km / target.radii)[None], radii_km=target.radii)
+                       obs_body_km=st.observer_pos_body_km[None], radii_km=np.asarray(target.radii, float))
         rot = sol.attitude.rot_j2000_to_cam(float(et))[None]
-        out[f] = (m.residuals_px(rot) < 0).reshape(rows, samples)
+        out[f] = (m.residuals_px(rot, sol.limb_alt_km) < 0).reshape(rows, samples)
     return out
 
 
