@@ -627,10 +627,18 @@ def _sample_supersampled(texture: np.ndarray, shape: tuple[int, int], x: np.ndar
     width = shape[1]
 
     def grad(a: np.ndarray, axis: int, wrap: float | None) -> np.ndarray:
-        g = np.gradient(a, axis=axis)
+        """Central differences; neighbour differences wrapped first (longitude seam)."""
+        d = np.diff(a, axis=axis)
         if wrap is not None:
-            g = (g + wrap / 2) % wrap - wrap / 2
-        return np.nan_to_num(g, nan=0.0)
+            d = (d + wrap / 2) % wrap - wrap / 2
+        d = np.nan_to_num(d, nan=0.0)
+        if a.shape[axis] < 2:
+            return np.zeros_like(a)
+        first = np.take(d, [0], axis=axis)
+        last = np.take(d, [-1], axis=axis)
+        d = np.concatenate([first, d, last], axis=axis)
+        n = d.shape[axis]
+        return 0.5 * (np.take(d, range(0, n - 1), axis=axis) + np.take(d, range(1, n), axis=axis))
 
     dx_dcol, dx_drow = grad(x, 1, float(width)), grad(x, 0, float(width))
     dy_dcol, dy_drow = grad(y, 1, None), grad(y, 0, None)
