@@ -88,7 +88,7 @@ def radius_px(band: str, cameras: dict[str, CameraModel]) -> np.ndarray:
 
 
 def fit_vignetting(flats: dict[str, np.ndarray], cameras: dict[str, CameraModel], columns: slice):
-    """Least squares: flat_b(r) = s_b + sum_k c_k (r/1000)^(2k), one shape shared by the bands."""
+    """Least squares: flat_b(r) = s_b + sum_k c_k (r/1000)^(2k), one radial shape shared by the bands."""
     rows_a, rows_y = [], []
     for i, band in enumerate(RGB):
         rr = (radius_px(band, cameras)[:, columns] / 1000.0).ravel()
@@ -155,7 +155,8 @@ def main() -> None:
 
     coef, rms = fit_vignetting(flats, cameras, columns)
     rr = radius_px("METHANE", cameras) / 1000.0
-    model = 1.0 + sum(coef[len(RGB) + k - 1] * rr ** (2 * k) for k in range(1, VIGNETTING_TERMS + 1))
+    offset = float(np.mean(coef[:len(RGB)]))  # the bands' own offsets differ by < 2 %
+    model = offset + sum(coef[len(RGB) + k - 1] * rr ** (2 * k) for k in range(1, VIGNETTING_TERMS + 1))
     methane = normalise(model, columns)
     out["flat_METHANE"] = np.round(methane * FLAT_SCALE).astype(np.uint16)
     out["dark_columns_METHANE"] = np.ones(CCD_SAMPLES, np.float32)
@@ -173,7 +174,8 @@ def main() -> None:
                     for key, path in files.items()},
         "ik": {"file": ik.name, "sha256": sha256(ik)},
         "methane_vignetting_model": {
-            "form": "flat(r) = 1 + c1 (r/1000)^2 + c2 (r/1000)^4, r = |px - (cx, cy)| in full-res px",
+            "form": "flat_b(r) = s_b + c1 (r/1000)^2 + c2 (r/1000)^4, r = |px - (cx, cy_b)| in full-res px; "
+                    "METHANE uses the mean s_b, then mean 1 over the photoactive area",
             "coefficients": [float(c) for c in coef[len(RGB):]],
             "band_scales": {b: float(coef[i]) for i, b in enumerate(RGB)},
             "fit_rms_per_band": rms,
