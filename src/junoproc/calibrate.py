@@ -28,8 +28,8 @@ and refuses to run twice (``steps`` records what was applied).
    (DN <= ``sky_max_dn``). Columns with too little sky get ``offset + scale * profile``
    fitted to the others, ``profile`` being the column profile of the public PJ28 darks
    (kmgill). Cross-validated on the real images (estimate on even frames, test on odd
-   ones) this removes 60-85 % of the column pattern of the sky, where the PJ28 profile
-   alone removes 1-2 %. Without enough sky (a planet filling the frame) the step
+   ones) this removes 57-86 % of the column pattern of the sky, where the PJ28 profile
+   alone removes 0-2 %. Without enough sky (a planet filling the frame) the step
    subtracts nothing and says so in the provenance.
 5. ``divide_flat``: per-band flat normalised to mean 1 over the photoactive area (band
    response is *not* in the flat; it is the explicit responsivity of step 7). BLUE, GREEN,
