@@ -299,5 +299,67 @@ def info_cmd(path: str) -> None:
         sys.exit(1)
 
 
+# --- locate ---
+_LOCATE_ROWS = (
+    ("lat_centric", "lat_centric_deg", "deg  planetocentric"),
+    ("lat_graphic", "lat_graphic_deg", "deg  planetographic"),
+    ("lon_east", "lon_east_deg", "deg  east"),
+    ("lon_west", "lon_west_deg", "deg  west (System III for Jupiter)"),
+    ("incidence", "incidence_deg", "deg"),
+    ("emission", "emission_deg", "deg"),
+    ("phase", "phase_deg", "deg"),
+    ("range_km", "range_km", "km  observer -> surface point"),
+    ("resolution", "resolution_km_per_px", "km/px"),
+)
+
+
+@main.command("locate")
+@click.argument("meta", type=click.Path(exists=True))
+@click.option("--frame", type=click.IntRange(min=0), required=True, help="Frame number, 0-based.")
+@click.option("--band", required=True, help="METHANE, BLUE, GREEN or RED (one of the product's).")
+@click.option("--pixel", "pixels", type=(float, float), multiple=True, required=True,
+              help="X Y in framelet pixels: origin at the framelet's upper-left corner, pixel centres "
+                   "at index + 0.5 (the centre of column 824, row 64 is 824.5 64.5); repeatable.")
+@click.option("--kernels", "kernel_dirs", type=click.Path(exists=True, file_okay=False), multiple=True,
+              help="Kernel folder(s), searched recursively; repeatable "
+                   "[$JUNOPROC_KERNELS > config > cache].")
+@click.option("--pointing", "pointing_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pointing solution JSON (junoproc pointing -o FILE); used instead of a CK.")
+@click.option("--json", "as_json", is_flag=True, help="One flat JSON object per pixel per line.")
+def locate_cmd(meta: str, frame: int, band: str, pixels: tuple[tuple[float, float], ...],
+               kernel_dirs: tuple[str, ...], pointing_file: str | None, as_json: bool) -> None:
+    """Geometry of pixels of one framelet, like ISIS campt: time, where the ray meets the
+    target (latitudes, longitudes), illumination angles, range and the ray in J2000.
+
+    META is a -Metadata.json, a PDS3 label, or a product file or folder.
+    """
+    import json
+    import math
+
+    from .geometry import locate_product
+
+    report = locate_product(meta, frame, band, pixels, kernel_dirs=kernel_dirs,
+                            pointing_path=pointing_file)
+    for px in report.pixels:
+        record = px.to_json()
+        if as_json:
+            record.update(product_id=report.product_id, attitude=report.attitude)
+            click.echo(json.dumps(record))
+            continue
+        click.echo(f"{report.product_id}  frame {px.frame}  {px.band}  pixel ({px.x_px:g}, {px.y_px:g})")
+        click.echo(f"  {'utc':<12} {px.utc}")
+        click.echo(f"  {'et':<12} {px.et:.6f}  TDB s past J2000")
+        hit = f"yes, {px.target}" if px.hit else f"no (the ray misses {px.target})"
+        click.echo(f"  {'hit':<12} {hit}")
+        if px.hit:
+            for label, attr, unit in _LOCATE_ROWS:
+                value = getattr(px, attr)
+                text = f"{value:.6f}  {unit}" if math.isfinite(value) else "-"
+                click.echo(f"  {label:<12} {text}")
+        click.echo(f"  {'ray_j2000':<12} ({px.ray_j2000[0]:+.9f}, {px.ray_j2000[1]:+.9f}, "
+                   f"{px.ray_j2000[2]:+.9f})  apparent, unit")
+        click.echo(f"  {'attitude':<12} {report.attitude}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

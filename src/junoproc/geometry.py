@@ -28,8 +28,9 @@ Frames and units are in the names: ``_j2000``, ``_body`` (IAU_<TARGET>), ``_cam`
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -1102,6 +1103,19 @@ def image_geometry(
                          attitude_description=dict(attitude.describe()))
 
 
+def _check_frame_band(meta: ProductMeta, frame: int, band: str) -> str:
+    from .errors import ProductError
+
+    band = band.upper()
+    if band not in meta.filters:
+        raise ProductError(f"band {band} is not in FILTER_NAME {list(meta.filters)}",
+                           path=meta.metadata_path or None, hint="choose one of the product's bands")
+    if not 0 <= int(frame) < meta.n_frames:
+        raise ProductError(f"frame {frame} outside 0..{meta.n_frames - 1}",
+                           path=meta.metadata_path or None, hint="frames are 0-based")
+    return band
+
+
 def locate_pixels(
     meta: ProductMeta, attitude: Attitude, frame: int, band: str,
     x_px: Sequence[float], y_px: Sequence[float], *, timing: FrameTiming | None = None,
@@ -1112,15 +1126,7 @@ def locate_pixels(
     ``frame`` is 0-based; ``x_px, y_px`` are continuous framelet coordinates (origin at
     the upper-left corner, pixel centres at index + 0.5, product pixels).
     """
-    from .errors import ProductError
-
-    band = band.upper()
-    if band not in meta.filters:
-        raise ProductError(f"band {band} is not in FILTER_NAME {list(meta.filters)}",
-                           path=meta.metadata_path or None, hint="choose one of the product's bands")
-    if not 0 <= int(frame) < meta.n_frames:
-        raise ProductError(f"frame {frame} outside 0..{meta.n_frames - 1}",
-                           path=meta.metadata_path or None, hint="frames are 0-based")
+    band = _check_frame_band(meta, frame, band)
     target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
     timing = timing or FrameTiming.for_product(meta)
     cam = CameraModel.for_product(meta, band)
@@ -1128,3 +1134,130 @@ def locate_pixels(
     state = frame_state(target, et)
     rot = attitude.rot_j2000_to_cam(et)
     return _locate(state, rot, target, cam, int(frame), x_px, y_px, LIGHT_TIME_ITERATIONS)
+
+
+# ---------------------------------------------------------------------------------------
+# locate: pixels of a product, from files (the library behind `junoproc locate`)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LocateReport:
+    """What :func:`locate_product` found, and with which kernels and attitude."""
+
+    product_id: str
+    frame: int
+    band: str
+    #: "ck" or "pointing solution <file> (<method>)".
+    attitude: str
+    kernel_names: tuple[str, ...]
+    pixels: tuple[PixelGeometry, ...]
+
+
+def read_product_meta(path: str | os.PathLike[str]) -> ProductMeta:
+    """The metadata of a product from any form: ``-Metadata.json``, PDS3 ``.LBL``, a raw
+    PNG / IMG (its metadata found nearby), a zip or a folder holding one product.
+
+    A metadata file is read on its own (no pixels needed).
+    """
+    from pathlib import Path
+
+    from . import products
+    from .errors import ProductError
+
+    p = Path(path)
+    if not p.exists():
+        raise ProductError("no such file or folder", path=p,
+                           hint="pass a -Metadata.json, PDS3 .LBL, product file or folder")
+    lower = p.name.lower()
+    if p.is_file() and lower.endswith((".json", ".lbl")):
+        data = products.read_bytes(products.Location(str(p)), limit=products.MAX_METADATA_BYTES)
+        reader = products.read_site_json if lower.endswith(".json") else products.read_pds3_label
+        return products.parse_metadata(reader(data, path=p), path=str(p))
+    if p.is_dir() or lower.endswith(".zip"):
+        entries = [e for e in products.find_products(p) if e.problem is None and e.metadata is not None]
+        ids = sorted({e.product_id for e in entries})
+        if len(ids) == 1:
+            return products.load_metadata(entries[0])
+        raise ProductError(
+            "holds no product metadata" if not ids else f"holds {len(ids)} products ({', '.join(ids[:3])})",
+            path=p, hint="pass one product's -Metadata.json or PDS3 .LBL",
+        )
+    return products.load(p).meta
+
+
+def locate_product(
+    meta_path: str | os.PathLike[str], frame: int, band: str, pixels: Sequence[tuple[float, float]],
+    *, kernel_dirs: Sequence[str | os.PathLike[str]] = (),
+    pointing_path: str | os.PathLike[str] | None = None,
+) -> LocateReport:
+    """Geometry of pixels of one framelet of a product, from files (like ISIS campt).
+
+    Kernels: the folders ``kernel_dirs`` (default: ``--kernels`` precedence of
+    :func:`junoproc.kernels.resolve_kernel_dir`), selected by coverage of the frame's time
+    and loaded only for the call. Attitude: the pointing solution ``pointing_path`` when
+    given (its attitude and fitted timing), else the CK when the kernels cover the time,
+    else a :class:`KernelCoverageError` saying how to get one.
+    """
+    from . import kernels
+
+    meta = read_product_meta(meta_path)
+    band = _check_frame_band(meta, frame, band)
+    dirs: list[str | os.PathLike[str]] = list(kernel_dirs) or [kernels.resolve_kernel_dir(None)[0]]
+    solution = None
+    if pointing_path is not None:
+        from .pointing import load_solution
+
+        solution = load_solution(pointing_path, meta)
+    with kernels.load_generic_kernels(dirs):
+        timing = solution.timing if solution is not None else FrameTiming.for_product(meta)
+        frame_et = float(timing.frame_et(int(frame)))
+    kset = kernels.select_kernels(dirs, frame_et, frame_et, meta.target, need_ck=False)
+    with kernels.furnished(kset), _sun_epoch_spks(kset, dirs, meta.target, frame_et) as extra:
+        if solution is not None:
+            attitude: Attitude = solution.attitude
+            source = f"pointing solution {pointing_path} ({solution.method})"
+        elif kset.ck_covered:
+            attitude, source = CkAttitude(), "ck"
+        else:
+            raise KernelCoverageError(
+                f"no attitude for {meta.product_id} at {_et_to_utc(frame_et)} UTC: no CK covers it",
+                path=meta.metadata_path or None,
+                hint="solve it from the limb (`junoproc pointing PRODUCT -o sol.json`, then "
+                "--pointing sol.json) or fetch the Juno CK (`junoproc kernels fetch`)",
+            )
+        xs = [float(px[0]) for px in pixels]
+        ys = [float(px[1]) for px in pixels]
+        found = locate_pixels(meta, attitude, int(frame), band, xs, ys, timing=timing)
+    return LocateReport(product_id=meta.product_id, frame=int(frame), band=band, attitude=source,
+                        kernel_names=tuple(f.name for f in (*kset.files, *extra)), pixels=tuple(found))
+
+
+@contextlib.contextmanager
+def _sun_epoch_spks(kset: object, dirs: Sequence[str | os.PathLike[str]], target: str, et: float
+                    ) -> Iterator[tuple]:
+    """Also load the SPKs that cover the Sun where the target saw it (~45 min earlier at
+    Jupiter): ``ilumin``'s illumination needs it, and sliced kernels (NAIF's, or the PJ01
+    sample) carry a separate segment for it that selection by the image's time leaves out."""
+    from dataclasses import replace
+
+    from . import kernels
+
+
+    def sun_light_time(correction: str) -> float | None:
+        try:
+            return float(spiceypy.spkpos("SUN", et, "J2000", correction, target)[1])
+        except SpiceyError:
+            return None
+
+    lt_sun = sun_light_time("NONE")
+    if lt_sun is None or sun_light_time("LT+S") is not None:
+        yield ()  # already covered, or a gap that frame_state reports
+        return
+    sun_et = et - lt_sun
+    loaded = {f.path for f in kset.files}  # type: ignore[attr-defined]
+    extra = tuple(f for f in kernels.find_kernel_files(dirs) if f.kind == "spk" and f.path not in loaded
+                  and f.intersects(sun_et - 300.0, sun_et + 300.0))
+    if not extra:
+        yield ()
+        return
+    with kernels.furnished(replace(kset, files=extra)):  # type: ignore[type-var]
+        yield extra
