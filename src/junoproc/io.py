@@ -249,9 +249,7 @@ def write_tiff(
             data = np.ascontiguousarray(np.moveaxis(array, 2, 0))
             kwargs.update(photometric="minisblack", planarconfig="separate")
         else:
-            raise OutputError(
-                f"float32 TIFF wants (H, W) or (H, W, B), got {array.shape}", path=Path(path)
-            )
+            raise OutputError(f"float32 TIFF wants (H, W) or (H, W, B), got {array.shape}", path=Path(path))
     else:
         data = _check_image(array, (np.uint8, np.uint16), "TIFF", path)
         if data.ndim == 2:
@@ -338,7 +336,7 @@ def write_linear_map(
                 "kind": LINEAR_MAP_KIND,
                 "version": _FORMAT_VERSION,
                 "band_names": list(lm.band_names),
-                "shape": list(lm.data.shape),
+                "map_shape": list(lm.data.shape),
             },
             compression=compression,
         )
@@ -359,7 +357,7 @@ def write_linear_map(
                     "version": _FORMAT_VERSION,
                     "plane_names": names,
                     "dtypes": dtypes,
-                    "shape": list(stack.shape),
+                    "map_shape": list(stack.shape),
                 },
                 compression=compression,
             )
@@ -389,13 +387,13 @@ def read_linear_map(path: str | os.PathLike[str]) -> LinearMap:
     array, description = read_tiff(p)
     meta = _parse_description(description, LINEAR_MAP_KIND, p)
     names = tuple(meta["band_names"])
-    data = np.asarray(array, np.float32).reshape(meta["shape"])
+    data = np.asarray(array, np.float32).reshape(meta["map_shape"])
     planes: dict[str, np.ndarray] = {}
     bpath = backplanes_path(p)
     if bpath.is_file():
         barray, bdesc = read_tiff(bpath)
         bmeta = _parse_description(bdesc, BACKPLANES_KIND, bpath)
-        barray = np.asarray(barray, np.float32).reshape(bmeta["shape"])
+        barray = np.asarray(barray, np.float32).reshape(bmeta["map_shape"])
         for i, (name, dtype) in enumerate(zip(bmeta["plane_names"], bmeta["dtypes"], strict=True)):
             plane = np.ascontiguousarray(barray[:, :, i])
             planes[name] = plane.astype(dtype) if dtype in _EXACT_IN_FLOAT32 else plane

@@ -1,0 +1,1852 @@
+"""Enhancement: photometric correction, colour balance, tone curves, local contrast, presets.
+
+A linear map (float32 ``(H, W, B)``, one band per filter *name*, NaN where nothing was
+seen, plus backplanes on the same grid) becomes a :class:`Composite` (16-bit and 8-bit
+RGB on the same pixel grid, a validity mask and the fully resolved parameters).
+
+Dtype rules (scikit-image style)
+--------------------------------
+- Inputs of any real dtype are read as float32; the input array is never modified.
+- Photometric models and gains are float32 arrays of the backplanes' shape.
+- Work is float32 throughout; outputs are ``uint16`` (0..65535) and ``uint8`` (0..255),
+  rounded to nearest. Invalid pixels (NaN in any band) are 0 with ``alpha`` False.
+
+Order of operations (every step can be switched off by its parameters)::
+
+    linear -> photometric gain (backplanes) x flatten gain (low-pass luminance)
+           -> band gains (perijove weights | grey world | region) -> black/white levels
+           -> [lift: asinh + darkness-weighted gain on luminance]    (jupitershine)
+           -> gamma (per channel) -> highlight shoulder
+           -> CIELAB: L: denoise (dark-weighted), CLAHE (16-bit), unsharp, shoulder
+                      a,b: chroma denoise (dark-weighted), saturation
+           -> hue-preserving gamut mapping -> uint16 / uint8
+
+Bands are mapped to colours **by name** (RED->R, GREEN->G, BLUE->B); a single band (e.g.
+METHANE) is rendered grey or through a colour map. Positions are never assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import time
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import EnhanceError
+from .io import LinearMap
+
+__all__ = [
+    "COLOUR_WEIGHT_ERAS",
+    "PRESETS",
+    "BalanceParams",
+    "BandValues",
+    "ClaheParams",
+    "ColourBalance",
+    "Composite",
+    "DenoiseParams",
+    "EnhanceParams",
+    "FlattenParams",
+    "HighlightParams",
+    "LiftParams",
+    "PhotometryParams",
+    "SharpenParams",
+    "StretchParams",
+    "WeightEra",
+    "apply_overrides",
+    "colour_balance_from",
+    "colour_weights_for",
+    "enhance",
+    "enhance_file",
+    "fit_minnaert_k",
+    "fit_photometric_poly",
+    "guided_filter",
+    "lambert",
+    "lommel_seeliger",
+    "minnaert",
+    "params_from_dict",
+    "params_to_dict",
+    "photometric_gain",
+    "poly_model",
+    "preset_params",
+    "smooth_floor",
+]
+
+#: Filter names junoproc knows, and the display channel (R=0, G=1, B=2) of the colour ones.
+RGB_CHANNEL_OF_BAND: Mapping[str, int] = MappingProxyType({"RED": 0, "GREEN": 1, "BLUE": 2})
+KNOWN_BANDS = ("RED", "GREEN", "BLUE", "METHANE")
+#: Rec.709 luminance of linear R, G, B.
+LUMA_RGB = (0.2126, 0.7152, 0.0722)
+_F32 = np.float32
+
+# --------------------------------------------------------------------------- photometry
+
+
+def smooth_floor(x: np.ndarray, floor: float) -> np.ndarray:
+    """A smooth ``max(x, floor)``: ~x well above ``floor``, ~floor below it, C-infinity.
+
+    ``0.5 * (x + floor + sqrt((x - floor)**2 + (floor/2)**2))``: equals ``1.25 * floor`` at
+    ``x = floor``, is within 1% of ``x`` for ``x >= 3 * floor`` and tends to ``floor`` for
+    ``x -> -inf``. Used to damp photometric corrections near the terminator and limb
+    without the visible contour a hard clamp leaves after local contrast enhancement.
+    """
+    x = np.asarray(x, _F32)
+    f = _F32(floor)
+    d = x - f
+    return _F32(0.5) * (x + f + np.sqrt(d * d + _F32(0.25) * f * f))
+
+
+def lambert(mu0: np.ndarray) -> np.ndarray:
+    """Lambert model brightness ``mu0`` (= cos i). Corrected image = image / model."""
+    return np.asarray(mu0, _F32).copy()
+
+
+def lommel_seeliger(mu0: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Lommel-Seeliger model brightness ``mu0 / (mu0 + mu)`` (mu0 = cos i, mu = cos e)."""
+    mu0 = np.asarray(mu0, _F32)
+    mu = np.asarray(mu, _F32)
+    return mu0 / (mu0 + mu)
+
+
+def minnaert(mu0: np.ndarray, mu: np.ndarray, k: float) -> np.ndarray:
+    """Minnaert model brightness ``mu0**k * mu**(k - 1)``; k = 1 is Lambert."""
+    mu0 = np.asarray(mu0, _F32)
+    mu = np.asarray(mu, _F32)
+    return np.power(mu0, _F32(k)) * np.power(mu, _F32(k - 1.0))
+
+
+def _poly_terms(degree: int, with_mu: bool) -> list[tuple[int, int]]:
+    """Exponents (i, j) of mu0**i * mu**j with i + j <= degree (j = 0 without mu)."""
+    return [
+        (i, j)
+        for total in range(degree + 1)
+        for i in range(total, -1, -1)
+        for j in [total - i]
+        if with_mu or j == 0
+    ]
+
+
+def poly_model(mu0: np.ndarray, mu: np.ndarray | None, coeffs: Sequence[float], degree: int) -> np.ndarray:
+    """Evaluate ``sum c_ij mu0**i mu**j`` (i + j <= degree; terms ordered by total degree,
+    then by descending i; without ``mu`` only the mu0 terms)."""
+    mu0 = np.asarray(mu0, _F32)
+    terms = _poly_terms(degree, mu is not None)
+    if len(coeffs) != len(terms):
+        raise EnhanceError(f"{len(coeffs)} polynomial coefficients for {len(terms)} terms")
+    p0 = [np.ones_like(mu0)] + [mu0] * degree
+    for i in range(2, degree + 1):
+        p0[i] = p0[i - 1] * mu0
+    if mu is not None:
+        mu = np.asarray(mu, _F32)
+        p1 = [np.ones_like(mu)] + [mu] * degree
+        for j in range(2, degree + 1):
+            p1[j] = p1[j - 1] * mu
+    out = np.zeros_like(mu0)
+    for c, (i, j) in zip(coeffs, terms, strict=True):
+        term = p0[i] if j == 0 else (p1[j] if i == 0 else p0[i] * p1[j])
+        out += _F32(c) * term
+    return out
+
+
+def fit_photometric_poly(
+    brightness: np.ndarray,
+    mu0: np.ndarray,
+    mu: np.ndarray | None = None,
+    *,
+    degree: int = 2,
+    mu0_floor: float = 0.1,
+    mu_floor: float = 0.1,
+) -> tuple[float, ...]:
+    """Least-squares polynomial in (mu0, mu) fitted to the image's own brightness.
+
+    Uses finite pixels with ``mu0 > mu0_floor`` and ``mu > mu_floor`` (arrays of any equal
+    shape; pass a subsample for speed), refits once without residuals beyond 3 robust
+    sigmas (storms, moons). Returns coefficients in :func:`poly_model` order.
+    """
+    b = np.asarray(brightness, np.float64).ravel()
+    m0 = np.asarray(mu0, np.float64).ravel()
+    ok = np.isfinite(b) & np.isfinite(m0) & (m0 > mu0_floor)
+    m1 = None
+    if mu is not None:
+        m1 = np.asarray(mu, np.float64).ravel()
+        ok &= np.isfinite(m1) & (m1 > mu_floor)
+    terms = _poly_terms(degree, mu is not None)
+    if ok.sum() < 4 * len(terms):
+        raise EnhanceError(
+            f"too few lit pixels ({int(ok.sum())}) to fit a degree-{degree} photometric polynomial",
+            hint="use photometry=lambert or photometry=none",
+        )
+    cols = [m0[ok] ** i * (m1[ok] ** j if m1 is not None else 1.0) for i, j in terms]
+    a = np.stack(cols, axis=1)
+    y = b[ok]
+    keep = np.ones(y.shape, bool)
+    coef = np.zeros(len(terms))
+    for _ in range(2):
+        coef = np.linalg.lstsq(a[keep], y[keep], rcond=None)[0]
+        resid = y - a @ coef
+        sigma = 1.4826 * np.median(np.abs(resid[keep])) + 1e-30
+        keep = np.abs(resid) < 3 * sigma
+        if keep.sum() < 4 * len(terms):
+            break
+    return tuple(float(c) for c in coef)
+
+
+def fit_minnaert_k(
+    brightness: np.ndarray,
+    mu0: np.ndarray,
+    mu: np.ndarray,
+    *,
+    mu0_floor: float = 0.1,
+    mu_floor: float = 0.1,
+    k_range: tuple[float, float] = (0.3, 1.5),
+) -> float:
+    """Minnaert k from the image: slope of ``ln(I mu)`` against ``ln(mu0 mu)`` (clamped)."""
+    b = np.asarray(brightness, np.float64).ravel()
+    m0 = np.asarray(mu0, np.float64).ravel()
+    m1 = np.asarray(mu, np.float64).ravel()
+    ok = np.isfinite(b) & (b > 0) & (m0 > mu0_floor) & (m1 > mu_floor)
+    if ok.sum() < 16:
+        raise EnhanceError("too few lit pixels to fit Minnaert k", hint="set photometry.k.<BAND>=0.9")
+    x = np.log(m0[ok] * m1[ok])
+    y = np.log(b[ok] * m1[ok])
+    if np.ptp(x) < 1e-6:
+        return 1.0
+    k = float(np.polyfit(x, y, 1)[0])
+    return float(min(max(k, k_range[0]), k_range[1]))
+
+
+def photometric_gain(
+    method: str,
+    incidence_deg: np.ndarray,
+    emission_deg: np.ndarray | None = None,
+    *,
+    k: float = 1.0,
+    coeffs: Sequence[float] | None = None,
+    degree: int = 2,
+    mu0_floor: float = 0.1,
+    mu_floor: float = 0.1,
+) -> np.ndarray:
+    """Multiplicative gain that flattens the illumination, damped near the terminator.
+
+    ``mu0 = cos(incidence)``, ``mu = cos(emission)``. The gain is ``model(1, 1) / model(mu0,
+    mu)`` (1 at normal incidence and emission) with both cosines passed through
+    :func:`smooth_floor`, so it never exceeds its value at the floors; below
+    ``mu0_floor`` it blends (smoothstep in mu0) to 1, i.e. no correction: the terminator
+    rolls off naturally and the night side is not amplified. ``method`` is ``lambert`` |
+    ``lommel_seeliger`` | ``minnaert`` (``k``) | ``poly`` (``coeffs``, ``degree``, see
+    :func:`poly_model`). NaN angles give NaN gains.
+    """
+    mu0_raw = np.cos(np.deg2rad(np.asarray(incidence_deg, _F32)))
+    mu0 = smooth_floor(mu0_raw, mu0_floor)
+    one = np.ones(1, _F32)
+    mu0_ref = smooth_floor(one, mu0_floor)
+    mu: np.ndarray | None = None
+    mu_ref: np.ndarray | None = None
+    if emission_deg is not None:
+        mu = smooth_floor(np.cos(np.deg2rad(np.asarray(emission_deg, _F32))), mu_floor)
+        mu_ref = smooth_floor(one, mu_floor)
+    if method == "lambert":
+        model, ref = lambert(mu0), lambert(mu0_ref)
+    elif method in ("lommel_seeliger", "minnaert"):
+        if mu is None or mu_ref is None:
+            raise EnhanceError(f"photometry {method} needs an emission_deg backplane")
+        if method == "lommel_seeliger":
+            model, ref = lommel_seeliger(mu0, mu), lommel_seeliger(mu0_ref, mu_ref)
+        else:
+            model, ref = minnaert(mu0, mu, k), minnaert(mu0_ref, mu_ref, k)
+    elif method == "poly":
+        if coeffs is None:
+            raise EnhanceError("photometry poly needs fitted coefficients")
+        model = poly_model(mu0, mu, coeffs, degree)
+        ref = poly_model(mu0_ref, mu_ref, coeffs, degree)
+        if not float(ref[0]) > 0:
+            raise EnhanceError(
+                "fitted photometric polynomial is not positive at normal incidence",
+                hint="use photometry=lambert or photometry=minnaert",
+            )
+        # a fitted polynomial may dip towards 0 at the edge of its domain: floor it
+        np.maximum(model, _F32(0.02) * ref[0], out=model)
+    else:
+        raise EnhanceError(f"unknown photometric method {method!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = _F32(ref[0]) / model
+    blend = _smoothstep(0.0, mu0_floor, mu0_raw)
+    gain -= _F32(1)
+    gain *= blend
+    gain += _F32(1)
+    return gain.astype(_F32, copy=False)
+
+
+# --------------------------------------------------------------------------- colour weights
+
+
+@dataclass(frozen=True)
+class WeightEra:
+    """Per-band colour weights for raw-DN-scaled data from a range of perijoves."""
+
+    first_pj: int
+    last_pj: int | None
+    weights: Mapping[str, float]
+    source: str
+
+    def covers(self, perijove: int) -> bool:
+        return perijove >= self.first_pj and (self.last_pj is None or perijove <= self.last_pj)
+
+    @property
+    def label(self) -> str:
+        last = "" if self.last_pj is None else str(self.last_pj)
+        return f"PJ{self.first_pj}-{last}"
+
+
+#: Colour weights (multiplying linear DN-scaled bands) by perijove range. They compensate
+#: the camera's band response and its radiation-degraded blue; they apply to data whose
+#: flat field does not already remove the band response. The split between the first two
+#: eras is the midpoint between the calibration epochs of the two sources (PJ28-32, PJ43).
+COLOUR_WEIGHT_ERAS: tuple[WeightEra, ...] = (
+    WeightEra(
+        1,
+        37,
+        MappingProxyType({"RED": 0.902, "GREEN": 1.0, "BLUE": 1.8879, "METHANE": 1.0}),
+        "K. Gill, kmgill/junocam_processing src/calib/config.toml [defaults] "
+        "red/green/blue_weight, used with its PJ28 darks and PJ32 blemish masks",
+    ),
+    WeightEra(
+        38,
+        55,
+        MappingProxyType({"RED": 0.768, "GREEN": 1.0, "BLUE": 2.630, "METHANE": 1.0}),
+        "G. Eichstaedt's PJ43 weights (R, G, B = 0.768, 1.000, 2.630), docs/junocam.md",
+    ),
+    WeightEra(
+        56,
+        None,
+        MappingProxyType({"RED": 0.768, "GREEN": 1.0, "BLUE": 2.630, "METHANE": 1.0}),
+        "Eichstaedt's PJ43 weights carried forward: the blue keeps degrading from ~PJ56 "
+        "and no later published value is known here; measure one with colour_balance_from "
+        "or set weights.BLUE",
+    ),
+)
+
+
+def colour_weights_for(perijove: int | None) -> WeightEra:
+    """The weight era of ``perijove`` (the latest era when the perijove is unknown)."""
+    if perijove is None:
+        return COLOUR_WEIGHT_ERAS[-1]
+    for era in COLOUR_WEIGHT_ERAS:
+        if era.covers(int(perijove)):
+            return era
+    raise EnhanceError(f"perijove {perijove} is outside every colour-weight era", hint="PJ >= 1")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class BandValues:
+    """One optional number per filter name; ``None`` means "the default for that band"."""
+
+    RED: float | None = None
+    GREEN: float | None = None
+    BLUE: float | None = None
+    METHANE: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise EnhanceError(f"band value {f.name}={v} must be a positive number")
+
+    def get(self, band: str) -> float | None:
+        return getattr(self, band, None)
+
+
+@dataclass(frozen=True)
+class PhotometryParams:
+    """Illumination correction from the incidence/emission backplanes."""
+
+    method: str = "none"
+    mu0_floor: float = 0.1
+    mu_floor: float = 0.1
+    degree: int = 2
+    k: BandValues = field(default_factory=BandValues)
+
+    def __post_init__(self) -> None:
+        _check_range("photometry.mu0_floor", self.mu0_floor, 1e-3, 0.9)
+        _check_range("photometry.mu_floor", self.mu_floor, 1e-3, 0.9)
+        _check_range("photometry.degree", self.degree, 1, 4)
+
+
+@dataclass(frozen=True)
+class FlattenParams:
+    """Divide by a low-pass of the luminance: ``strength`` 0 (off) .. 1 (fully flat)."""
+
+    strength: float = 0.0
+    sigma_frac: float = 0.06
+
+    def __post_init__(self) -> None:
+        _check_range("flatten.strength", self.strength, 0.0, 1.0)
+        _check_range("flatten.sigma_frac", self.sigma_frac, 1e-3, 1.0)
+
+
+@dataclass(frozen=True)
+class BalanceParams:
+    """How band gains are found: ``weights`` (per-perijove table or ``weights.*``),
+    ``greyworld`` (robust band means made equal), ``region`` (a pixel box made neutral:
+    ``region=row0,row1,col0,col1``) or ``none``."""
+
+    method: str = "weights"
+    region: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class StretchParams:
+    """Linear levels. ``black_pct``: percentile of luminance mapped to 0 (``none``: true
+    zero); ``white_pct``: percentile of the brightest channel mapped to 1. ``linked``: one
+    level for all bands (keeps the balance) or one per band."""
+
+    black_pct: float | None = None
+    white_pct: float = 99.8
+    linked: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("stretch.white_pct", self.white_pct, 50.0, 100.0)
+        if self.black_pct is not None:
+            _check_range("stretch.black_pct", self.black_pct, 0.0, 50.0)
+
+
+@dataclass(frozen=True)
+class LiftParams:
+    """Dark-region lift on luminance: ``asinh(Y/soft)/asinh(1/soft)`` times a gain of up to
+    ``dark_gain`` where the low-passed luminance is below ``dark_level`` (fractions of the
+    white level). ``soft``: ``none`` = a tenth of the median dark luminance.
+    ``dark_saturation``: chroma multiplier in the dark regions (their colour is mostly
+    noise at night-side signal levels; 0 = grey). ``flatten``: 0..1, how far the dark
+    regions' illumination level is pulled to one constant (1: only their texture is left).
+    ``scale``: window radius of the illumination level, as a fraction of the longer side
+    (larger than the texture, smaller than the illumination's variation).
+
+    The curve acts on an edge-preserving illumination level (guided filter of log
+    luminance), and the resulting gain multiplies every pixel, so texture keeps its
+    relative contrast and no halo forms along the terminator."""
+
+    method: str = "none"
+    soft: float | None = None
+    dark_level: float = 0.03
+    dark_gain: float = 1.0
+    dark_saturation: float = 1.0
+    flatten: float = 0.0
+    scale: float = 0.08
+
+    def __post_init__(self) -> None:
+        _check_range("lift.dark_level", self.dark_level, 1e-6, 1.0)
+        _check_range("lift.dark_gain", self.dark_gain, 1.0, 20.0)
+        _check_range("lift.dark_saturation", self.dark_saturation, 0.0, 2.0)
+        _check_range("lift.flatten", self.flatten, 0.0, 1.0)
+        _check_range("lift.scale", self.scale, 0.005, 0.5)
+        if self.soft is not None:
+            _check_range("lift.soft", self.soft, 1e-9, 10.0)
+
+
+@dataclass(frozen=True)
+class DenoiseParams:
+    """Edge-preserving (guided) filter on lightness, weighted by darkness: the guide is the
+    lightness smoothed by ``radius_px/2``, ``eps`` is ``(strength x measured noise)^2``.
+    ``strength``: 0 = off; ``radius_px``: window radius; ``chroma``: blur a/b in the dark
+    regions (0 = off, 1 = full)."""
+
+    strength: float = 0.0
+    radius_px: int = 3
+    chroma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_range("denoise.strength", self.strength, 0.0, 20.0)
+        _check_range("denoise.radius_px", self.radius_px, 1, 64)
+        _check_range("denoise.chroma", self.chroma, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ClaheParams:
+    """Contrast-limited adaptive histogram equalisation of the CIELAB L channel (16-bit).
+    ``clip``: OpenCV clip limit (0 = off); ``tiles``: number of tiles along the longer
+    side (the look does not depend on the map's resolution); ``mix``: blend with the input
+    lightness (1 = CLAHE only)."""
+
+    clip: float = 0.0
+    tiles: int = 12
+    mix: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_range("clahe.clip", self.clip, 0.0, 100.0)
+        _check_range("clahe.tiles", self.tiles, 1, 64)
+        _check_range("clahe.mix", self.mix, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SharpenParams:
+    """Unsharp mask on lightness: ``L + amount * (L - gauss(L, sigma_px))``."""
+
+    amount: float = 0.0
+    sigma_px: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check_range("sharpen.amount", self.amount, 0.0, 10.0)
+        _check_range("sharpen.sigma_px", self.sigma_px, 0.3, 50.0)
+
+
+@dataclass(frozen=True)
+class HighlightParams:
+    """Soft shoulder above ``knee`` (display units): values approach 1 instead of clipping;
+    1 = off."""
+
+    knee: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_range("highlight.knee", self.knee, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class EnhanceParams:
+    """The full recipe of a look. Override key by key with :func:`apply_overrides`.
+
+    ``gamma``: display encoding ``v**(1/gamma)`` per channel; ``saturation``: CIELAB
+    chroma multiplier; ``dark_floor``: CIELAB lightness (0-100) below which the CLAHE and
+    saturation boosts fade out, so dark noise (night side, sky) is not equalised into
+    texture or coloured; ``colormap``: rendering of a single-band map (``grey`` or an
+    OpenCV colour map name)."""
+
+    preset: str = "custom"
+    photometry: PhotometryParams = field(default_factory=PhotometryParams)
+    flatten: FlattenParams = field(default_factory=FlattenParams)
+    weights: BandValues = field(default_factory=BandValues)
+    balance: BalanceParams = field(default_factory=BalanceParams)
+    stretch: StretchParams = field(default_factory=StretchParams)
+    lift: LiftParams = field(default_factory=LiftParams)
+    gamma: float = 2.2
+    denoise: DenoiseParams = field(default_factory=DenoiseParams)
+    clahe: ClaheParams = field(default_factory=ClaheParams)
+    sharpen: SharpenParams = field(default_factory=SharpenParams)
+    saturation: float = 1.0
+    dark_floor: float = 0.0
+    highlight: HighlightParams = field(default_factory=HighlightParams)
+    colormap: str = "grey"
+
+    def __post_init__(self) -> None:
+        _check_range("gamma", self.gamma, 0.2, 5.0)
+        _check_range("saturation", self.saturation, 0.0, 5.0)
+        _check_range("dark_floor", self.dark_floor, 0.0, 50.0)
+        for key, value in _choice_values(self):
+            allowed = _CHOICES[key]
+            if value not in allowed:
+                raise EnhanceError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _colormaps() -> dict[str, int]:
+    return {
+        name[len("COLORMAP_") :].lower(): int(getattr(cv2, name))
+        for name in dir(cv2)
+        if name.startswith("COLORMAP_")
+    }
+
+
+_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "photometry.method": ("none", "lambert", "lommel_seeliger", "minnaert", "poly"),
+        "balance.method": ("weights", "greyworld", "region", "none"),
+        "lift.method": ("none", "asinh"),
+        "colormap": ("grey", *sorted(_colormaps())),
+    }
+)
+
+
+def _choice_values(p: EnhanceParams) -> Iterator[tuple[str, str]]:
+    yield "photometry.method", p.photometry.method
+    yield "balance.method", p.balance.method
+    yield "lift.method", p.lift.method
+    yield "colormap", p.colormap
+
+
+def _check_range(key: str, value: float, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
+        raise EnhanceError(f"{key}={value!r} is out of range [{lo}, {hi}]")
+
+
+PRESETS: Mapping[str, EnhanceParams] = MappingProxyType(
+    {
+        # linear colour, white-balanced, gamma only
+        "natural": EnhanceParams(preset="natural"),
+        # the citizen-science look: illumination flattened, strong local contrast and colour
+        "enhanced": EnhanceParams(
+            preset="enhanced",
+            photometry=PhotometryParams(method="poly", mu0_floor=0.12, degree=2),
+            flatten=FlattenParams(strength=0.6, sigma_frac=0.06),
+            stretch=StretchParams(black_pct=0.5, white_pct=99.8),
+            gamma=2.0,
+            clahe=ClaheParams(clip=2.5, tiles=12, mix=0.85),
+            dark_floor=12.0,
+            sharpen=SharpenParams(amount=0.7, sigma_px=1.5),
+            saturation=1.8,
+            highlight=HighlightParams(knee=0.85),
+        ),
+        # night side lit by Jupiter: dark regions lifted and denoised, sunlit parts kept
+        "jupitershine": EnhanceParams(
+            preset="jupitershine",
+            lift=LiftParams(
+                method="asinh",
+                soft=None,
+                dark_level=0.03,
+                dark_gain=2.0,
+                dark_saturation=0.35,
+                flatten=0.85,
+                scale=0.05,
+            ),
+            gamma=1.0,
+            denoise=DenoiseParams(strength=1.0, radius_px=2, chroma=1.0),
+            saturation=1.2,
+            highlight=HighlightParams(knee=0.8),
+        ),
+    }
+)
+
+
+def preset_params(name: str) -> EnhanceParams:
+    """The parameters of a named preset (``natural``, ``enhanced``, ``jupitershine``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise EnhanceError(f"unknown preset {name!r}", hint=f"choose one of {', '.join(PRESETS)}") from None
+
+
+# --- override parsing ---------------------------------------------------------------
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls: type = EnhanceParams, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, tp in _hints(cls).items():
+        if name == "preset" and cls is EnhanceParams:
+            continue
+        if _is_section(tp):
+            keys.extend(_valid_keys(tp, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _unknown_key(key: str) -> EnhanceError:
+    keys = _valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return EnhanceError(f"unknown enhancement key {key!r}", hint=f"{hint}valid keys: {', '.join(keys)}")
+
+
+_NONE_WORDS = {"none", "null", "auto", ""}
+_TRUE_WORDS = {"true", "yes", "on", "1"}
+_FALSE_WORDS = {"false", "no", "off", "0"}
+
+
+def _parse_value(key: str, tp: Any, raw: Any) -> Any:
+    """Convert ``raw`` (a string from ``--set`` or a JSON value) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE_WORDS):
+            return None
+        return _parse_value(key, args[0], raw)
+    text = raw.strip() if isinstance(raw, str) else raw
+    try:
+        if tp is bool:
+            if isinstance(text, bool):
+                return text
+            if str(text).lower() in _TRUE_WORDS:
+                return True
+            if str(text).lower() in _FALSE_WORDS:
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(text, float) and not text.is_integer():
+                raise ValueError
+            return int(float(text)) if isinstance(text, str) and "." in text else int(text)
+        if tp is float:
+            if isinstance(text, bool):
+                raise ValueError
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        if tp is str:
+            if not isinstance(text, str):
+                raise ValueError
+            return text.lower()
+        if origin is tuple:
+            items = text.split(",") if isinstance(text, str) else list(text)
+            item_types = typing.get_args(tp)
+            if len(items) != len(item_types):
+                raise ValueError
+            return tuple(_parse_value(key, t, v) for t, v in zip(item_types, items, strict=True))
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise EnhanceError(f"{key}: unsupported parameter type {tp}")  # pragma: no cover
+    want = getattr(tp, "__name__", str(tp))
+    raise EnhanceError(f"{key}={raw!r} is not a valid {want}")
+
+
+def _set_path(obj: Any, parts: list[str], raw: Any, key: str) -> Any:
+    hints = _hints(type(obj))
+    name = parts[0]
+    if name not in hints or (name == "preset" and isinstance(obj, EnhanceParams)):
+        raise _unknown_key(key)
+    tp = hints[name]
+    if _is_section(tp):
+        if len(parts) == 1:
+            if isinstance(raw, Mapping):
+                section = getattr(obj, name)
+                for sub_key, sub_value in raw.items():
+                    section = _set_path(section, [str(sub_key)], sub_value, f"{key}.{sub_key}")
+                return dataclasses.replace(obj, **{name: section})
+            if "method" in _hints(tp):  # "photometry=minnaert" -> photometry.method
+                parts = [name, "method"]
+            else:
+                raise EnhanceError(
+                    f"{key} is a section; set one of its keys ({key}.<key>=...)",
+                    hint="valid: " + ", ".join(_valid_keys(tp, f"{key}.")),
+                )
+        return dataclasses.replace(obj, **{name: _set_path(getattr(obj, name), parts[1:], raw, key)})
+    if len(parts) > 1:
+        raise _unknown_key(key)
+    return dataclasses.replace(obj, **{name: _parse_value(key, tp, raw)})
+
+
+def apply_overrides(
+    params: EnhanceParams, overrides: Sequence[str] | Mapping[str, Any] | None
+) -> EnhanceParams:
+    """Return ``params`` with overrides applied, validated.
+
+    ``overrides`` is a sequence of ``"key=value"`` strings (``"clahe.clip=3"``,
+    ``"gamma=2.2"``, ``"weights.BLUE=2.1"``, ``"photometry=minnaert"`` - a section given a
+    bare value sets its ``method``; ``none``/``auto`` clear optional values) or a mapping
+    ``{"clahe.clip": 3, ...}``. Unknown keys raise :class:`EnhanceError` listing the valid
+    keys; bad values raise it naming the key.
+    """
+    if not overrides:
+        return params
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, Mapping):
+        items = [(str(k), v) for k, v in overrides.items()]
+    else:
+        items = []
+        for text in overrides:
+            key, sep, value = str(text).partition("=")
+            if not sep or not key.strip():
+                raise EnhanceError(f"override {text!r} is not key=value", hint="e.g. clahe.clip=3")
+            items.append((key.strip(), value))
+    for key, value in items:
+        parts = [p.strip() for p in key.split(".")]
+        if any(not p for p in parts):
+            raise _unknown_key(key)
+        if parts[0] in ("weights", "k") or (len(parts) > 2 and parts[1] == "k"):
+            parts[-1] = parts[-1].upper()  # band names are upper case
+        params = _set_path(params, parts, value, key)
+    return params
+
+
+def params_to_dict(params: EnhanceParams) -> dict[str, Any]:
+    """Plain nested dict (JSON-able) of ``params``."""
+    return dataclasses.asdict(params)
+
+
+def params_from_dict(mapping: Mapping[str, Any]) -> EnhanceParams:
+    """Inverse of :func:`params_to_dict`, validated (unknown keys raise EnhanceError)."""
+    mapping = dict(mapping)
+    preset = str(mapping.pop("preset", "custom"))
+    base = PRESETS.get(preset, EnhanceParams())
+    return dataclasses.replace(apply_overrides(base, mapping), preset=preset)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ColourBalance:
+    """Image-adaptive levels that make a look repeatable across images.
+
+    For band ``b``: ``out_b = (x_b * gains[b] - black[b]) * G / white[b]`` where ``G`` is
+    the per-pixel photometric x flatten gain; ``lift_soft`` is the asinh softening and
+    ``lift_white`` the level mapped to 1 after the ``lift`` step (None: not used, or to be
+    measured on each image). Compute one for a whole perijove with
+    :func:`colour_balance_from` and pass it to :func:`enhance` for every image.
+    """
+
+    gains: Mapping[str, float]
+    black: Mapping[str, float]
+    white: Mapping[str, float]
+    method: str = "weights"
+    lift_soft: float | None = None
+    lift_white: float | None = None
+    n_images: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("gains", "black", "white"):
+            object.__setattr__(
+                self, name, MappingProxyType({str(k): float(v) for k, v in getattr(self, name).items()})
+            )
+        for band, w in self.white.items():
+            if not (math.isfinite(w) and w > 0):
+                raise EnhanceError(f"balance white level of {band} is {w}, must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gains": dict(self.gains),
+            "black": dict(self.black),
+            "white": dict(self.white),
+            "method": self.method,
+            "lift_soft": self.lift_soft,
+            "lift_white": self.lift_white,
+            "n_images": self.n_images,
+        }
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any]) -> ColourBalance:
+        try:
+            return cls(
+                gains=mapping["gains"],
+                black=mapping["black"],
+                white=mapping["white"],
+                method=str(mapping.get("method", "weights")),
+                lift_soft=mapping.get("lift_soft"),
+                lift_white=mapping.get("lift_white"),
+                n_images=int(mapping.get("n_images", 1)),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise EnhanceError(
+                f"not a colour balance (missing {err})", hint="needs gains, black and white per band"
+            ) from None
+
+    def _check_bands(self, bands: Sequence[str]) -> None:
+        missing = [b for b in bands if b not in self.gains or b not in self.black or b not in self.white]
+        if missing:
+            raise EnhanceError(
+                f"colour balance has no levels for band(s) {', '.join(missing)}",
+                hint=f"it was made for {', '.join(self.gains)}",
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class Composite:
+    """An enhanced image on the input's pixel grid.
+
+    ``rgb16``/``rgb8``: ``(H, W, 3)`` uint16/uint8, R,G,B; 0 where ``alpha`` is False.
+    ``alpha``: ``(H, W)`` bool, True where every band was finite. ``params``: the fully
+    resolved recipe (JSON-able; pass it back as ``preset=`` to get the same look).
+    ``balance``: the levels measured (or given) for this image. ``stats``: measured
+    numbers (clipped fractions, fitted photometry, ...). ``timings_s``: per step.
+    """
+
+    rgb16: np.ndarray
+    rgb8: np.ndarray
+    alpha: np.ndarray
+    params: Mapping[str, Any]
+    balance: ColourBalance
+    stats: Mapping[str, Any]
+    timings_s: Mapping[str, float]
+
+    def rgba8(self) -> np.ndarray:
+        """``(H, W, 4)`` uint8 with alpha 255 on valid pixels, 0 elsewhere."""
+        return np.dstack([self.rgb8, self.alpha.astype(np.uint8) * np.uint8(255)])
+
+    def rgba16(self) -> np.ndarray:
+        """``(H, W, 4)`` uint16 with alpha 65535 on valid pixels, 0 elsewhere."""
+        return np.dstack([self.rgb16, self.alpha.astype(np.uint16) * np.uint16(65535)])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - _F32(lo)) / _F32(max(hi - lo, 1e-12)), 0, 1).astype(_F32, copy=False)
+    return t * t * (_F32(3) - _F32(2) * t)
+
+
+def _masked_lowpass(image: np.ndarray, valid: np.ndarray, sigma_px: float, max_side: int = 512) -> np.ndarray:
+    """Normalised-convolution Gaussian low-pass of ``image`` over ``valid`` pixels, computed
+    at reduced resolution and returned at full resolution (float32, ``(H, W)``)."""
+    h, w = image.shape
+    factor = max(1, math.ceil(max(h, w) / max_side))
+    lw, lh = max(1, w // factor), max(1, h // factor)
+    m = valid.astype(_F32)
+    img = np.where(valid, image, _F32(0)).astype(_F32, copy=False)
+    if factor > 1:
+        img = cv2.resize(img, (lw, lh), interpolation=cv2.INTER_AREA)
+        m = cv2.resize(m, (lw, lh), interpolation=cv2.INTER_AREA)
+    s = max(sigma_px / factor, 0.5)
+    num = cv2.GaussianBlur(img * m if factor > 1 else img, (0, 0), s, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(m * m if factor > 1 else m, (0, 0), s, borderType=cv2.BORDER_REFLECT)
+    low = num / np.maximum(den, _F32(1e-6))
+    if factor > 1:
+        low = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+    return low.astype(_F32, copy=False)
+
+
+def guided_filter(
+    image: np.ndarray, radius_px: int, eps: float, guide: np.ndarray | None = None
+) -> np.ndarray:
+    """Guided filter (He et al. 2010) of a float32 ``(H, W)`` image, O(1) per pixel.
+
+    Where the guide's local variance is << ``eps`` the image is averaged over
+    ``(2r+1)^2`` pixels; where it is >> ``eps`` (edges, texture) the image's structure is
+    kept. ``guide`` defaults to the image itself; a lightly smoothed copy of a noisy image
+    is a better guide (its variance measures structure, not noise).
+    """
+    p = np.asarray(image, _F32)
+    i = p if guide is None else np.asarray(guide, _F32)
+    k = (2 * radius_px + 1, 2 * radius_px + 1)
+
+    def box(z: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(z, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mean_i = box(i)
+    var = np.maximum(box(i * i) - mean_i * mean_i, _F32(0))
+    if guide is None:
+        mean_p, cov = mean_i, var
+    else:
+        mean_p = box(p)
+        cov = box(i * p) - mean_i * mean_p
+    a = cov / (var + _F32(eps))
+    b = mean_p - a * mean_i
+    return box(a) * i + box(b)
+
+
+def _shoulder_inplace(v: np.ndarray, knee: float) -> None:
+    """Soft shoulder on a flat float32 array: identity below ``knee``, then
+    ``knee + (1-knee)(1 - exp(-(v-knee)/(1-knee)))`` (C1, approaches 1)."""
+    if knee >= 1.0:
+        return
+    idx = np.flatnonzero(v > knee)
+    if idx.size:
+        span = _F32(1.0 - knee)
+        d = (v[idx] - _F32(knee)) / span
+        v[idx] = _F32(knee) + span * (_F32(1) - np.exp(-d))
+
+
+def _shoulder_max_channel(rgb: np.ndarray, knee: float) -> None:
+    """Shoulder applied to each pixel's brightest channel, scaling all three (hue kept)."""
+    flat = rgb.reshape(-1, rgb.shape[-1])
+    mx = cv2.reduce(flat, 1, cv2.REDUCE_MAX).ravel()
+    idx = np.flatnonzero(mx > min(knee, 1.0))
+    if not idx.size:
+        return
+    m = mx[idx]
+    target = m.copy()
+    if knee < 1.0:
+        _shoulder_inplace(target, knee)
+    else:
+        np.minimum(target, _F32(1), out=target)
+    flat[idx] *= (target / m)[:, None]
+
+
+def _lift_negatives(rgb: np.ndarray) -> None:
+    """Bring negative display channels (out of gamut after a saturation boost) to 0 by
+    moving the pixel towards its own luma: hue and luma kept, chroma reduced, instead of
+    clipping channels one by one. The top end is handled by :func:`_shoulder_max_channel`."""
+    flat = rgb.reshape(-1, 3)
+    mn = cv2.reduce(flat, 1, cv2.REDUCE_MIN).ravel()
+    idx = np.flatnonzero(mn < 0.0)
+    if not idx.size:
+        return
+    sub = flat[idx]
+    y = np.maximum(sub @ np.asarray(LUMA_RGB, _F32), 0)[:, None]
+    lo = mn[idx][:, None]
+    t = np.clip(y / (y - lo), 0, 1).astype(_F32)
+    flat[idx] = np.maximum(y + t * (sub - y), 0)
+
+
+def _to_u16(rgb: np.ndarray) -> np.ndarray:
+    scale = (65535.0,) * 4
+    return cv2.multiply(rgb, scale, dtype=cv2.CV_16U)
+
+
+def _find_perijove(sidecar: Mapping[str, Any], depth: int = 0) -> int | None:
+    """A perijove number from a sidecar: keys perijove / PJ / ORBIT_NUMBER, or a JunoCam
+    product id (``JNCE_2022229_44C00032_V01`` -> 44), searched a few levels deep."""
+    if depth > 3:
+        return None
+    for key in ("perijove", "PJ", "pj", "ORBIT_NUMBER"):
+        if key in sidecar:
+            try:
+                return int(str(sidecar[key]).strip())
+            except ValueError:
+                pass
+    for key in ("product_id", "PRODUCT_ID"):
+        m = re.match(r"JN[CR][ER]_\d{7}_(\d{2})[A-Z]", str(sidecar.get(key, "")))
+        if m:
+            return int(m.group(1))
+    for value in sidecar.values():
+        if isinstance(value, Mapping):
+            pj = _find_perijove(value, depth + 1)
+            if pj is not None:
+                return pj
+    return None
+
+
+def _calibrated_units(sidecar: Mapping[str, Any]) -> str | None:
+    """The sidecar's radiometric unit when it says I/F or radiance (weights then default to 1)."""
+    stack: list[Mapping[str, Any]] = [sidecar]
+    while stack:
+        cur = stack.pop()
+        for key, value in cur.items():
+            if isinstance(value, Mapping):
+                stack.append(value)
+            elif str(key).lower() in ("units", "unit", "radiometric_units") and isinstance(value, str):
+                if re.search(r"I/F|radiance|reflectance|W\s*/?\s*m", value, re.IGNORECASE):
+                    return value
+    return None
+
+
+# --------------------------------------------------------------------------- core
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which input band feeds which display channel, resolved from the band names."""
+
+    names: tuple[str, ...]  # input band names
+    channels: tuple[int, ...]  # input band index per display channel (3 for RGB, 1 for grey)
+    out_names: tuple[str, ...]  # band name per display channel
+    dropped: tuple[str, ...]
+
+
+def _plan(band_names: Sequence[str]) -> _Plan:
+    names = tuple(str(n).upper() for n in band_names)
+    if len(set(names)) != len(names):
+        raise EnhanceError(f"duplicate band names {names}")
+    if all(b in names for b in ("RED", "GREEN", "BLUE")):
+        chans = tuple(names.index(b) for b in ("RED", "GREEN", "BLUE"))
+        dropped = tuple(n for n in names if n not in ("RED", "GREEN", "BLUE"))
+        return _Plan(names, chans, ("RED", "GREEN", "BLUE"), dropped)
+    if len(names) == 1:
+        return _Plan(names, (0,), names, ())
+    raise EnhanceError(
+        f"cannot make a composite from bands {', '.join(names)}",
+        hint="need RED, GREEN and BLUE (any order) or a single band such as METHANE",
+    )
+
+
+@dataclass
+class _Prepared:
+    """Linear data after the per-pixel gains, as samples (for levels) or at full size."""
+
+    gain: np.ndarray | None  # (H, W) or (H, W, C) per display channel; None = no gain
+    stats: dict[str, Any]
+    notes: list[str]
+
+
+def _resolve(
+    params: EnhanceParams, plan: _Plan, sidecar: Mapping[str, Any], perijove: int | None
+) -> tuple[EnhanceParams, dict[str, Any]]:
+    """Fill the table-driven defaults (weights) and return (params, extra resolved info)."""
+    info: dict[str, Any] = {}
+    pj = perijove if perijove is not None else _find_perijove(sidecar)
+    info["perijove"] = pj
+    units = _calibrated_units(sidecar)
+    era = colour_weights_for(pj)
+    weights = {}
+    for band in KNOWN_BANDS:
+        given = params.weights.get(band)
+        if given is not None:
+            weights[band] = given
+        elif units is not None or len(plan.channels) == 1:
+            weights[band] = 1.0
+        else:
+            weights[band] = era.weights[band]
+    if units is not None:
+        info["weights_source"] = f"1.0 (data already in {units})"
+    elif len(plan.channels) == 1:
+        info["weights_source"] = "1.0 (single band)"
+    else:
+        info["weights_source"] = f"{era.label}: {era.source}" + (
+            "" if pj is not None else " (perijove unknown)"
+        )
+    resolved = dataclasses.replace(params, weights=BandValues(**weights))
+    return resolved, info
+
+
+def _photometry_gain(
+    params: EnhanceParams,
+    plan: _Plan,
+    data: np.ndarray,
+    valid: np.ndarray,
+    backplanes: Mapping[str, np.ndarray],
+    stride: int,
+    explicit: bool,
+    stats: dict[str, Any],
+    notes: list[str],
+) -> np.ndarray | None:
+    """Per-pixel photometric gain for every display channel ((H, W) or (H, W, C)), or None."""
+    ph = params.photometry
+    if ph.method == "none":
+        return None
+    inc = backplanes.get("incidence_deg")
+    emi = backplanes.get("emission_deg")
+    need_emission = ph.method in ("lommel_seeliger", "minnaert")
+    if inc is None or (need_emission and emi is None):
+        missing = "incidence_deg" if inc is None else "emission_deg"
+        if explicit:
+            raise EnhanceError(
+                f"photometry={ph.method} needs the {missing} backplane",
+                hint="enhance a map written with backplanes, or set photometry=none",
+            )
+        notes.append(f"photometry {ph.method} skipped: no {missing} backplane")
+        stats["photometry_applied"] = "none"
+        return None
+    stats["photometry_applied"] = ph.method
+    s = (slice(None, None, stride), slice(None, None, stride))
+    if ph.method == "minnaert":
+        mu0s = np.cos(np.deg2rad(np.asarray(inc[s], np.float64)))
+        mus = np.cos(np.deg2rad(np.asarray(emi[s], np.float64))) if emi is not None else None
+        ks = {}
+        gains = []
+        for c, band in zip(plan.channels, plan.out_names, strict=True):
+            k = ph.k.get(band)
+            if k is None:
+                samples = np.where(valid[s], data[s][..., c], np.nan)
+                k = fit_minnaert_k(samples, mu0s, mus, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
+            ks[band] = round(k, 4)
+            gains.append(k)
+        stats["minnaert_k"] = ks
+        if len(set(gains)) == 1:
+            return photometric_gain(
+                "minnaert", inc, emi, k=gains[0], mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+            )
+        return cv2.merge(
+            [
+                photometric_gain("minnaert", inc, emi, k=k, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
+                for k in gains
+            ]
+        )
+    if ph.method == "poly":
+        lum = np.where(valid[s], data[s][..., list(plan.channels)].mean(axis=2), np.nan)
+        mu0s = np.cos(np.deg2rad(np.asarray(inc[s], np.float64)))
+        mus = None if emi is None else np.cos(np.deg2rad(np.asarray(emi[s], np.float64)))
+        coeffs = fit_photometric_poly(
+            lum, mu0s, mus, degree=ph.degree, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+        )
+        stats["poly_coeffs"] = [round(c, 8) for c in coeffs]
+        stats["poly_uses_emission"] = emi is not None
+        return photometric_gain(
+            "poly", inc, emi, coeffs=coeffs, degree=ph.degree, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+        )
+    return photometric_gain(ph.method, inc, emi, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
+
+
+def _mean_gain(gain: np.ndarray | None) -> np.ndarray | None:
+    if gain is None or gain.ndim == 2:
+        return gain
+    return gain.mean(axis=2).astype(_F32)
+
+
+def _prepare(
+    data: np.ndarray,
+    valid: np.ndarray,
+    plan: _Plan,
+    backplanes: Mapping[str, np.ndarray],
+    params: EnhanceParams,
+    explicit_photometry: bool,
+    timer: _Timer,
+) -> _Prepared:
+    """Photometric x flatten gain of every pixel."""
+    stats: dict[str, Any] = {}
+    notes: list[str] = []
+    h, w = valid.shape
+    stride = max(1, int(math.sqrt(h * w / 250_000)))
+    with timer("photometry"):
+        gain = _photometry_gain(
+            params, plan, data, valid, backplanes, stride, explicit_photometry, stats, notes
+        )
+        if gain is not None:
+            bad = ~np.isfinite(gain if gain.ndim == 2 else gain.sum(axis=2))
+            if bad.any():  # a pixel seen but without geometry: no correction there
+                valid_gain = gain[~bad] if gain.ndim == 2 else gain[~bad].mean(axis=1)
+                fill = _F32(np.median(valid_gain)) if valid_gain.size else _F32(1)
+                gain[bad] = fill
+    fl = params.flatten
+    if fl.strength > 0:
+        with timer("flatten"):
+            mean_m = np.zeros((1, data.shape[2]), _F32)
+            mean_m[0, list(plan.channels)] = 1.0 / len(plan.channels)
+            lum = cv2.transform(data, mean_m).reshape(h, w)
+            g = _mean_gain(gain)
+            if g is not None:
+                lum = lum * g
+            low = _masked_lowpass(lum, valid & np.isfinite(lum), fl.sigma_frac * max(h, w))
+            # reference: the lit level (90th percentile), not the median, which may be night
+            ref = float(np.percentile(low[valid][:: max(1, stride * stride)], 90)) if valid.any() else 1.0
+            ratio = low / _F32(max(ref, 1e-30))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                flat_gain = np.power(np.maximum(ratio, _F32(0.1)), _F32(-fl.strength))
+            # regions far below the lit level (night side, sky) are left alone, not lifted
+            flat_gain = _F32(1) + _smoothstep(0.02, 0.1, ratio) * (flat_gain - _F32(1))
+            stats["flatten_gain_range"] = [
+                round(float(np.min(flat_gain[valid])), 4) if valid.any() else 1.0,
+                round(float(np.max(flat_gain[valid])), 4) if valid.any() else 1.0,
+            ]
+            if gain is None:
+                gain = flat_gain
+            elif gain.ndim == 2:
+                gain *= flat_gain
+            else:
+                gain *= flat_gain[..., None]
+    return _Prepared(gain, stats, notes)
+
+
+def _sample(
+    data: np.ndarray, valid: np.ndarray, gain: np.ndarray | None, plan: _Plan, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, gain) samples of the valid pixels: ``(N, C)`` per display channel."""
+    s = (slice(None, None, stride), slice(None, None, stride))
+    v = valid[s]
+    raw = data[s][v][:, list(plan.channels)].astype(_F32)
+    if gain is None:
+        g = np.ones_like(raw)
+    elif gain.ndim == 2:
+        g = np.repeat(gain[s][v][:, None], raw.shape[1], axis=1)
+    else:
+        g = gain[s][v]
+    return raw, g
+
+
+def _measure_balance(
+    raw: np.ndarray,
+    g: np.ndarray,
+    plan: _Plan,
+    params: EnhanceParams,
+    region_samples: np.ndarray | None,
+) -> ColourBalance:
+    """Band gains and black/white levels from samples ``raw`` (N, C) and their gains ``g``."""
+    names = plan.out_names
+    method = params.balance.method
+    if raw.shape[0] == 0:
+        raise EnhanceError("no valid pixels to measure levels on", hint="the map is all NaN")
+    corrected = raw * g
+    if method == "weights" or len(names) == 1:
+        gains = np.array([params.weights.get(n) or 1.0 for n in names], np.float64)
+        method = "weights" if len(names) > 1 else "none"
+    elif method == "none":
+        gains = np.ones(len(names))
+    elif method == "greyworld":
+        lum = corrected.mean(axis=1)
+        lo, hi = np.percentile(lum, [5, 95])
+        mid = (lum >= lo) & (lum <= hi)
+        means = corrected[mid].mean(axis=0) if mid.sum() >= 10 else corrected.mean(axis=0)
+        gains = means[names.index("GREEN")] / np.maximum(means, 1e-30)
+    elif method == "region":
+        if region_samples is None or region_samples.shape[0] == 0:
+            raise EnhanceError(
+                "balance.region has no valid pixels", hint="balance.region=row0,row1,col0,col1"
+            )
+        means = region_samples.mean(axis=0)
+        gains = means[names.index("GREEN")] / np.maximum(means, 1e-30)
+    else:  # pragma: no cover - validated in EnhanceParams
+        raise EnhanceError(f"unknown balance method {method!r}")
+    gained_raw = raw * gains
+    st = params.stretch
+    lum_w = np.asarray(LUMA_RGB if len(names) == 3 else (1.0,), np.float64)
+    if st.black_pct is None:
+        black = np.zeros(len(names))
+    elif st.linked:
+        black = np.full(len(names), np.percentile(gained_raw @ lum_w, st.black_pct))
+    else:
+        black = np.percentile(gained_raw, st.black_pct, axis=0)
+    lit = (gained_raw - black) * g
+    if st.linked:
+        white = np.full(len(names), np.percentile(lit.max(axis=1), st.white_pct))
+    else:
+        white = np.percentile(lit, st.white_pct, axis=0)
+    if not np.all(white > 0):
+        white = np.where(white > 0, white, max(float(np.max(lit)), 1e-30))
+    lift_soft = None
+    if params.lift.method == "asinh":
+        if params.lift.soft is not None:
+            lift_soft = params.lift.soft
+        else:
+            y = (lit / white) @ lum_w
+            dark = y[(y < params.lift.dark_level) & (y > 0)]
+            level = float(np.median(dark)) if dark.size > max(10, 0.01 * y.size) else params.lift.dark_level
+            lift_soft = max(level / 10.0, 1e-6)
+    return ColourBalance(
+        gains=dict(zip(names, gains.tolist(), strict=True)),
+        black=dict(zip(names, black.tolist(), strict=True)),
+        white=dict(zip(names, white.tolist(), strict=True)),
+        method=method,
+        lift_soft=lift_soft,
+    )
+
+
+def _region_samples(
+    data: np.ndarray,
+    valid: np.ndarray,
+    gain: np.ndarray | None,
+    plan: _Plan,
+    region: tuple[int, int, int, int] | None,
+) -> np.ndarray | None:
+    if region is None:
+        return None
+    r0, r1, c0, c1 = region
+    h, w = valid.shape
+    if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+        raise EnhanceError(f"balance.region {region} is outside the {h} x {w} map")
+    sub = data[r0:r1, c0:c1][..., list(plan.channels)]
+    v = valid[r0:r1, c0:c1]
+    out = sub[v].astype(_F32)
+    if gain is not None:
+        gs = gain[r0:r1, c0:c1][v]
+        out = out * (gs[:, None] if gs.ndim == 1 else gs)
+    return out
+
+
+def _as_inputs(
+    linear: LinearMap | np.ndarray,
+    band_names: Sequence[str] | None,
+    backplanes: Mapping[str, np.ndarray] | None,
+) -> tuple[np.ndarray, tuple[str, ...], Mapping[str, np.ndarray], Mapping[str, Any]]:
+    if isinstance(linear, LinearMap):
+        data = linear.data
+        names = tuple(band_names) if band_names is not None else linear.band_names
+        planes = backplanes if backplanes is not None else linear.backplanes
+        sidecar: Mapping[str, Any] = linear.sidecar
+    else:
+        data = np.asarray(linear)
+        if band_names is None:
+            raise EnhanceError(
+                "band_names are required with a bare array", hint="e.g. band_names=('BLUE','GREEN','RED')"
+            )
+        names = tuple(band_names)
+        planes = backplanes or {}
+        sidecar = {}
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3 or data.shape[2] != len(names):
+        raise EnhanceError(f"data of shape {data.shape} does not match band names {names}")
+    if data.shape[0] < 2 or data.shape[1] < 2:
+        raise EnhanceError(f"map of shape {data.shape[:2]} is too small to enhance")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise EnhanceError(f"data dtype {data.dtype} is not real")
+    data = np.ascontiguousarray(data, dtype=_F32)
+    for key, plane in planes.items():
+        if np.shape(plane) != data.shape[:2]:
+            raise EnhanceError(f"backplane {key!r} has shape {np.shape(plane)}, map is {data.shape[:2]}")
+    return data, names, planes, sidecar
+
+
+def _resolve_preset(preset: str | EnhanceParams | Mapping[str, Any]) -> EnhanceParams:
+    if isinstance(preset, EnhanceParams):
+        return preset
+    if isinstance(preset, Mapping):
+        return params_from_dict(preset)
+    return preset_params(str(preset))
+
+
+def _valid_mask(data: np.ndarray) -> np.ndarray:
+    total = (
+        data[:, :, 0].copy() if data.shape[2] == 1 else cv2.transform(data, np.ones((1, data.shape[2]), _F32))
+    )
+    return np.isfinite(total.reshape(data.shape[:2]))
+
+
+def _lab_ops_needed(p: EnhanceParams) -> bool:
+    return (
+        p.clahe.clip > 0
+        or p.sharpen.amount > 0
+        or p.saturation != 1.0
+        or p.denoise.strength > 0
+        or p.denoise.chroma > 0
+    )
+
+
+def _lightness_ops(
+    lightness: np.ndarray,
+    valid: np.ndarray,
+    dark: np.ndarray | None,
+    lit: np.ndarray | None,
+    p: EnhanceParams,
+    stats: dict[str, Any],
+    timer: _Timer,
+) -> np.ndarray:
+    """Denoise, CLAHE, unsharp and shoulder on a lightness plane in 0..100 (float32)."""
+    L = lightness
+    if not valid.all():  # neutral fill so tiles and kernels at the edge see no black cliff
+        fill = _F32(np.median(L[valid][::7])) if valid.any() else _F32(50)
+        L[~valid] = fill
+    if p.denoise.strength > 0 and dark is not None:
+        with timer("denoise"):
+            k = 3
+            resid = L - cv2.blur(L, (k, k), borderType=cv2.BORDER_REFLECT)
+            sel = (dark > 0.5) & valid
+            sample = resid[sel][:: max(1, int(sel.sum() // 200_000))] if sel.any() else resid[valid][::97]
+            sigma = (
+                1.4826 * float(np.median(np.abs(sample))) / math.sqrt(1 - 1 / (k * k)) if sample.size else 0.0
+            )
+            stats["noise_sigma_L"] = round(sigma, 4)
+            if sigma > 0:
+                eps = (p.denoise.strength * sigma) ** 2
+                guide = cv2.GaussianBlur(L, (0, 0), 0.5 * p.denoise.radius_px, borderType=cv2.BORDER_REFLECT)
+                q = guided_filter(L, p.denoise.radius_px, eps, guide=guide)
+                L += dark * (q - L)
+    if p.clahe.clip > 0:
+        with timer("clahe"):
+            h, w = L.shape
+            tile = max(h, w) / p.clahe.tiles
+            grid = (max(1, round(w / tile)), max(1, round(h / tile)))
+            clahe = cv2.createCLAHE(clipLimit=p.clahe.clip, tileGridSize=grid)
+            l16 = _to_u16(L * _F32(0.01))
+            eq = clahe.apply(l16).astype(_F32) * _F32(100 / 65535)
+            if lit is not None:  # fade out below the dark floor
+                mix = lit * _F32(p.clahe.mix) if p.clahe.mix < 1.0 else lit
+                L += mix * (eq - L)
+            elif p.clahe.mix >= 1.0:
+                L = eq
+            else:
+                L = cv2.addWeighted(eq, p.clahe.mix, L, 1.0 - p.clahe.mix, 0.0)
+    if p.sharpen.amount > 0:
+        with timer("sharpen"):
+            blur = cv2.GaussianBlur(L, (0, 0), p.sharpen.sigma_px, borderType=cv2.BORDER_REFLECT)
+            L = cv2.addWeighted(L, 1.0 + p.sharpen.amount, blur, -p.sharpen.amount, 0.0)
+    np.clip(L, 0, 100, out=L)
+    return L
+
+
+def _illumination_base(
+    y: np.ndarray, valid: np.ndarray, floor: float, radius_frac: float = 0.02
+) -> np.ndarray:
+    """Edge-preserving illumination level of a luminance plane (float32, same units).
+
+    A guided filter of ``log(y)`` with a large window and ``eps`` = 1 (log units)^2: the
+    texture (a few tenths in log) is averaged away while the terminator and limb (several
+    units) stay sharp, so gains derived from it leave no halos. Computed as a "fast
+    guided filter": coefficients at <= 512 px, applied at full resolution.
+    """
+    h, w = y.shape
+    logy = cv2.log(np.maximum(y, _F32(floor)))
+    if not valid.all():
+        logy[~valid] = _F32(np.median(logy[valid][::7])) if valid.any() else _F32(math.log(floor))
+    factor = max(1, math.ceil(max(h, w) / 512))
+    small = (
+        logy
+        if factor == 1
+        else cv2.resize(logy, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    )
+    r = max(2, round(radius_frac * max(h, w) / factor))
+    k = (2 * r + 1, 2 * r + 1)
+    mean = cv2.boxFilter(small, -1, k, borderType=cv2.BORDER_REFLECT)
+    var = np.maximum(cv2.boxFilter(small * small, -1, k, borderType=cv2.BORDER_REFLECT) - mean * mean, 0)
+    a = var / (var + _F32(1.0))
+    b = mean - a * mean
+    a = cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT)
+    b = cv2.boxFilter(b, -1, k, borderType=cv2.BORDER_REFLECT)
+    if factor > 1:
+        a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+        b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.exp(a * logy + b)
+
+
+def enhance(
+    linear: LinearMap | np.ndarray,
+    *,
+    band_names: Sequence[str] | None = None,
+    backplanes: Mapping[str, np.ndarray] | None = None,
+    preset: str | EnhanceParams | Mapping[str, Any] = "enhanced",
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    perijove: int | None = None,
+    balance: ColourBalance | Mapping[str, Any] | None = None,
+) -> Composite:
+    """Make a display composite from a linear map.
+
+    ``linear``: a :class:`~junoproc.io.LinearMap`, or a float array ``(H, W, B)`` with
+    ``band_names`` (and optional ``backplanes``: ``incidence_deg``, ``emission_deg`` ...).
+    ``preset``: a name (``natural``, ``enhanced``, ``jupitershine``), an
+    :class:`EnhanceParams`, or a ``params`` dict from an earlier composite's sidecar.
+    ``overrides``: ``["clahe.clip=3", "weights.BLUE=2.1", ...]`` (see
+    :func:`apply_overrides`). ``perijove`` picks the colour-weight era (default: from the
+    map's sidecar). ``balance``: levels to reuse (from :func:`colour_balance_from` or an
+    earlier composite) instead of measuring them on this image.
+
+    The input is never modified. NaN pixels come out black with ``alpha`` False.
+    """
+    timer = _Timer()
+    t_start = time.perf_counter()
+    data, names, planes, sidecar = _as_inputs(linear, band_names, backplanes)
+    plan = _plan(names)
+    base = _resolve_preset(preset)
+    params = apply_overrides(base, overrides)
+    explicit_photometry = bool(overrides) and any(
+        str(k).split("=")[0].strip().startswith("photometry") for k in (overrides or [])
+    )
+    params, info = _resolve(params, plan, sidecar, perijove)
+    h, w = data.shape[:2]
+
+    with timer("valid"):
+        valid = _valid_mask(data)
+        n_valid = int(np.count_nonzero(valid))
+    if n_valid == 0:
+        raise EnhanceError("the map has no valid pixel (all NaN)", hint="check the projection footprint")
+    prep = _prepare(data, valid, plan, planes, params, explicit_photometry, timer)
+    stats: dict[str, Any] = {**prep.stats, **info}
+    notes = prep.notes
+    if plan.dropped:
+        notes.append(f"band(s) {', '.join(plan.dropped)} not used in the RGB composite")
+
+    with timer("levels"):
+        stride = max(1, int(math.sqrt(h * w / 250_000)))
+        if balance is None:
+            raw, g = _sample(data, valid, prep.gain, plan, stride)
+            region = (
+                _region_samples(data, valid, prep.gain, plan, params.balance.region)
+                if params.balance.method == "region"
+                else None
+            )
+            bal = _measure_balance(raw, g, plan, params, region)
+        else:
+            bal = balance if isinstance(balance, ColourBalance) else ColourBalance.from_dict(balance)
+            bal._check_bands(plan.out_names)
+            if params.lift.method == "asinh" and bal.lift_soft is None:
+                raw, g = _sample(data, valid, prep.gain, plan, stride)
+                bal = dataclasses.replace(
+                    bal, lift_soft=_measure_balance(raw, g, plan, params, None).lift_soft
+                )
+
+    nb = len(plan.channels)
+    with timer("linear"):
+        # one fused pass: reorder by name, band gain, black, white; zeros where invalid
+        m = np.zeros((nb, data.shape[2] + 1), _F32)
+        for row, (c, band) in enumerate(zip(plan.channels, plan.out_names, strict=True)):
+            m[row, c] = bal.gains[band] / bal.white[band]
+            m[row, -1] = -bal.black[band] / bal.white[band]
+        x = cv2.transform(data, m)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        if prep.gain is not None:
+            if prep.gain.ndim == 2 and nb == 3:
+                np.multiply(x, prep.gain[..., None], out=x)
+            else:
+                np.multiply(x, prep.gain.reshape(h, w, -1), out=x)
+        if n_valid < h * w:
+            x[~valid] = 0
+        np.maximum(x, _F32(0), out=x)  # also turns NaN of partly valid pixels into 0
+
+    dark = None
+    if params.lift.method == "asinh" or params.denoise.strength > 0 or params.denoise.chroma > 0:
+        with timer("lift"):
+            # darkness-weighted gain: an asinh curve applied to the edge-preserving
+            # illumination level, multiplied onto every pixel, so texture keeps its
+            # relative contrast while dark regions are lifted (no halos at the terminator)
+            y = x[:, :, 0].copy() if nb == 1 else cv2.transform(x, np.asarray([LUMA_RGB], _F32))
+            level = params.lift.dark_level
+            base = _illumination_base(y, valid, floor=max(level * 1e-4, 1e-9), radius_frac=params.lift.scale)
+            dark = _F32(1) - _smoothstep(0.5 * level, 2.0 * level, base)
+            if params.lift.method == "asinh":
+                soft = float(bal.lift_soft or 0.01)
+                norm = 1.0 / math.asinh(1.0 / soft)
+                lifted = np.arcsinh(base * _F32(1.0 / soft)) * _F32(norm)
+                if params.lift.dark_gain > 1.0:
+                    lifted *= _F32(1) + _F32(params.lift.dark_gain - 1.0) * dark
+                night = dark > 0.9
+                if params.lift.flatten > 0 and np.count_nonzero(night & valid) > 16:
+                    # pull the dark regions' level towards one constant: what is left is
+                    # their texture (Y / base), not the fall-off of the light that lit them
+                    level = float(np.median(base[night & valid][::7]))
+                    target = math.asinh(level / soft) * norm * params.lift.dark_gain
+                    lifted += _F32(params.lift.flatten) * dark * (_F32(target) - lifted)
+                    stats["lift_night_level"] = level
+                gain = lifted / base
+                if bal.lift_white is None:  # texture rides on the lifted level: re-measure white
+                    sv = valid[::stride, ::stride]
+                    top = (x[::stride, ::stride] * gain[::stride, ::stride, None]).max(axis=2)[sv]
+                    white = float(np.percentile(top, params.stretch.white_pct)) if top.size else 1.0
+                    bal = dataclasses.replace(bal, lift_white=max(white, 1e-6))
+                gain *= _F32(1.0 / (bal.lift_white or 1.0))
+                np.multiply(x, gain[..., None], out=x)
+                stats["lift_soft"] = soft
+                stats["lift_gain_max"] = round(float(np.max(gain[valid])), 3)
+
+    use_lab = nb == 3 and _lab_ops_needed(params)
+    with timer("gamma"):
+        if params.gamma != 1.0:
+            cv2.pow(x, 1.0 / params.gamma, dst=x)
+        if use_lab:  # CIELAB conversion clamps at 1: bring the few brighter pixels in, hue kept
+            _shoulder_max_channel(x, 1.0)
+
+    if use_lab:
+        with timer("lab"):
+            lab = cv2.cvtColor(x, cv2.COLOR_RGB2Lab)
+            L = cv2.extractChannel(lab, 0)
+            lit = (
+                _smoothstep(0.5 * params.dark_floor, 1.5 * params.dark_floor, L)
+                if params.dark_floor > 0
+                else None
+            )
+        L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
+        with timer("lab"):
+            cv2.insertChannel(L, lab, 0)
+            chroma_gain: np.ndarray | None = None
+            if lit is not None and params.saturation != 1.0:
+                chroma_gain = _F32(1) + _F32(params.saturation - 1.0) * lit
+            if dark is not None and params.lift.dark_saturation != 1.0:
+                dark_gain = _F32(1) + _F32(params.lift.dark_saturation - 1.0) * dark
+                chroma_gain = dark_gain * (
+                    chroma_gain if chroma_gain is not None else _F32(params.saturation)
+                )
+            blur_chroma = params.denoise.chroma > 0 and dark is not None
+            if blur_chroma or chroma_gain is not None:
+                for ch in (1, 2):
+                    c = cv2.extractChannel(lab, ch)
+                    if blur_chroma:
+                        sigma = 3.0 * params.denoise.radius_px
+                        cb = cv2.GaussianBlur(c, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+                        c += _F32(params.denoise.chroma) * dark * (cb - c)
+                    if chroma_gain is not None:
+                        c *= chroma_gain
+                    cv2.insertChannel(c, lab, ch)
+            if chroma_gain is None and params.saturation != 1.0:
+                cv2.multiply(lab, (1.0, params.saturation, params.saturation, 0.0), dst=lab)
+            rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+            _lift_negatives(rgb)
+    elif nb == 3:
+        rgb = x
+    if nb == 3:
+        with timer("highlight"):
+            _shoulder_max_channel(rgb, params.highlight.knee)
+    else:
+        L = x[:, :, 0] * _F32(100)
+        if _lab_ops_needed(params):
+            lit = (
+                _smoothstep(0.5 * params.dark_floor, 1.5 * params.dark_floor, L)
+                if params.dark_floor > 0
+                else None
+            )
+            L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
+        g1 = np.maximum(L * _F32(0.01), _F32(0))
+        _shoulder_inplace(g1.reshape(-1), params.highlight.knee)
+        np.minimum(g1, _F32(1), out=g1)
+        if params.colormap == "grey":
+            rgb = cv2.merge([g1, g1, g1])
+        else:
+            lut8 = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], _colormaps()[params.colormap])
+            lut = cv2.cvtColor(lut8, cv2.COLOR_BGR2RGB).reshape(256, 3).astype(_F32) / _F32(255)
+            pos = g1 * _F32(255)
+            i0 = np.minimum(pos.astype(np.int32), 254)
+            f = (pos - i0)[..., None]
+            rgb = (lut[i0] * (1 - f) + lut[i0 + 1] * f).astype(_F32)
+
+    with timer("output"):
+        rgb16 = _to_u16(rgb)
+        if n_valid < h * w:
+            rgb16[~valid] = 0
+        rgb8 = cv2.convertScaleAbs(rgb16, alpha=1.0 / 257.0)
+        stride_c = max(1, int(math.sqrt(h * w / 1_000_000)))
+        sub16 = rgb16[::stride_c, ::stride_c]
+        vsub = valid[::stride_c, ::stride_c]
+        top = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(vsub.shape)
+        low = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MIN).reshape(vsub.shape)
+        nv = max(1, int(vsub.sum()))
+        stats["clipped_high_fraction"] = float(np.count_nonzero((top == 65535) & vsub)) / nv
+        stats["clipped_low_fraction"] = float(np.count_nonzero((low == 0) & vsub)) / nv
+        stats["valid_fraction"] = n_valid / float(h * w)
+    timings = dict(timer.times)
+    timings["total"] = time.perf_counter() - t_start
+    stats["notes"] = notes
+    resolved = params_to_dict(params)
+    return Composite(
+        rgb16=rgb16,
+        rgb8=rgb8,
+        alpha=valid,
+        params=resolved,
+        balance=bal,
+        stats=stats,
+        timings_s=timings,
+    )
+
+
+def colour_balance_from(
+    maps: Sequence[
+        LinearMap
+        | tuple[np.ndarray, Sequence[str]]
+        | tuple[np.ndarray, Sequence[str], Mapping[str, np.ndarray]]
+    ],
+    *,
+    preset: str | EnhanceParams | Mapping[str, Any] = "natural",
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    perijove: int | None = None,
+) -> ColourBalance:
+    """ONE colour balance (band gains, black/white levels, lift softening) for several maps.
+
+    Samples of every map (after its own photometric and flatten gains) are pooled and the
+    preset's balance and stretch rules are applied to the pool. Pass the result as
+    ``balance=`` to :func:`enhance` for each map so all share one colour and tone scale;
+    it is recorded in each composite's sidecar and can be read back with
+    :meth:`ColourBalance.from_dict`.
+    """
+    if not maps:
+        raise EnhanceError("colour_balance_from needs at least one map")
+    base = apply_overrides(_resolve_preset(preset), overrides)
+    raws, gs, regions = [], [], []
+    plan0: _Plan | None = None
+    params = base
+    timer = _Timer()
+    for item in maps:
+        if isinstance(item, LinearMap):
+            data, names, planes, sidecar = _as_inputs(item, None, None)
+        else:
+            data, names, planes, sidecar = _as_inputs(item[0], item[1], item[2] if len(item) > 2 else None)  # type: ignore[misc]
+        plan = _plan(names)
+        if plan0 is None:
+            plan0 = plan
+            params, _ = _resolve(base, plan, sidecar, perijove)
+        elif plan.out_names != plan0.out_names:
+            raise EnhanceError(f"maps mix band sets {plan0.out_names} and {plan.out_names}")
+        valid = _valid_mask(data)
+        if not valid.any():
+            continue
+        explicit = bool(overrides) and any(
+            str(k).split("=")[0].strip().startswith("photometry") for k in overrides or []
+        )
+        prep = _prepare(data, valid, plan, planes, params, explicit, timer)
+        h, w = valid.shape
+        stride = max(1, int(math.sqrt(h * w / 250_000)))
+        raw, g = _sample(data, valid, prep.gain, plan, stride)
+        raws.append(raw)
+        gs.append(g)
+        if params.balance.method == "region":
+            r = _region_samples(data, valid, prep.gain, plan, params.balance.region)
+            if r is not None:
+                regions.append(r)
+    if plan0 is None or not raws:
+        raise EnhanceError("no valid pixels in any map")
+    bal = _measure_balance(
+        np.concatenate(raws), np.concatenate(gs), plan0, params, np.concatenate(regions) if regions else None
+    )
+    return dataclasses.replace(bal, n_images=len(raws))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _load_json_params(path: Path) -> dict[str, Any]:
+    from .io import read_sidecar
+
+    side = read_sidecar(path)
+    enh = side.get("enhance", side)
+    if not isinstance(enh, Mapping) or "params" not in enh:
+        raise EnhanceError(
+            "no enhancement parameters in this JSON", hint="use a composite's sidecar", path=path
+        )
+    return dict(enh["params"])
+
+
+def _load_json_balance(path: Path) -> ColourBalance:
+    from .io import read_sidecar
+
+    side = read_sidecar(path)
+    for candidate in (
+        side.get("enhance", {}).get("balance") if isinstance(side.get("enhance"), Mapping) else None,
+        side.get("balance"),
+        side,
+    ):
+        if isinstance(candidate, Mapping) and "gains" in candidate:
+            return ColourBalance.from_dict(candidate)
+    raise EnhanceError("no colour balance in this JSON", path=path, hint="use a composite's sidecar")
+
+
+def enhance_file(
+    linear_path: str | Path,
+    out_path: str | Path,
+    *,
+    preset: str = "enhanced",
+    overrides: Sequence[str] | None = None,
+    perijove: int | None = None,
+    balance: str | Path | ColourBalance | None = None,
+    alpha: bool = True,
+) -> tuple[Composite, list[Path]]:
+    """Read a linear map (with its backplanes and sidecar), enhance, write OUT + OUT.json.
+
+    ``out_path`` ending in ``.png`` gets 8-bit, ``.tif``/``.tiff`` 16-bit; with ``alpha``
+    and invalid pixels present an alpha channel is added. ``preset`` may be a preset name
+    or the path of an earlier composite's JSON sidecar (same look); ``balance`` a
+    ColourBalance or the path of a JSON holding one. Returns the composite and the paths
+    written.
+    """
+    from . import __version__
+    from .io import read_linear_map, write_png, write_sidecar, write_tiff
+
+    src = Path(linear_path)
+    out = Path(out_path)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise EnhanceError("output must end in .png (8-bit) or .tif (16-bit)", path=out)
+    if out.resolve() == src.resolve():
+        raise EnhanceError("output would overwrite the linear input", path=out)
+    lm = read_linear_map(src)
+    preset_arg: str | Mapping[str, Any] = preset
+    if str(preset).lower().endswith(".json"):
+        preset_arg = _load_json_params(Path(preset))
+    bal = _load_json_balance(Path(balance)) if isinstance(balance, (str, Path)) else balance
+    comp = enhance(lm, preset=preset_arg, overrides=overrides, perijove=perijove, balance=bal)
+    with_alpha = alpha and not bool(comp.alpha.all())
+    if suffix == ".png":
+        written = [write_png(out, comp.rgba8() if with_alpha else comp.rgb8)]
+    else:
+        written = [
+            write_tiff(
+                out,
+                comp.rgba16() if with_alpha else comp.rgb16,
+                description=f"junoproc {__version__} composite, preset {comp.params['preset']}",
+            )
+        ]
+    side = {
+        "junoproc_version": __version__,
+        "kind": "junoproc.composite",
+        "output": {"path": out.name, "bits": 8 if suffix == ".png" else 16, "alpha": with_alpha},
+        "input": {
+            "path": str(src),
+            "band_names": list(lm.band_names),
+            "shape": list(lm.data.shape),
+            "backplanes": sorted(lm.backplanes),
+            "sidecar": dict(lm.sidecar),
+        },
+        "enhance": {
+            "params": comp.params,
+            "balance": comp.balance.to_dict(),
+            "stats": dict(comp.stats),
+            "timings_s": {k: round(v, 4) for k, v in comp.timings_s.items()},
+        },
+    }
+    written.append(write_sidecar(out, side))
+    return comp, written
