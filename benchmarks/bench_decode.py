@@ -11,7 +11,7 @@ For each product: wall time of each decode step (pairing, reading, PNG/IMG decod
 each calibration step (``provenance["timings_s"]``), best and median of ``--repeat`` runs
 (wall times on a shared machine are noisy; the best run is the least disturbed), the
 process CPU time of the same run, and the peak memory of one extra run: the
-tracemalloc peak (numpy buffers included) and the growth of the process's max RSS.
+tracemalloc peak (numpy buffers included) and the process's max RSS so far.
 """
 
 from __future__ import annotations
@@ -82,15 +82,13 @@ def _one_run(path: Path, entry) -> dict[str, float]:
 
 
 def _peak_memory(path: Path) -> tuple[float, float]:
-    """(tracemalloc peak MB, max-RSS growth MB) of one load + calibrate."""
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """(tracemalloc peak MB of one load + calibrate, the process's max RSS so far in MB)."""
     tracemalloc.start()
     cal = calibrate(load(path))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del cal
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20, (rss1 - rss0) / 1024.0
+    return peak / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main() -> int:
@@ -116,14 +114,15 @@ def main() -> int:
         results[entry.product_id] = {"frames": raw.meta.n_frames, "filters": list(raw.meta.filters),
                                      "framelets": raw.meta.n_frames * raw.meta.n_filters,
                                      "best": best, "median_total": median_total,
-                                     "tracemalloc_peak_mb": peak_mb, "maxrss_growth_mb": rss_mb}
+                                     "tracemalloc_peak_mb": peak_mb, "process_maxrss_mb": rss_mb}
         steps = "  ".join(f"{k.split('.', 1)[1]} {v * 1000:.0f}" for k, v in best.items() if "." in k)
         print(f"\n{entry.product_id}: {raw.meta.n_frames} frames x {len(raw.meta.filters)} "
               f"({'/'.join(raw.meta.filters)}) from {entry.raw}")
         print(f"  best of {len(runs)}: load {best['load']:.3f} s + calibrate {best['calibrate']:.3f} s = "
               f"{best['total']:.3f} s (median {median_total:.3f} s; CPU {best['cpu_total']:.3f} s)")
         print(f"  steps, ms: {steps}")
-        print(f"  peak memory: tracemalloc {peak_mb:.0f} MB, max RSS growth {rss_mb:.0f} MB")
+        print(f"  peak memory: tracemalloc {peak_mb:.0f} MB (arrays of this product); process max RSS so far "
+              f"{rss_mb:.0f} MB (Python, numpy, OpenCV included)")
     goal = results.get(GOAL_PRODUCT)
     status = 0
     if goal is not None:
