@@ -416,3 +416,13 @@ def test_real_flat_makes_framelet_overlaps_agree(data_dir):
     for band in ("BLUE", "GREEN", "RED"):
         assert _overlap_mismatch(flat, band) < 0.5 * _overlap_mismatch(none, band), band
         assert _overlap_mismatch(flat, band) < 0.01, band
+
+
+def test_package_level_calibrate_is_callable_even_after_importing_the_module():
+    import junoproc
+    import junoproc.calibrate as module
+
+    raw = synthetic_raw(stack(scene(1)))
+    assert junoproc.calibrate(raw, units="DN").units == "DN"
+    assert module(raw).units == "DN/ms"
+    assert isinstance(junoproc.calibrate(raw), CalibratedImage)
