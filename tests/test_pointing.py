@@ -95,3 +95,116 @@ def test_one_band_only_still_solves(rgb43, real_kernels):
     assert sol.n_points_by_band["GREEN"] == 0
     assert sol.residuals_px_by_band["BLUE"] < 0.5
     assert "limb found in one band only" in sol.notes
+
+
+# --- simulated known truth --------------------------------------------------------------
+def _furnish(files):
+    spiceypy.kclear()
+    for path in files:
+        spiceypy.furnsh(str(path))
+
+
+def _truth_vs_solution_px(product, sol, step: int = 8) -> np.ndarray:
+    """Truth surface points (truth attitude, true frame times) -> px through the solved geometry."""
+    from junoproc.geometry import frame_state, image_geometry, intersect_rays
+
+    raw = load_entry(next(iter(find_products(product.out_dir))))
+    geo = image_geometry(raw.meta, sol.attitude, timing=sol.timing)
+    yy, xx = np.mgrid[0:128:step, 0:1648:step] + 0.5
+    errors = []
+    for f, et in enumerate(product.frame_ets):
+        state = frame_state(geo.target, et)
+        for band in raw.meta.filters:
+            rays = geo.cameras[band].framelet_rays_cam[::step, ::step]
+            pts = intersect_rays(state, product.attitude.rot_j2000_to_cam(et), rays, geo.target)
+            if pts.hit.any():
+                x, y = geo.surface_to_px(f, band, pts.pos_body_km[pts.hit])
+                errors.append(np.hypot(x - xx[pts.hit], y - yy[pts.hit]))
+    return np.concatenate(errors)
+
+
+def _simulated(tmp_path, kernel_dir, write_ck: bool):
+    from junoproc.simulate import simulate
+
+    return simulate(tmp_path, kernel_dir=kernel_dir, n_frames=8, altitude_km=200_000.0, texture_width=1024,
+                    time_offset_s=0.030,
+                    write_ck=write_ck, seed=11, n_particle_hits=0)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: limb RMS 0.23 px but truth px error up to 0.42 px "
+                   "(8 frames, 200,000 km); 14 frames at 150,000 km: axis 0.32 deg (16 sigma) off, up "
+                   "to 3 px: a limb bias or simulator/solver model mismatch, under investigation")
+def test_simulated_rgb_without_ck_matches_truth(tmp_path, kernel_dir):
+    """30 ms label-timing error, no CK: the spin solve puts true surface points within 0.1 px."""
+    product = _simulated(tmp_path, kernel_dir, write_ck=False)
+    _furnish(product.kernel_files)
+    try:
+        raw = load_entry(next(iter(find_products(product.out_dir))))
+        axis = product.attitude.axis_j2000
+        # the simulator has no Earth: a prior 6 deg off the truth, the limb must pull it home
+        off = pointing.spin_basis(axis)[0]
+        centre = axis * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
+        prior = pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),),
+                                   source="test")
+        sol = pointing.solve_pointing(raw, axis_prior=prior)
+        err = _truth_vs_solution_px(product, sol)
+        sep = pointing._angle_deg(sol.attitude.axis_j2000, axis)
+        print(f"\nsimulated no-CK: RMS {sol.residuals_px_by_band}, axis {sep:.3f} deg from truth, "
+              f"limb alt {sol.limb_alt_km:.1f} km, truth px error median {np.median(err):.3f} "
+              f"max {err.max():.3f} px ({err.size} px), {sol.solve_time_s:.2f} s")
+        assert sol.quality == "good" and not sol.axis["prior_dependent_roll"]
+        assert err.size > 1000 and err.max() < 0.1
+        assert abs(sol.limb_alt_km) < 30.0
+    finally:
+        spiceypy.kclear()
+
+
+@pytest.mark.xfail(strict=True, reason="measured: truth px error max 0.16 px after the CK refinement "
+                   "(goal 0.1 px)")
+def test_simulated_rgb_refined_from_ck_matches_truth(tmp_path, kernel_dir):
+    """With the CK: timing offset + small rotation refined; true surface points within 0.1 px."""
+    from junoproc.geometry import CkAttitude
+
+    product = _simulated(tmp_path, kernel_dir, write_ck=True)
+    _furnish(product.kernel_files)
+    try:
+        raw = load_entry(next(iter(find_products(product.out_dir))))
+        sol = pointing.solve_pointing(raw, ck=CkAttitude())
+        err = _truth_vs_solution_px(product, sol)
+        print(f"\nsimulated CK refine: start offset {1e3 * sol.timing.start_offset_s:.2f} ms, "
+              f"RMS {sol.residuals_px_by_band}, truth px error max {err.max():.3f} px")
+        assert sol.method == "ck-refined" and err.max() < 0.1
+    finally:
+        spiceypy.kclear()
+
+
+def test_exported_ck_reproduces_the_solution(tmp_path, kernel_dir):
+    """A CK-refined solution written as a type-3 CK and read back: < 0.01 px at every frame time."""
+    from junoproc.geometry import CkAttitude
+
+    product = _simulated(tmp_path, kernel_dir, write_ck=True)
+    _furnish(product.kernel_files)
+    try:
+        raw = load_entry(next(iter(find_products(product.out_dir))))
+        sol = pointing.solve_pointing(raw, ck=CkAttitude())
+        assert sol.method == "ck-refined"  # (start offset ~ rotation about the spin axis: degenerate)
+        ck_path = pointing.export_ck(sol, tmp_path / "out.bc", raw.meta)
+        ets = sol.timing.frame_et(np.arange(raw.meta.n_frames))
+        expected = [sol.attitude.rot_j2000_to_cam(float(e)) for e in ets]
+        for path in product.kernel_files:  # only the exported CK from here on
+            if str(path).endswith(".bc"):
+                spiceypy.unload(str(path))
+        spiceypy.furnsh(str(ck_path))
+        focal_px = 1.0 / (0.0074 / 10.95637)
+        for e, want in zip(ets, expected, strict=True):
+            got = CkAttitude().rot_j2000_to_cam(float(e))
+            angle = math.acos(min(1.0, (np.trace(got @ want.T) - 1) / 2))
+            assert angle < 0.01 / focal_px
+        handle = spiceypy.dafopr(str(ck_path))
+        try:
+            comments = " ".join(spiceypy.dafec(handle, 50)[1])
+        finally:
+            spiceypy.dafcls(handle)
+        assert "NOT in this" in comments and raw.meta.product_id in comments
+    finally:
+        spiceypy.kclear()

@@ -222,7 +222,7 @@ def simulate_cmd(out: str, target: str, altitude_km: float | None, n_frames: int
               help="Folder of SPICE kernels (searched recursively).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Solution JSON.")
 @click.option("--ck", "ck_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write a CK (not implemented yet).")
+              help="Also write the attitude as a type-3 CK of JUNO_SPACECRAFT (timing offsets stay in -o).")
 @click.option("--diagnostic", type=click.Path(dir_okay=False), default=None,
               help="PNG: framelets with the predicted limb (red) and the limb points (green).")
 def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_out: str | None,
@@ -233,7 +233,6 @@ def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_ou
     import spiceypy
 
     from . import pointing
-    from .errors import PointingError
     from .products import load
 
     raw = load(product)
@@ -257,7 +256,8 @@ def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_ou
             pointing.write_diagnostic(raw, sol, points, diagnostic)
             click.echo(f"wrote {diagnostic}")
         if ck_out:
-            raise PointingError("CK export is not implemented yet", hint="use the solution JSON")
+            pointing.export_ck(sol, ck_out, raw.meta)
+            click.echo(f"wrote {ck_out}")
     finally:
         for path in files:
             spiceypy.unload(str(path))

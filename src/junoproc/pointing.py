@@ -1084,3 +1084,79 @@ def write_diagnostic(image: Any, sol: PointingSolution, points: LimbPoints, path
     if not cv2.imwrite(str(path), np.concatenate(tiles, axis=0)):
         raise OutputError("cannot write diagnostic PNG", path=path)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# CK export
+# ---------------------------------------------------------------------------------------
+def export_ck(sol: PointingSolution, path: str | Path, meta: ProductMeta, *, margin_s: float = 10.0,
+              step_s: float = 0.05) -> Path:
+    """Write the solution's attitude as a type-3 CK of JUNO_SPACECRAFT (-61000) relative to J2000.
+
+    Samples every ``step_s`` over the image span +- ``margin_s`` (quaternions from
+    ``m2q`` of the J2000 -> spacecraft C-matrix, angular velocity in J2000); needs the
+    LSK, SCLK and FK loaded. The CK holds attitude versus time only: a solution's fitted
+    frame-timing offsets are not in it (the comment area says so) and stay in the
+    solution JSON. Written to a temporary file and renamed.
+    """
+    path = Path(path)
+    ets = sol.timing.frame_et(np.arange(meta.n_frames))
+    t0, t1 = float(ets[0]) - margin_s, float(ets[-1]) + sol.timing.exposure_s + margin_s
+    sample_ets = np.linspace(t0, t1, int(math.ceil((t1 - t0) / step_s)) + 1)
+    att = sol.attitude
+    try:
+        sc_to_cam = rot_sc_to_cam(float(ets[0]))
+        sclk = np.array([spiceypy.sce2c(SPACECRAFT_CLOCK_ID, float(e)) for e in sample_ets])
+    except spiceypy.utils.exceptions.SpiceyError as err:
+        from .errors import KernelMissingError
+
+        raise KernelMissingError(f"cannot convert times to Juno's clock ({getattr(err, 'short', err)})",
+                                 hint="load the Juno SCLK and LSK kernels") from None
+    cmats = np.stack([sc_to_cam.T @ att.rot_j2000_to_cam(float(e)) for e in sample_ets])
+    quats = np.stack([np.asarray(spiceypy.m2q(m)) for m in cmats])
+    if isinstance(att, SpinAttitude):
+        avvs = np.tile(att.angular_velocity_j2000_rad_s(), (len(sample_ets), 1))
+    else:  # numerically: d(C)/dt = -[w]x C with w in the instrument frame; expressed in J2000
+        h = 1e-3
+        avvs = np.empty((len(sample_ets), 3))
+        for i, e in enumerate(sample_ets):
+            cp = sc_to_cam.T @ att.rot_j2000_to_cam(float(e) + h)
+            cm = sc_to_cam.T @ att.rot_j2000_to_cam(float(e) - h)
+            w_skew = -(cp - cm) / (2 * h) @ cmats[i].T  # instrument frame
+            w_ins = np.array([w_skew[2, 1] - w_skew[1, 2], w_skew[0, 2] - w_skew[2, 0],
+                              w_skew[1, 0] - w_skew[0, 1]]) / 2
+            avvs[i] = cmats[i].T @ w_ins
+    t = sol.timing
+    comments = [
+        f"junoproc pointing CK for {sol.product_id}: JUNO_SPACECRAFT ({SPACECRAFT_CK_ID}) relative to J2000,",
+        f"type 3 with angular velocity, every {step_s} s from {_utc(t0)} to {_utc(t1)} "
+        f"(image +- {margin_s} s).",
+        f"Solved from the image's limb: method {sol.method}, quality {sol.quality}, limb RMS "
+        f"{sol.rms_px:.3f} px, limb altitude {sol.limb_alt_km:.1f} km.",
+        f"Attitude: {json.dumps({k: v for k, v in att.describe().items()}, default=str)[:900]}",
+        "This CK holds attitude versus time only. The frame timing used with it in the fit",
+        f"(start offset {1e3 * t.start_offset_s:+.3f} ms, interframe correction "
+        f"{1e3 * t.interframe_correction_s:+.4f} ms on top of the label and IK timing) is NOT in this",
+        "file: it stays in the junoproc solution JSON; use both together.",
+        "Not a NAIF product.",
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            tmp.unlink()
+        ncomch = sum(len(c) + 1 for c in comments) + 512
+        handle = spiceypy.ckopn(str(tmp), "junoproc pointing CK", ncomch)
+        try:
+            spiceypy.dafac(handle, comments)
+            spiceypy.ckw03(handle, float(sclk[0]), float(sclk[-1]), SPACECRAFT_CK_ID, "J2000", True,
+                           f"JUNOPROC {sol.product_id}"[:40], len(sclk), sclk, quats, avvs, 1,
+                           np.array([sclk[0]]))
+        finally:
+            spiceypy.ckcls(handle)
+        tmp.replace(path)
+    except spiceypy.utils.exceptions.SpiceyError as err:
+        raise OutputError(f"cannot write CK ({getattr(err, 'short', err)})", path=path) from None
+    except OSError as err:
+        raise OutputError(f"cannot write CK ({err.strerror})", path=path) from None
+    return path
