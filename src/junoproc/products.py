@@ -493,7 +493,7 @@ def _plain_value(value: Any) -> Any:
     """pvl values -> what the site JSON would hold (ISO strings for times)."""
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
         return value.isoformat(timespec="milliseconds")
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
@@ -886,12 +886,13 @@ def _search_roots(path: Path) -> list[tuple[Path, int]]:
     ``-Data.zip`` beside the ``-ImageSet.zip``; a half-unzipped set has it one level up.
     """
     roots = [(path.parent, 1)]
-    grand = path.parent.parent
-    if grand != path.parent and grand != Path(grand.anchor) and grand != Path.home():
-        roots.append((grand, 2))
-        great = grand.parent
-        if great != grand and great != Path(great.anchor) and great != Path.home():
-            roots.append((great, 2))
+    stops = {Path(path.anchor), Path.home(), Path.home().parent}
+    folder = path.parent
+    for _ in range(2):  # climb at most two levels, never to the home folder or the root
+        if folder in stops or folder.parent == folder or folder.parent in stops:
+            break
+        folder = folder.parent
+        roots.append((folder, 2))
     return roots
 
 
