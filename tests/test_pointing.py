@@ -188,7 +188,8 @@ def test_exported_ck_reproduces_the_solution(tmp_path, kernel_dir):
         raw = load_entry(next(iter(find_products(product.out_dir))))
         sol = pointing.solve_pointing(raw, ck=CkAttitude())
         assert sol.method == "ck-refined"  # (start offset ~ rotation about the spin axis: degenerate)
-        ck_path = pointing.export_ck(sol, tmp_path / "out.bc", raw.meta)
+        # the simulator CK covers the true image span +- 10 s: a 9 s margin stays inside it
+        ck_path = pointing.export_ck(sol, tmp_path / "out.bc", raw.meta, margin_s=9.0)
         ets = sol.timing.frame_et(np.arange(raw.meta.n_frames))
         expected = [sol.attitude.rot_j2000_to_cam(float(e)) for e in ets]
         for path in product.kernel_files:  # only the exported CK from here on
