@@ -95,6 +95,8 @@ INTERPOLATIONS: Mapping[str, tuple[int, int]] = {
 _INTERP_ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczos"}
 #: Largest side of an output grid (a guard against absurd resolutions).
 MAX_GRID_SIDE = 20000
+#: Relative weight of samples that touch invalid pixels (filled values): a last resort.
+FALLBACK_WEIGHT = 1e-4
 _REMAP_COLS = 1024  # cv2.remap wants sides < 32767: sample vectors are folded to this width
 
 
@@ -579,6 +581,35 @@ def _candidates(boxes: Sequence[tuple[int, int, int, int]], hit_grid: np.ndarray
     return (rr + r0) * hit_grid.shape[1] + (cc + c0)
 
 
+def _surface_to_px(geometry: ImageGeometry, frame: int, band: str, x_km: np.ndarray,
+                   y_km: np.ndarray, z_km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fast = getattr(geometry, "surface_to_px_xyz", None)
+    if fast is not None:
+        return fast(frame, band, x_km, y_km, z_km)
+    return geometry.surface_to_px(frame, band, np.stack([x_km, y_km, z_km], axis=-1))
+
+
+def _filled(data: np.ndarray, ok_px: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """A framelet with invalid pixels filled by normalised Gaussian convolution of valid ones,
+    and where the fill is usable (float32 1/0), photoactive columns only."""
+    src = np.where(ok_px, data, np.float32(0.0)).astype(np.float32)
+    okf = ok_px.astype(np.float32)
+    if ok_px[:, cols].all():
+        return src, okf
+    filled = src.copy()
+    todo = ~ok_px
+    for sigma in (1.5, 6.0):
+        num = cv2.GaussianBlur(src, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        wsum = cv2.GaussianBlur(okf, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        take = todo & (wsum > 1e-3)
+        filled[take] = num[take] / wsum[take]
+        todo &= ~take
+    usable = ~todo
+    usable[:, :cols.start] = False
+    usable[:, cols.stop:] = False
+    return filled, usable.astype(np.float32)
+
+
 def _image_arrays(image: Any) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(image.data, dtype=np.float32)
     valid = getattr(image, "valid", None)
@@ -593,14 +624,18 @@ def project(
     bounds: Sequence[float] | str | None = None, lon: str = "west", lat: str = "centric",
     resolution_px_per_deg: float | None = None, interpolation: str = "bilinear",
     grid: MapGrid | None = None, feather_px: float = 6.5, resolution_exponent: float = 1.0,
-    frame_order: Sequence[int] | None = None, timings: dict[str, float] | None = None,
-    **grid_options: Any,
+    frame_order: Sequence[int] | None = None, fill_invalid: bool = True,
+    timings: dict[str, float] | None = None, **grid_options: Any,
 ) -> LinearMap:
     """Map-project a calibrated image (``image.data`` (frames, filters, rows, samples) float32,
     ``image.valid`` bool) onto ``grid`` (or a new :func:`make_grid`) -> :class:`io.LinearMap`.
 
     Bands are in FILTER_NAME order; NaN where no valid framelet sample sees the pixel.
     ``frame_order`` only reorders the accumulation (the result does not depend on it).
+    Samples touching an invalid pixel (particle hit, bad column, saturation) are dropped;
+    with ``fill_invalid`` (default) they are kept as a fallback with weight x
+    :data:`FALLBACK_WEIGHT` on values filled from valid neighbours, so they only show where
+    no valid sample of that band exists (backplane ``filled_bands`` counts such bands).
     ``timings``, when given, receives the seconds spent per step.
     """
     clock = time.perf_counter()
@@ -635,6 +670,7 @@ def project(
 
     num = np.zeros((n_bands, h * w))
     den = np.zeros((n_bands, h * w))
+    den_good = np.zeros((n_bands, h * w))
     count = np.zeros((n_bands, h * w), np.uint16)
     by_key = {(fp.frame, fp.band): fp for fp in footprints}
     kernel = None if support == 0 else np.ones((2 * support + 1, 2 * support + 1), np.uint8)
@@ -655,7 +691,7 @@ def project(
             idx, cos_e, dist = idx[front], cos_e[front], dist[front]
             if not len(idx):
                 continue
-            x_px, y_px = geometry.surface_to_px_xyz(frame, band, px[idx], py[idx], pz[idx])
+            x_px, y_px = _surface_to_px(geometry, frame, band, px[idx], py[idx], pz[idx])
             t1 = time.perf_counter()
             t_map += t1 - t0
             cam = geometry.cameras[band]
@@ -675,18 +711,23 @@ def project(
                 mask = cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
             m = _remap(mask.astype(np.float32), x_i, y_i, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
             good = m >= 1.0 - 1e-4
-            sel, x_i, y_i = sel[good], x_i[good], y_i[good]
+            src, usable = _filled(data[frame, b], ok_px, cols)
+            if fill_invalid:
+                keep = good | (_remap(usable, x_i, y_i, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT) >= 1.0 - 1e-4)
+                sel, x_i, y_i, good = sel[keep], x_i[keep], y_i[keep], good[keep]
+            else:
+                sel, x_i, y_i, good = sel[good], x_i[good], y_i[good], good[good]
             if not len(sel):
                 continue
-            src = np.where(ok_px, data[frame, b], np.float32(0.0)).astype(np.float32)
             value = _remap(src, x_i, y_i, flag)
             d_edge = np.minimum(np.minimum(y_i + 0.5, rows - 0.5 - y_i),
                                 np.minimum(x_i - (cols.start - 0.5), (cols.stop - 0.5) - x_i))
             res_km = dist[sel] * geometry.ifov_rad(band)
             wgt = _smoothstep(d_edge / feather_px) * cos_e[sel] * res_km ** -resolution_exponent
             tgt = idx[sel]
-            num[b, tgt] += wgt * value
-            den[b, tgt] += wgt
+            num[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT) * value
+            den[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT)
+            den_good[b, tgt] += np.where(good, wgt, 0.0)
             count[b, tgt] += 1
             t_sample += time.perf_counter() - t1
     tm["surface_to_px_s"] = t_map
@@ -697,9 +738,10 @@ def project(
     data_out = np.ascontiguousarray(out.T.reshape(h, w, n_bands).astype(np.float32))
     peak = float(den.max()) if den.size else 0.0
     weight = (den.mean(axis=0) / (peak if peak > 0 else 1.0)).reshape(h, w)
-    backplanes = _backplanes(geometry, pos_grid, hit_grid, mid_state)
+    backplanes = _backplanes(geometry, (px, py, pz), (nx, ny, nz), hit_grid, mid_state)
     backplanes["weight"] = weight.astype(np.float32)
     backplanes["n_samples"] = count.sum(axis=0, dtype=np.uint16).reshape(h, w)
+    backplanes["filled_bands"] = ((den > 0) & (den_good <= 0)).sum(axis=0, dtype=np.uint8).reshape(h, w)
     tm["backplanes_s"] = time.perf_counter() - t0
     sidecar = {
         "map": grid.to_dict(),
@@ -719,39 +761,43 @@ def project(
     return LinearMap(data_out, tuple(meta.filters), backplanes, sidecar)
 
 
-def _backplanes(geometry: ImageGeometry, pos_grid: np.ndarray, hit_grid: np.ndarray,
+def _backplanes(geometry: ImageGeometry, pos: tuple[np.ndarray, np.ndarray, np.ndarray],
+                normal: tuple[np.ndarray, np.ndarray, np.ndarray], hit_grid: np.ndarray,
                 state: FrameState) -> dict[str, np.ndarray]:
     """Backplanes (float32) at the grid's surface points seen from the mid-time frame state.
 
-    Geometric (not aberration-corrected) directions to the observer and the Sun at the
-    centre's epoch: differences from SPICE's ``ilumin`` are < 0.02 deg.
+    ``pos`` and ``normal`` (unit) are flat x, y, z arrays over the grid. Geometric (not
+    aberration-corrected) directions to the observer and the Sun at the centre's epoch:
+    differences from SPICE's ``ilumin`` are < 0.02 deg.
     """
-    target = geometry.target
     h, w = hit_grid.shape
-    flat_hit = np.flatnonzero(hit_grid.reshape(-1))
-    pos = pos_grid.reshape(-1, 3)[flat_hit]
+    sel = np.flatnonzero(hit_grid.reshape(-1))
+    x, y, z = (c[sel] for c in pos)
+    n = [c[sel] for c in normal]
     out = {name: np.full(h * w, np.nan, np.float32) for name in BACKPLANE_NAMES}
-    for name, v in lonlat_from_body(pos, target).items():
-        out[name][flat_hit] = v
-    normal = pos / target.radii**2
-    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-    to_obs = state.observer_pos_body_km - pos
-    rng = np.linalg.norm(to_obs, axis=-1)
-    to_obs /= rng[:, None]
-    to_sun = state.sun_pos_body_km - pos
-    to_sun /= np.linalg.norm(to_sun, axis=-1, keepdims=True)
-    cos_e = np.einsum("ij,ij->i", normal, to_obs)
-    visible = cos_e > 0
-    sel = flat_hit[visible]
+    out["lat_centric_deg"][sel] = np.degrees(np.arctan2(z, np.hypot(x, y)))
+    out["lat_graphic_deg"][sel] = np.degrees(np.arctan2(n[2], np.hypot(n[0], n[1])))
+    lon_e = np.mod(np.degrees(np.arctan2(y, x)), 360.0)
+    out["lon_east_deg"][sel] = lon_e
+    out["lon_west_deg"][sel] = np.mod(-lon_e, 360.0)
+    o = [c - p for c, p in zip(state.observer_pos_body_km, (x, y, z), strict=True)]
+    rng = np.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2])
+    o = [c / rng for c in o]
+    s = [c - p for c, p in zip(state.sun_pos_body_km, (x, y, z), strict=True)]
+    s_len = np.sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2])
+    s = [c / s_len for c in s]
+    cos_e = n[0] * o[0] + n[1] * o[1] + n[2] * o[2]
+    vis = cos_e > 0
+    sv = sel[vis]
 
     def angle(dot: np.ndarray) -> np.ndarray:
-        return np.degrees(np.arccos(np.clip(dot[visible], -1.0, 1.0)))
+        return np.degrees(np.arccos(np.clip(dot[vis], -1.0, 1.0)))
 
-    out["emission_deg"][sel] = angle(cos_e)
-    out["incidence_deg"][sel] = angle(np.einsum("ij,ij->i", normal, to_sun))
-    out["phase_deg"][sel] = angle(np.einsum("ij,ij->i", to_sun, to_obs))
-    out["range_km"][sel] = rng[visible]
-    out["resolution_km_per_px"][sel] = rng[visible] * geometry.ifov_rad(geometry.meta.filters[0])
+    out["emission_deg"][sv] = angle(cos_e)
+    out["incidence_deg"][sv] = angle(n[0] * s[0] + n[1] * s[1] + n[2] * s[2])
+    out["phase_deg"][sv] = angle(o[0] * s[0] + o[1] * s[1] + o[2] * s[2])
+    out["range_km"][sv] = rng[vis]
+    out["resolution_km_per_px"][sv] = rng[vis] * geometry.ifov_rad(geometry.meta.filters[0])
     return {name: v.reshape(h, w) for name, v in out.items()}
 
 
