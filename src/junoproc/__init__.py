@@ -39,6 +39,13 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# Functions named like their module: bind them now, because importing the submodule
+# (``from junoproc.calibrate import ...``) would otherwise leave the package attribute
+# pointing at the module. These modules import numpy/OpenCV/spiceypy only: no kernels.
+from .calibrate import calibrate as calibrate  # noqa: E402
+from .enhance import enhance as enhance  # noqa: E402
+from .simulate import simulate as simulate  # noqa: E402
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

@@ -53,9 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -818,17 +816,3 @@ def calibrate(raw: RawImage, *, units: str = "DN/ms", dark: bool = True, flat: b
     return replace(work, steps=tuple(steps), units=out_units, provenance=MappingProxyType(provenance),
                    valid=valid, saturated=saturated)
 
-
-class _CallableModule(types.ModuleType):
-    """``junoproc.calibrate`` is both this module and the function ``calibrate``.
-
-    The package exports the function lazily, but once anything imports the submodule
-    (``from junoproc.calibrate import ...``) the package attribute is the module; making the
-    module callable keeps ``junoproc.calibrate(raw)`` working either way.
-    """
-
-    def __call__(self, raw: RawImage, **kwargs: Any) -> CalibratedImage:
-        return calibrate(raw, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
