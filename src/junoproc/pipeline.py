@@ -137,9 +137,9 @@ def _timed(stages: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 def process_product(entry: Any, options: BuildOptions) -> ProductResult:
     """Run every stage for one product and write ``OUT/<PRODUCT_ID>/`` atomically."""
-    from . import calibrate as calibrate_mod
-    from . import enhance as enhance_mod
     from . import geometry, io, kernels, pointing, products, projection
+    from .calibrate import calibrate
+    from .enhance import enhance
 
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
@@ -154,7 +154,7 @@ def process_product(entry: Any, options: BuildOptions) -> ProductResult:
     work_dir.mkdir(parents=True)
     try:
         raw = _timed(stages, "decode", lambda: products.load(entry))
-        cal = _timed(stages, "calibrate", lambda: calibrate_mod.calibrate(raw))
+        cal = _timed(stages, "calibrate", lambda: calibrate(raw))
         meta = raw.meta
         kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
         kset = _timed(stages, "kernels", lambda: kernels.select_kernels_for(meta, kdir, source=ksource))
@@ -170,7 +170,7 @@ def process_product(entry: Any, options: BuildOptions) -> ProductResult:
         composites = {}
         for name, linear in maps.items():
             composites[name] = _timed(stages, f"enhance_{name}", functools.partial(
-                enhance_mod.enhance, linear, preset=options.preset, perijove=meta.perijove))
+                enhance, linear, preset=options.preset, perijove=meta.perijove))
 
         def write_all() -> list[str]:
             written: list[str] = []
@@ -304,8 +304,8 @@ def _perijove_products(out_root: Path, results: Sequence[ProductResult],
 def _mosaics(out_root: Path, done: Sequence[ProductResult]) -> list[str]:
     """Per-perijove equirectangular mosaic of the linear maps (when 2+ images)."""
     try:
-        from . import enhance as enhance_mod
         from . import io, projection
+        from .enhance import enhance
     except ImportError:
         return []
     if not hasattr(projection, "mosaic"):
@@ -323,7 +323,7 @@ def _mosaics(out_root: Path, done: Sequence[ProductResult]) -> list[str]:
         print(f"junoproc: mosaic skipped: {err.one_line()}", file=sys.stderr)
         return []
     path = out_root / "mosaic-equirectangular.png"
-    io.write_png(path, enhance_mod.enhance(mosaic, preset="enhanced").rgb8)
+    io.write_png(path, enhance(mosaic, preset="enhanced").rgb8)
     return [str(path)]
 
 
