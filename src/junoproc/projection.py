@@ -424,7 +424,8 @@ def make_grid(
                              ("north", "south"))
         kind = _check_choice("polar kind", polar_kind, ("equidistant", "stereographic"))
         colat = 90.0 - ll["lat_centric_deg"] if pole == "north" else 90.0 + ll["lat_centric_deg"]
-        radius = float(min(180.0, colat.max() + 1.0 / ppd)) if bounds is None else float(bounds[0])
+        cap = 120.0 if kind == "stereographic" else 180.0  # stereographic blows up towards 180
+        radius = float(min(cap, colat.max() + 1.0 / ppd)) if bounds is None else float(bounds[0])
         rho = math.degrees(2 * math.tan(math.radians(min(radius, 179.0)) / 2)) \
             if kind == "stereographic" else radius
         side = _grid_side(2 * rho * ppd, "the polar map")
