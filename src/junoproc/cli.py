@@ -361,5 +361,114 @@ def locate_cmd(meta: str, frame: int, band: str, pixels: tuple[tuple[float, floa
         click.echo(f"  {'attitude':<12} {report.attitude}")
 
 
+# --- project ---
+@main.command("project")
+@click.argument("product", type=click.Path(exists=True))
+@click.option("--projection", type=click.Choice(["equirectangular", "polar", "orthographic", "perspective"]),
+              default="equirectangular", show_default=True)
+@click.option("--bounds", type=(float, float, float, float), default=None,
+              metavar="LON_MIN LON_MAX LAT_MIN LAT_MAX",
+              help="Equirectangular bounds in the --lon/--lat conventions [the image's footprint].")
+@click.option("--lon", type=click.Choice(["west", "east"]), default="west", show_default=True,
+              help="Longitude convention (west = System III west).")
+@click.option("--lat", type=click.Choice(["centric", "graphic"]), default="centric", show_default=True,
+              help="Latitude convention (planetocentric or planetographic).")
+@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="PX_PER_DEG", help="Pixels per degree [native: the image's best resolution].")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "lanczos", "nearest"]),
+              default="bilinear", show_default=True)
+@click.option("--linear", is_flag=True, help="Write float32 linear bands (FILE.tif) instead of a composite.")
+@click.option("--preset", default="natural", show_default=True, help="Enhance preset of the composite.")
+@click.option("--kernels", "kernel_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Kernel folder [$JUNOPROC_KERNELS > config > cache].")
+@click.option("--pointing", "pointing_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pointing solution JSON (junoproc pointing -o FILE), used when no CK covers the image.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .png/.tif composite, or .tif with --linear; sidecar FILE.json beside it.")
+def project_cmd(product: str, projection: str, bounds: tuple[float, float, float, float] | None, lon: str,
+                lat: str, resolution: float | None, interpolation: str, linear: bool, preset: str,
+                kernel_dir: str | None, pointing_file: str | None, output: str) -> None:
+    """Map-project PRODUCT: calibrate, locate (CK, --pointing, or solved from the limb), project."""
+    from pathlib import Path
+
+    from . import io, kernels, pointing
+    from .calibrate import calibrate
+    from .geometry import CkAttitude, image_geometry
+    from .products import load
+    from .projection import project
+
+    out = Path(output)
+    if linear and out.suffix.lower() not in (".tif", ".tiff"):
+        raise JunoprocError("--linear writes a float32 TIFF", path=out, hint="name the output FILE.tif")
+    raw = load(product)
+    cal = calibrate(raw)
+    meta = raw.meta
+    kdir, ksource = kernels.resolve_kernel_dir(kernel_dir)
+    kset = kernels.select_kernels_for(meta, kdir, source=ksource)
+    with kernels.furnished(kset):
+        if kset.ck_covered:
+            attitude, timing, source = CkAttitude(), None, "ck"
+        elif pointing_file:
+            sol = pointing.load_solution(pointing_file, meta)
+            attitude, timing, source = sol.attitude, sol.timing, f"pointing solution {pointing_file}"
+        else:
+            sol = pointing.solve_pointing(raw)
+            attitude, timing, source = sol.attitude, sol.timing, f"solved from the limb ({sol.rms_px:.2f} px)"
+        geom = image_geometry(meta, attitude, timing=timing)
+        lm = project(cal, geom, projection=projection, bounds=bounds, lon=lon, lat=lat,
+                     resolution_px_per_deg=resolution, interpolation=interpolation)
+    side = {**dict(lm.sidecar), "attitude_source": source, "kernels": kset.describe()}
+    if linear:
+        written = io.write_linear_map(out, lm, sidecar=side)
+    else:
+        from .enhance import enhance
+
+        comp = enhance(lm, preset=preset, perijove=meta.perijove)
+        if out.suffix.lower() in (".tif", ".tiff"):
+            written = [io.write_tiff(out, comp.rgb16)]
+        else:
+            written = [io.write_png(out, comp.rgb8)]
+        side["enhancement"] = comp.params
+        written.append(io.write_sidecar(out, side))
+    h, w = lm.data.shape[:2]
+    click.echo(f"{meta.product_id}: {projection} {w}x{h} px ({source})")
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+# --- mosaic ---
+@main.command("mosaic")
+@click.argument("maps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--photometric", type=click.Choice(["none", "lambert"]), default="none",
+              show_default=True, help="Correction before matching gains (lambert: divide by cos(incidence)).")
+@click.option("--no-match", is_flag=True, help="Do not match exposure between maps.")
+@click.option("--preset", default=None, help="Also write an enhanced composite PNG beside OUT (this preset).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Linear mosaic FILE.tif.")
+def mosaic_cmd(maps: tuple[str, ...], photometric: str, no_match: bool, preset: str | None,
+               output: str) -> None:
+    """Blend linear maps (junoproc project --linear, same grid) into one, gains matched on overlaps."""
+    from pathlib import Path
+
+    from . import io
+    from .projection import mosaic
+
+    linear = [io.read_linear_map(p) for p in maps]
+    lm = mosaic(linear, match_exposure=not no_match, photometric=photometric)
+    out = Path(output)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise JunoprocError("the mosaic is a float32 linear TIFF", path=out, hint="name it FILE.tif")
+    for path in io.write_linear_map(out, lm):
+        click.echo(f"wrote {path}")
+    if preset:
+        from .enhance import enhance
+
+        png = out.with_suffix(".png")
+        click.echo(f"wrote {io.write_png(png, enhance(lm, preset=preset).rgb8)}")
+    gains = lm.sidecar["mosaic"]["gains"]
+    click.echo("gains: " + "; ".join(f"{Path(p).name} " + ",".join(f"{g:.3f}" for g in row)
+                                     for p, row in zip(maps, gains, strict=True)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
