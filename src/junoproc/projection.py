@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -527,12 +528,14 @@ def _interp(name: str) -> tuple[int, int]:
     return INTERPOLATIONS[key]
 
 
-def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None, n_chunks: int = 8
+def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None
                  ) -> list[tuple[int, int, int, int]]:
-    """Output-pixel boxes (r0, r1, c0, c1) covering a framelet's footprint, with margin.
+    """Output-pixel boxes (r0, r1, c0, c1) covering a framelet's footprint.
 
-    The lattice is cut into ``n_chunks`` column chunks, each with its own bounding box, so a
-    tilted or curved strip is not inflated to one large rectangle.
+    One box per cell of the footprint lattice (corners + 2 px; cells whose corners do not all
+    hit get the largest neighbour gap as margin), so a tilted or curved strip is covered
+    tightly. Equirectangular cells that wrap in longitude or contain a pole get the full width
+    up to the map's top or bottom edge.
     """
     hit = fp.points.hit
     if not hit.any():
@@ -541,33 +544,36 @@ def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None, n_chunk
     ok = hit & np.isfinite(col) & np.isfinite(row)
     if not ok.any():
         return []
-    # margin: the largest output distance between neighbouring lattice points
-    gaps = [0.0]
-    for axis in (0, 1):
-        n = ok.shape[axis]
-        both = np.take(ok, range(1, n), axis) & np.take(ok, range(n - 1), axis)
-        if both.any():
-            d = np.hypot(np.diff(col, axis=axis), np.diff(row, axis=axis))[both]
-            gaps.append(float(d.max()))
-    margin = max(gaps) + 2.0
-    if grid.projection == "equirectangular":  # a strip through the pole spans 360 deg
-        margin = min(margin, 0.25 * 360.0 * float(grid.params["px_per_deg"]))
     h, w = grid.shape
-    boxes = []
-    nx = ok.shape[1]
-    edges = np.unique(np.linspace(0, nx - 1, min(n_chunks, nx - 1) + 1).round().astype(int))
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        sub = ok[:, a:b + 1]
-        if not sub.any():
-            continue
-        cc, rr = col[:, a:b + 1][sub], row[:, a:b + 1][sub]
-        c0 = max(0, int(math.floor(cc.min() - margin)))
-        c1 = min(w, int(math.ceil(cc.max() + margin)) + 1)
-        r0 = max(0, int(math.floor(rr.min() - margin)))
-        r1 = min(h, int(math.ceil(rr.max() + margin)) + 1)
-        if c0 < c1 and r0 < r1:
-            boxes.append((r0, r1, c0, c1))
-    return boxes
+    c = np.where(ok, col, np.nan)
+    r = np.where(ok, row, np.nan)
+    quads_c = np.stack([c[:-1, :-1], c[1:, :-1], c[:-1, 1:], c[1:, 1:]])
+    quads_r = np.stack([r[:-1, :-1], r[1:, :-1], r[:-1, 1:], r[1:, 1:]])
+    full = np.isfinite(quads_c).all(axis=0)
+    some = np.isfinite(quads_c).any(axis=0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells are dropped below
+        cmin, cmax = np.nanmin(quads_c, axis=0), np.nanmax(quads_c, axis=0)
+        rmin, rmax = np.nanmin(quads_r, axis=0), np.nanmax(quads_r, axis=0)
+    # cells cut by the limb: the missing corners lie towards the limb, within about the cell's
+    # own extent (capped: at grazing emission the weight is ~0 anyway)
+    own = np.nan_to_num(np.maximum(cmax - cmin, rmax - rmin))
+    margin = np.where(full, 2.0, np.clip(own, 4.0, 64.0) + 2.0)
+    wrap = np.zeros_like(full)
+    if grid.projection == "equirectangular":
+        wrap = some & (cmax - cmin > 0.25 * 360.0 * float(grid.params["px_per_deg"]))
+    cmin, cmax, rmin, rmax = (np.nan_to_num(a, nan=-1.0) for a in (cmin, cmax, rmin, rmax))
+    c0 = np.clip(np.floor(cmin - margin), 0, w).astype(int)
+    c1 = np.clip(np.ceil(cmax + margin) + 1, 0, w).astype(int)
+    r0 = np.clip(np.floor(rmin - margin), 0, h).astype(int)
+    r1 = np.clip(np.ceil(rmax + margin) + 1, 0, h).astype(int)
+    if wrap.any():
+        c0[wrap], c1[wrap] = 0, w
+        north = rmin < h / 2
+        r0[wrap & north] = 0
+        r1[wrap & ~north] = h
+    keep = some & (c0 < c1) & (r0 < r1)
+    return list(zip(r0[keep].tolist(), r1[keep].tolist(), c0[keep].tolist(), c1[keep].tolist(), strict=True))
 
 
 def _candidates(boxes: Sequence[tuple[int, int, int, int]], hit_grid: np.ndarray) -> np.ndarray:
@@ -677,6 +683,7 @@ def project(
     kernel = None if support == 0 else np.ones((2 * support + 1, 2 * support + 1), np.uint8)
     order = range(n_frames) if frame_order is None else frame_order
     t_map = t_sample = 0.0
+    n_cand = n_used = 0
     for frame in order:
         obs = geometry.states[frame].observer_pos_body_km
         for b, band in enumerate(meta.filters):
@@ -685,6 +692,7 @@ def project(
             if not boxes:
                 continue
             idx = _candidates(boxes, hit_grid)
+            n_cand += len(idx)
             ox, oy, oz = obs[0] - px[idx], obs[1] - py[idx], obs[2] - pz[idx]
             dist = np.sqrt(ox * ox + oy * oy + oz * oz)
             cos_e = (nx[idx] * ox + ny[idx] * oy + nz[idx] * oz) / dist
@@ -726,12 +734,15 @@ def project(
             res_km = dist[sel] * geometry.ifov_rad(band)
             wgt = _smoothstep(d_edge / feather_px) * cos_e[sel] * res_km ** -resolution_exponent
             tgt = idx[sel]
+            n_used += len(tgt)
             num[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT) * value
             den[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT)
             den_good[b, tgt] += np.where(good, wgt, 0.0)
             count[b, tgt] += 1
             t_sample += time.perf_counter() - t1
     tm["surface_to_px_s"] = t_map
+    tm["candidates"] = n_cand
+    tm["samples"] = n_used
     tm["sample_blend_s"] = t_sample
     t0 = time.perf_counter()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -739,7 +750,8 @@ def project(
     data_out = np.ascontiguousarray(out.T.reshape(h, w, n_bands).astype(np.float32))
     peak = float(den.max()) if den.size else 0.0
     weight = (den.mean(axis=0) / (peak if peak > 0 else 1.0)).reshape(h, w)
-    backplanes = _backplanes(geometry, (px, py, pz), (nx, ny, nz), hit_grid, mid_state)
+    backplanes = _backplanes(geometry, grid, (px, py, pz), (nx, ny, nz), hit_grid,
+                             (den > 0).any(axis=0), mid_state)
     backplanes["weight"] = weight.astype(np.float32)
     backplanes["n_samples"] = count.sum(axis=0, dtype=np.uint16).reshape(h, w)
     backplanes["filled_bands"] = ((den > 0) & (den_good <= 0)).sum(axis=0, dtype=np.uint8).reshape(h, w)
@@ -762,25 +774,34 @@ def project(
     return LinearMap(data_out, tuple(meta.filters), backplanes, sidecar)
 
 
-def _backplanes(geometry: ImageGeometry, pos: tuple[np.ndarray, np.ndarray, np.ndarray],
+def _backplanes(geometry: ImageGeometry, grid: MapGrid, pos: tuple[np.ndarray, np.ndarray, np.ndarray],
                 normal: tuple[np.ndarray, np.ndarray, np.ndarray], hit_grid: np.ndarray,
-                state: FrameState) -> dict[str, np.ndarray]:
+                seen: np.ndarray, state: FrameState) -> dict[str, np.ndarray]:
     """Backplanes (float32) at the grid's surface points seen from the mid-time frame state.
 
-    ``pos`` and ``normal`` (unit) are flat x, y, z arrays over the grid. Geometric (not
+    ``pos`` and ``normal`` (unit) are flat x, y, z arrays over the grid. Coordinates are given
+    wherever the grid meets the target; angles, range and resolution only where ``seen``. Geometric (not
     aberration-corrected) directions to the observer and the Sun at the centre's epoch:
     differences from SPICE's ``ilumin`` are < 0.02 deg.
     """
     h, w = hit_grid.shape
-    sel = np.flatnonzero(hit_grid.reshape(-1))
+    out = {name: np.full(h * w, np.nan, np.float32) for name in BACKPLANE_NAMES}
+    if grid.projection == "equirectangular":  # separable: one row and one column
+        row_pts = np.stack([c.reshape(h, w)[:, 0] for c in pos], axis=-1)
+        col_pts = np.stack([c.reshape(h, w)[0, :] for c in pos], axis=-1)
+        lat_row = lonlat_from_body(row_pts, grid.target)
+        lon_col = lonlat_from_body(col_pts, grid.target)
+        for name in ("lat_centric_deg", "lat_graphic_deg"):
+            out[name].reshape(h, w)[:] = lat_row[name][:, None]
+        for name in ("lon_east_deg", "lon_west_deg"):
+            out[name].reshape(h, w)[:] = lon_col[name][None, :]
+    else:
+        sel = np.flatnonzero(hit_grid.reshape(-1))
+        for name, v in lonlat_from_body(np.stack([c[sel] for c in pos], axis=-1), grid.target).items():
+            out[name][sel] = v
+    sel = np.flatnonzero(seen.reshape(-1))  # angles only where the map has data
     x, y, z = (c[sel] for c in pos)
     n = [c[sel] for c in normal]
-    out = {name: np.full(h * w, np.nan, np.float32) for name in BACKPLANE_NAMES}
-    out["lat_centric_deg"][sel] = np.degrees(np.arctan2(z, np.hypot(x, y)))
-    out["lat_graphic_deg"][sel] = np.degrees(np.arctan2(n[2], np.hypot(n[0], n[1])))
-    lon_e = np.mod(np.degrees(np.arctan2(y, x)), 360.0)
-    out["lon_east_deg"][sel] = lon_e
-    out["lon_west_deg"][sel] = np.mod(-lon_e, 360.0)
     o = [c - p for c, p in zip(state.observer_pos_body_km, (x, y, z), strict=True)]
     rng = np.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2])
     o = [c / rng for c in o]
