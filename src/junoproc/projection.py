@@ -98,6 +98,7 @@ _INTERP_ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczo
 MAX_GRID_SIDE = 20000
 #: Relative weight of samples that touch invalid pixels (filled values): a last resort.
 FALLBACK_WEIGHT = 1e-4
+_BACKPLANE_CHUNK = 1 << 20
 _REMAP_COLS = 1024  # cv2.remap wants sides < 32767: sample vectors are folded to this width
 
 
@@ -588,6 +589,31 @@ def _candidates(boxes: Sequence[tuple[int, int, int, int]], hit_grid: np.ndarray
     return (rr + r0) * hit_grid.shape[1] + (cc + c0)
 
 
+def _equirectangular_soa(grid: MapGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat float32 x, y, z (km) of an equirectangular grid's pixel centres, built from one
+    row and one column (what :func:`grid_surface_points` gives, in a quarter of the memory)."""
+    h, w = grid.shape
+    p = grid.params
+    ppd = float(p["px_per_deg"])
+    lon = np.radians(np.mod(float(p["lon_left_east_deg"]) + (np.arange(w) + 0.5) / ppd, 360.0))
+    lat = float(p["lat_top_deg"]) - (np.arange(h) + 0.5) / ppd
+    if grid.lat_convention == "graphic":
+        lat = graphic_to_centric_deg(lat, grid.target)
+    lat = np.radians(lat)
+    a, b, c = grid.target.radii_km
+    cl, sl = np.cos(lat)[:, None], np.sin(lat)[:, None]
+    co, so = np.cos(lon)[None, :], np.sin(lon)[None, :]
+    inv = (cl * co / a) ** 2
+    inv += (cl * so / b) ** 2
+    inv += (sl / c) ** 2
+    scale = (1.0 / np.sqrt(inv)).astype(np.float32)
+    del inv
+    x = (cl * co).astype(np.float32) * scale
+    y = (cl * so).astype(np.float32) * scale
+    z = sl.astype(np.float32) * scale
+    return x.reshape(-1), y.reshape(-1), z.reshape(-1)
+
+
 def _surface_to_px(geometry: ImageGeometry, frame: int, band: str, x_km: np.ndarray,
                    y_km: np.ndarray, z_km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     fast = getattr(geometry, "surface_to_px_xyz", None)
@@ -664,20 +690,29 @@ def project(
     grid_state = None
     if grid.projection == "perspective":
         grid_state = frame_state(target, float(grid.params["et"]))
-    pos_grid, hit_grid = grid_surface_points(grid, state=grid_state)
     h, w = grid.shape
-    pos_flat = pos_grid.reshape(-1, 3)
-    # structure of arrays: contiguous x, y, z and the unit normal
-    px, py, pz = (np.ascontiguousarray(pos_flat[:, i]) for i in range(3))
+    # structure of arrays, float32 (4 m at Jupiter's radius; the mapping maths runs in float64
+    # on the candidates): contiguous x, y, z and the unit normal
+    if grid.projection == "equirectangular":
+        px, py, pz = _equirectangular_soa(grid)
+        hit_grid = np.ones((h, w), bool)
+    else:
+        pos_grid, hit_grid = grid_surface_points(grid, state=grid_state)
+        pos_flat = pos_grid.reshape(-1, 3)
+        px, py, pz = (pos_flat[:, i].astype(np.float32) for i in range(3))
+        del pos_grid, pos_flat
     ra, rb, rc = target.radii_km
-    nx, ny, nz = px / ra**2, py / rb**2, pz / rc**2
+    nx, ny, nz = px / np.float32(ra**2), py / np.float32(rb**2), pz / np.float32(rc**2)
     inv = 1.0 / np.sqrt(nx * nx + ny * ny + nz * nz)
-    nx, ny, nz = nx * inv, ny * inv, nz * inv
+    nx *= inv
+    ny *= inv
+    nz *= inv
+    del inv
     tm["grid_s"] = time.perf_counter() - clock
 
-    num = np.zeros((n_bands, h * w))
-    den = np.zeros((n_bands, h * w))
-    den_good = np.zeros((n_bands, h * w))
+    num = np.zeros((n_bands, h * w), np.float32)
+    den = np.zeros((n_bands, h * w), np.float32)
+    seen_valid = np.zeros((n_bands, h * w), bool)
     count = np.zeros((n_bands, h * w), np.uint16)
     by_key = {(fp.frame, fp.band): fp for fp in footprints}
     kernel = None if support == 0 else np.ones((2 * support + 1, 2 * support + 1), np.uint8)
@@ -693,14 +728,15 @@ def project(
                 continue
             idx = _candidates(boxes, hit_grid)
             n_cand += len(idx)
-            ox, oy, oz = obs[0] - px[idx], obs[1] - py[idx], obs[2] - pz[idx]
+            sx, sy, sz = (c[idx].astype(np.float64) for c in (px, py, pz))
+            ox, oy, oz = obs[0] - sx, obs[1] - sy, obs[2] - sz
             dist = np.sqrt(ox * ox + oy * oy + oz * oz)
             cos_e = (nx[idx] * ox + ny[idx] * oy + nz[idx] * oz) / dist
             front = cos_e > 0
             idx, cos_e, dist = idx[front], cos_e[front], dist[front]
             if not len(idx):
                 continue
-            x_px, y_px = _surface_to_px(geometry, frame, band, px[idx], py[idx], pz[idx])
+            x_px, y_px = _surface_to_px(geometry, frame, band, sx[front], sy[front], sz[front])
             t1 = time.perf_counter()
             t_map += t1 - t0
             cam = geometry.cameras[band]
@@ -735,9 +771,10 @@ def project(
             wgt = _smoothstep(d_edge / feather_px) * cos_e[sel] * res_km ** -resolution_exponent
             tgt = idx[sel]
             n_used += len(tgt)
-            num[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT) * value
-            den[b, tgt] += wgt * np.where(good, 1.0, FALLBACK_WEIGHT)
-            den_good[b, tgt] += np.where(good, wgt, 0.0)
+            wgt = wgt * np.where(good, 1.0, FALLBACK_WEIGHT)
+            num[b, tgt] += wgt * value
+            den[b, tgt] += wgt
+            seen_valid[b, tgt[good]] = True
             count[b, tgt] += 1
             t_sample += time.perf_counter() - t1
     tm["surface_to_px_s"] = t_map
@@ -745,16 +782,19 @@ def project(
     tm["samples"] = n_used
     tm["sample_blend_s"] = t_sample
     t0 = time.perf_counter()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / den, np.nan)
-    data_out = np.ascontiguousarray(out.T.reshape(h, w, n_bands).astype(np.float32))
+    data_out = np.full((h * w, n_bands), np.nan, np.float32)
+    for b in range(n_bands):
+        has = den[b] > 0
+        data_out[has, b] = num[b, has] / den[b, has]
+    data_out = data_out.reshape(h, w, n_bands)
+    del num
     peak = float(den.max()) if den.size else 0.0
     weight = (den.mean(axis=0) / (peak if peak > 0 else 1.0)).reshape(h, w)
     backplanes = _backplanes(geometry, grid, (px, py, pz), (nx, ny, nz), hit_grid,
                              (den > 0).any(axis=0), mid_state)
     backplanes["weight"] = weight.astype(np.float32)
     backplanes["n_samples"] = count.sum(axis=0, dtype=np.uint16).reshape(h, w)
-    backplanes["filled_bands"] = ((den > 0) & (den_good <= 0)).sum(axis=0, dtype=np.uint8).reshape(h, w)
+    backplanes["filled_bands"] = ((den > 0) & ~seen_valid).sum(axis=0, dtype=np.uint8).reshape(h, w)
     tm["backplanes_s"] = time.perf_counter() - t0
     sidecar = {
         "map": grid.to_dict(),
@@ -799,27 +839,30 @@ def _backplanes(geometry: ImageGeometry, grid: MapGrid, pos: tuple[np.ndarray, n
         sel = np.flatnonzero(hit_grid.reshape(-1))
         for name, v in lonlat_from_body(np.stack([c[sel] for c in pos], axis=-1), grid.target).items():
             out[name][sel] = v
-    sel = np.flatnonzero(seen.reshape(-1))  # angles only where the map has data
-    x, y, z = (c[sel] for c in pos)
-    n = [c[sel] for c in normal]
-    o = [c - p for c, p in zip(state.observer_pos_body_km, (x, y, z), strict=True)]
-    rng = np.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2])
-    o = [c / rng for c in o]
-    s = [c - p for c, p in zip(state.sun_pos_body_km, (x, y, z), strict=True)]
-    s_len = np.sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2])
-    s = [c / s_len for c in s]
-    cos_e = n[0] * o[0] + n[1] * o[1] + n[2] * o[2]
-    vis = cos_e > 0
-    sv = sel[vis]
+    seen_idx = np.flatnonzero(seen.reshape(-1))  # angles only where the map has data
+    ifov = geometry.ifov_rad(geometry.meta.filters[0])
+    for part in range(0, len(seen_idx), _BACKPLANE_CHUNK):  # chunks bound the temporaries
+        sel = seen_idx[part:part + _BACKPLANE_CHUNK]
+        x, y, z = (c[sel].astype(np.float64) for c in pos)
+        n = [c[sel] for c in normal]
+        o = [c - p for c, p in zip(state.observer_pos_body_km, (x, y, z), strict=True)]
+        rng = np.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2])
+        o = [c / rng for c in o]
+        s = [c - p for c, p in zip(state.sun_pos_body_km, (x, y, z), strict=True)]
+        s_len = np.sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2])
+        s = [c / s_len for c in s]
+        cos_e = n[0] * o[0] + n[1] * o[1] + n[2] * o[2]
+        vis = cos_e > 0
+        sv = sel[vis]
 
-    def angle(dot: np.ndarray) -> np.ndarray:
-        return np.degrees(np.arccos(np.clip(dot[vis], -1.0, 1.0)))
+        def angle(dot: np.ndarray, vis: np.ndarray = vis) -> np.ndarray:
+            return np.degrees(np.arccos(np.clip(dot[vis], -1.0, 1.0)))
 
-    out["emission_deg"][sv] = angle(cos_e)
-    out["incidence_deg"][sv] = angle(n[0] * s[0] + n[1] * s[1] + n[2] * s[2])
-    out["phase_deg"][sv] = angle(o[0] * s[0] + o[1] * s[1] + o[2] * s[2])
-    out["range_km"][sv] = rng[vis]
-    out["resolution_km_per_px"][sv] = rng[vis] * geometry.ifov_rad(geometry.meta.filters[0])
+        out["emission_deg"][sv] = angle(cos_e)
+        out["incidence_deg"][sv] = angle(n[0] * s[0] + n[1] * s[1] + n[2] * s[2])
+        out["phase_deg"][sv] = angle(o[0] * s[0] + o[1] * s[1] + o[2] * s[2])
+        out["range_km"][sv] = rng[vis]
+        out["resolution_km_per_px"][sv] = rng[vis] * ifov
     return {name: v.reshape(h, w) for name, v in out.items()}
 
 
