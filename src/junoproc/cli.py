@@ -470,5 +470,36 @@ def mosaic_cmd(maps: tuple[str, ...], photometric: str, no_match: bool, preset: 
                                      for p, row in zip(maps, gains, strict=True)))
 
 
+# --- enhance ---
+@main.command("enhance")
+@click.argument("linear", type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", default="enhanced", show_default=True,
+              help="natural | enhanced | jupitershine, or an earlier composite's JSON sidecar (same look).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one parameter, e.g. clahe.clip=3, gamma=2.2, weights.BLUE=2.1, "
+                   "photometry=minnaert; repeatable. An unknown key lists the valid ones.")
+@click.option("--perijove", type=int, default=None,
+              help="Perijove for the colour-weight table [from the map's sidecar].")
+@click.option("--balance", "balance_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON (e.g. another composite's sidecar) whose colour balance and levels to reuse.")
+@click.option("--no-alpha", is_flag=True, help="Never add an alpha channel (unseen pixels stay black).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="OUT.png (8-bit) or OUT.tif (16-bit); the parameters go to OUT.json.")
+def enhance_cmd(linear: str, preset: str, overrides: tuple[str, ...], perijove: int | None,
+                balance_path: str | None, no_alpha: bool, out: str) -> None:
+    """Enhance a linear map LINEAR.tif (with its backplanes and sidecar, when present)."""
+    from .enhance import enhance_file
+
+    comp, written = enhance_file(linear, out, preset=preset, overrides=list(overrides),
+                                 perijove=perijove, balance=balance_path, alpha=not no_alpha)
+    for path in written:
+        click.echo(f"wrote {path}")
+    clipped = comp.stats.get("clipped_high_fraction", 0.0) * 100
+    click.echo(f"preset {comp.params['preset']}, highlights clipped on {clipped:.2f} % of the valid area, "
+               f"{comp.timings_s['total']:.2f} s")
+    for note in comp.stats.get("notes", []):
+        click.echo(f"note: {note}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
