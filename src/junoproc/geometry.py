@@ -49,6 +49,9 @@ OBSERVER = "JUNO"
 C_KM_S = float(spiceypy.clight())
 #: Points per chunk of the vectorised kernels: ~40 float64 temporaries stay in L2/L3.
 CHUNK_POINTS = 8192
+#: A tile whose rays come near the target for fewer than this fraction is computed only
+#: for those rays (gathered, then scattered back); a tile with none is skipped.
+COMPACT_BELOW = 0.85
 #: Default number of per-point light-time corrections (1 leaves ~1e-5 px).
 LIGHT_TIME_ITERATIONS = 1
 _RAD2DEG = 180.0 / np.pi
@@ -288,56 +291,47 @@ def unaberrate(u_app: np.ndarray, beta: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # the per-frame constants of the vectorised kernels
 # ---------------------------------------------------------------------------------------
-Vec3 = tuple[float, float, float]
-Mat3 = tuple[Vec3, Vec3, Vec3]
-
-
-def _vec(v: np.ndarray) -> Vec3:
-    return (float(v[0]), float(v[1]), float(v[2]))
-
-
-def _mat(m: np.ndarray) -> Mat3:
-    return (_vec(m[0]), _vec(m[1]), _vec(m[2]))
-
-
 @dataclass(frozen=True)
 class FrameKernel:
-    """Everything the per-point maths of one frame needs, folded into small constants.
+    """Everything the per-point maths of one frame needs, folded into small matrices.
 
     Notation: ``R`` J2000 -> cam, ``M`` J2000 -> body at the centre epoch ``et - lt``,
     ``Md`` = dM/dt, ``W = Md M^T`` the body's (antisymmetric) rotation-rate matrix,
-    ``beta`` = observer velocity / c (J2000), ``P`` the target centre from the observer,
-    ``Vc`` the target's velocity relative to the SSB, ``delta`` a point's extra light time
-    (its epoch is ``et - lt - delta``). Values are Python floats (fast scalar ufunc path).
+    ``S = diag(1 / radii)`` (the ellipsoid becomes the unit sphere), ``beta`` = observer
+    velocity / c (J2000), ``P`` the target centre from the observer, ``Vc`` the target's
+    velocity relative to the SSB, ``delta`` a point's extra light time (its epoch is
+    ``et - lt - delta``). float64 arrays: vectors (3,), matrices (3, 3).
     """
 
-    #: M R^T: apparent camera ray -> body frame (centre epoch).
-    cam_to_body: Mat3
-    #: W with entries below 1e-9 of its largest set to 0 (pole precession terms are
-    #: ~1e-13 of the spin and skipped: the effect is < 1e-8 km).
-    body_rate: Mat3
-    #: R beta and 1 - |beta|^2 / 2 (second-order exact unaberration, error O(beta^4)).
-    beta_cam: Vec3
-    one_minus_half_beta2: float
-    #: M beta and W M beta.
-    beta_body: Vec3
-    beta_body_rate: Vec3
-    #: Observer relative to the target centre in the body frame at delta = 0, and
-    #: d/d(delta) of it: obs(delta) = obs0 + delta * rate (first order).
-    observer_body_km: Vec3
-    observer_body_rate_km_s: Vec3
-    #: Sun relative to the target centre, body frame: sun(delta) = sun0 - delta * W sun0.
-    sun_body_km: Vec3
-    sun_body_rate_km_s: Vec3
-    #: |sun0| / c: scales the aberration of the Sun by a surface point's rotation velocity.
+    #: A = M R^T: apparent camera ray -> body frame (centre epoch), and S A.
+    cam_to_body: np.ndarray
+    cam_to_body_scaled: np.ndarray
+    #: W, and S W S^-1 (the rate of scaled directions).
+    body_rate: np.ndarray
+    body_rate_scaled: np.ndarray
+    #: R beta and S M beta (unaberration: u_geo = (1 + u_app.beta) u_app - beta, exact to
+    #: O(beta^2) ~ 1e-8 in the length of u_geo only; its direction to ~1e-12 rad).
+    beta_cam: np.ndarray
+    beta_body_scaled: np.ndarray
+    #: Observer relative to the target centre, body frame, scaled: o(delta) = o0 + delta e.
+    observer_scaled: np.ndarray
+    observer_rate_scaled: np.ndarray
+    #: Sun relative to the target centre, body frame (centre epoch), and |sun| / c (the
+    #: Sun's aberration for a surface point's rotation velocity -W p).
+    sun_body_km: np.ndarray
     sun_light_time_s: float
     #: R M^T, R Md^T, R P, R Vc: body point -> camera frame (inverse path).
-    body_to_cam: Mat3
-    body_to_cam_rate: Mat3
-    centre_cam_km: Vec3
-    centre_vel_cam_km_s: Vec3
+    body_to_cam: np.ndarray
+    body_to_cam_rate: np.ndarray
+    centre_cam_km: np.ndarray
+    centre_vel_cam_km_s: np.ndarray
     range_centre_km: float
-    radii_km: Vec3
+    radii_km: np.ndarray
+    #: Rays passing the ellipsoid farther than this are misses whatever their light time:
+    #: ``disc / a > -skip_margin`` keeps rays whose closest approach is within ~skip_margin/2
+    #: radii, 3x the largest light-time shift of a point, |delta| (|Vc| + omega R) with
+    #: |delta| <= R / c (6 km at Jupiter, 0.4 km at Io).
+    skip_margin: float = 1e-3
 
     @classmethod
     def build(cls, state: FrameState, rot_j2000_to_cam: np.ndarray, target: Target) -> FrameKernel:
@@ -345,46 +339,35 @@ class FrameKernel:
         m = state.rot_j2000_to_body
         md = state.drot_j2000_to_body
         w = md @ m.T
-        w = np.where(np.abs(w) > 1e-9 * max(float(np.abs(w).max()), 1e-300), w, 0.0)
         beta = state.beta_j2000
         p = state.target_pos_j2000_km
         vc = state.target_vel_ssb_j2000_km_s
+        radii = target.radii
+        inv_r = 1.0 / radii
+        a = m @ r.T
         sun_body = m @ state.sun_pos_j2000_km
         return cls(
-            cam_to_body=_mat(m @ r.T), body_rate=_mat(w),
-            beta_cam=_vec(r @ beta), one_minus_half_beta2=float(1.0 - 0.5 * (beta @ beta)),
-            beta_body=_vec(m @ beta), beta_body_rate=_vec(w @ (m @ beta)),
-            observer_body_km=_vec(-(m @ p)), observer_body_rate_km_s=_vec(m @ vc + md @ p),
-            sun_body_km=_vec(sun_body), sun_body_rate_km_s=_vec(w @ sun_body),
-            sun_light_time_s=float(np.linalg.norm(sun_body)) / C_KM_S,
-            body_to_cam=_mat(r @ m.T), body_to_cam_rate=_mat(r @ md.T),
-            centre_cam_km=_vec(r @ p), centre_vel_cam_km_s=_vec(r @ vc),
-            range_centre_km=float(np.linalg.norm(p)), radii_km=target.radii_km,
+            cam_to_body=a, cam_to_body_scaled=inv_r[:, None] * a,
+            body_rate=w, body_rate_scaled=inv_r[:, None] * w * radii[None, :],
+            beta_cam=r @ beta, beta_body_scaled=inv_r * (m @ beta),
+            observer_scaled=inv_r * -(m @ p), observer_rate_scaled=inv_r * (m @ vc + md @ p),
+            sun_body_km=sun_body, sun_light_time_s=float(np.linalg.norm(sun_body)) / C_KM_S,
+            body_to_cam=r @ m.T, body_to_cam_rate=r @ md.T,
+            centre_cam_km=r @ p, centre_vel_cam_km_s=r @ vc,
+            range_centre_km=float(np.linalg.norm(p)), radii_km=radii,
+            skip_margin=_skip_margin(target.radii_km, float(np.linalg.norm(vc)), float(np.abs(w).max())),
         )
 
 
-def _lin(coeffs: Sequence[float], xs: Sequence[np.ndarray], const: float = 0.0) -> np.ndarray | float:
-    """sum(c_i * x_i) + const per point; zero coefficients are skipped (a float if all are)."""
-    out: np.ndarray | None = None
-    for c, x in zip(coeffs, xs, strict=True):
-        if c == 0.0:
-            continue
-        if out is None:
-            out = x * c
-        else:
-            out += x * c
-    if out is None:
-        return const
-    if const != 0.0:
-        out += const
-    return out
+def _skip_margin(radii_km: Sequence[float], target_speed_km_s: float, spin_rad_s: float) -> float:
+    r_max, r_min = max(radii_km), min(radii_km)
+    shift_km = (r_max / C_KM_S) * (target_speed_km_s + spin_rad_s * r_max)
+    return max(2.0 * 3.0 * shift_km / r_min, 1e-4)
 
 
-def _dot(a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | float]) -> np.ndarray:
-    out = a[0] * b[0]
-    out += a[1] * b[1]  # (a float + an array rebinds: still correct)
-    out += a[2] * b[2]
-    return out  # type: ignore[return-value]
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-point dot product of (3, n) arrays."""
+    return np.einsum("in,in->n", a, b)
 
 
 def _lt_delta(t: np.ndarray, range_centre_km: float) -> np.ndarray:
@@ -393,68 +376,56 @@ def _lt_delta(t: np.ndarray, range_centre_km: float) -> np.ndarray:
     return delta
 
 
-#: Skip a tile when every ray passes the ellipsoid by more than this (squared, scaled
-#: units: ~5e-4 of a radius, i.e. > 30 km, far beyond the per-point light-time shift).
-_SKIP_MARGIN = 1e-3
-
-
 @dataclass(frozen=True)
 class _Hits:
-    """Per-point results of the forward kernel (1-D float64 arrays, NaN where missed)."""
+    """Per-point results of the forward kernel (float64, NaN where missed)."""
 
-    x: np.ndarray
-    y: np.ndarray
-    z: np.ndarray
-    t: np.ndarray
-    delta: np.ndarray
-    app: tuple[np.ndarray, np.ndarray, np.ndarray]  # M u_app (delta = 0), unit
-    app_rate: tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]  # W M u_app
-    obs: tuple[np.ndarray, np.ndarray, np.ndarray]  # observer per point (body, km)
+    pos: np.ndarray    # (3, n) surface point, body frame at the point's epoch (km)
+    t: np.ndarray      # (n,) range (km)
+    delta: np.ndarray  # (n,) extra light time (s)
+    app: np.ndarray    # (3, n) M u_app: apparent direction, body frame at the centre epoch
+    obs: np.ndarray    # (3, n) or (3, 1): observer per point (body, km)
+    #: Which of the input rays these are (None: all of them, in order).
+    index: np.ndarray | None = None
 
 
-def _intersect_soa(k: FrameKernel, rx: np.ndarray, ry: np.ndarray, rz: np.ndarray,
-                   iterations: int, *, skip_if_all_miss: bool = False) -> _Hits | None:
-    """Unit apparent camera rays (SoA) -> points on the target ellipsoid, body frame.
+def _intersect_soa(k: FrameKernel, rays: np.ndarray, iterations: int, *,
+                   compact_below: float | None = None) -> _Hits | None:
+    """Unit apparent camera rays (3, n) -> points on the target ellipsoid, body frame.
 
     Works in coordinates scaled by the radii (the ellipsoid becomes the unit sphere).
-    Returns None when ``skip_if_all_miss`` and no ray comes near the target.
+    With ``compact_below``: returns None when no ray comes near the target, and continues
+    with the rays that do (``_Hits.index``) when they are fewer than that fraction.
     """
-    r = (rx, ry, rz)
-    inv_r = tuple(1.0 / v for v in k.radii_km)
-    # Unaberrate: u_geo = kk u_app - beta, kk = ub + sqrt(1 - beta^2 + ub^2), ub = u_app.beta.
-    # kk = 1 + ub is exact to O(beta^2) ~ 1e-8 in the *length* of u_geo only: its direction
-    # is off by ~1e-12 rad and the range by ~1 m.
-    kk = _lin(k.beta_cam, r, 1.0)
-    app = tuple(_lin(k.cam_to_body[i], r) for i in range(3))
-    ks = tuple(kk * inv_r[i] for i in range(3))
-    s = [app[i] * ks[i] for i in range(3)]  # scaled geometric direction, body frame
-    for i in range(3):
-        if k.beta_body[i] != 0.0:
-            s[i] -= k.beta_body[i] * inv_r[i]
-    o0 = tuple(k.observer_body_km[i] * inv_r[i] for i in range(3))
-    c0 = o0[0] * o0[0] + o0[1] * o0[1] + o0[2] * o0[2] - 1.0
+    kk = k.beta_cam @ rays
+    kk += 1.0
+    s = k.cam_to_body_scaled @ rays  # scaled geometric direction: kk S A r - S M beta
+    s *= kk
+    s -= k.beta_body_scaled[:, None]
+    o0 = k.observer_scaled
+    c0 = float(o0 @ o0 - 1.0)
     a = _dot(s, s)
-    b = _lin(o0, s)
-    assert isinstance(b, np.ndarray)
+    b = o0 @ s
     disc = b * b
     disc -= a * c0
-    if skip_if_all_miss and not bool(np.any(disc + _SKIP_MARGIN * a > 0.0)):
-        return None
-    app_rate = tuple(_lin(k.body_rate[i], app) for i in range(3))
-    o: tuple[np.ndarray | float, ...] = o0
+    index = None
+    if compact_below is not None:
+        near = disc + k.skip_margin * a > 0.0
+        n_near = int(np.count_nonzero(near))
+        if n_near == 0:
+            return None
+        if n_near < compact_below * near.size:
+            index = np.flatnonzero(near)
+            rays, s, b, disc = rays[:, index], s[:, index], b[index], disc[index]
+    app = k.cam_to_body @ rays
+    o: np.ndarray = o0[:, None]
     c: np.ndarray | float = c0
-    delta = np.zeros_like(rx)
+    delta = np.zeros_like(b)
     if iterations:
-        s0 = tuple(s)
-        e = tuple(k.observer_body_rate_km_s[i] * inv_r[i] for i in range(3))
-        oe2, ee = 2.0 * sum(o0[i] * e[i] for i in range(3)), sum(v * v for v in e)
-        # d(scaled direction)/d(delta) = -(kk W app - W M beta) / radii
-        f: list[np.ndarray | float] = []
-        for i in range(3):
-            fi: np.ndarray | float = app_rate[i] * ks[i] if not isinstance(app_rate[i], float) else 0.0
-            if k.beta_body_rate[i] != 0.0:
-                fi = fi - k.beta_body_rate[i] * inv_r[i]
-            f.append(fi)
+        s0 = s
+        e = k.observer_rate_scaled
+        oe2, ee = 2.0 * float(o0 @ e), float(e @ e)
+        f = k.body_rate_scaled @ s0  # d(scaled direction)/dt: the body's rotation
     for _ in range(iterations):
         # near root, with the tangent point standing in for rays that graze past the limb
         np.maximum(disc, 0.0, out=disc)
@@ -462,9 +433,10 @@ def _intersect_soa(k: FrameKernel, rx: np.ndarray, ry: np.ndarray, rz: np.ndarra
         disc -= b
         delta = _lt_delta(np.divide(c, disc, out=disc), k.range_centre_km)
         # the corrected ray: observer and direction at the point's own epoch
-        o = tuple(delta * e[i] + o0[i] for i in range(3))
-        s = [s0[i] - delta * f[i] if not isinstance(f[i], float) or f[i] != 0.0 else s0[i]
-             for i in range(3)]
+        o = np.multiply.outer(e, delta)
+        o += o0[:, None]
+        s = f * delta
+        np.subtract(s0, s, out=s)
         a = _dot(s, s)
         b = _dot(o, s)
         c = delta * ee  # |o0 + delta e|^2 - 1
@@ -479,10 +451,10 @@ def _intersect_soa(k: FrameKernel, rx: np.ndarray, ry: np.ndarray, rz: np.ndarra
     np.sqrt(disc, out=disc)
     disc *= disc
     t = np.divide(c, disc, out=disc)
-    radii = k.radii_km
-    x, y, z = (((t * s[i] + o[i]) * radii[i]) for i in range(3))
-    obs = tuple(np.broadcast_to(o[i] * radii[i], t.shape) for i in range(3))
-    return _Hits(x=x, y=y, z=z, t=t, delta=delta, app=app, app_rate=app_rate, obs=obs)
+    pos = s * t
+    pos += o
+    pos *= k.radii_km[:, None]
+    return _Hits(pos=pos, t=t, delta=delta, app=app, obs=o * k.radii_km[:, None], index=index)
 
 
 def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str, np.ndarray]) -> None:
@@ -503,7 +475,8 @@ def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str,
         if offset is not None:
             view += offset
 
-    x, y, z, delta, t = h.x, h.y, h.z, h.delta, h.t
+    pos, delta, t = h.pos, h.delta, h.t
+    x, y, z = pos
     if "hit" in out:
         np.greater(t.reshape(shape), 0.0, out=out["hit"])
     if "range_km" in out:
@@ -511,52 +484,53 @@ def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str,
     if "resolution_km_per_px" in out:
         emit("resolution_km_per_px", t, ifov_rad)
     radii = k.radii_km
-    r2 = tuple(1.0 / (v * v) for v in radii)
     if {"incidence_deg", "emission_deg", "phase_deg"} & out.keys():
         # The observer direction (apparent) and the Sun are known in the body frame at the
-        # centre epoch; the point and its normal at its own epoch, delta later: rotate the
-        # point and normal by (1 + delta W) instead of rotating the two directions back.
-        # The Sun as ``ilumin`` sees it: from the surface point, with stellar aberration
-        # for the point's own velocity, which adds the rotation -W p (12.6 km/s at Jupiter's
-        # equator, 0.0024 deg) to the centre's: to_sun = sun0 - p - (|sun0| / c) W p.
-        w = k.body_rate
-        pos = (x, y, z)
-        wx = tuple(_lin(w[i], pos) for i in range(3))
-        xr = tuple(pos[i] + delta * wx[i] if not isinstance(wx[i], float) else pos[i]
-                   for i in range(3))
-        sun_shift = delta + k.sun_light_time_s
-        if all(w[i][j] == 0.0 or radii[i] == radii[j] for i in range(3) for j in range(3)):
-            n = tuple(xr[i] * r2[i] for i in range(3))  # W commutes with diag(1 / radii^2)
-        else:
-            n0 = tuple(pos[i] * r2[i] for i in range(3))
-            wn = tuple(_lin(w[i], n0) for i in range(3))
-            n = tuple(n0[i] + delta * wn[i] if not isinstance(wn[i], float) else n0[i]
-                      for i in range(3))
-        n_norm = np.sqrt(_dot(n, n))
-        to_sun = tuple(k.sun_body_km[i] - pos[i] - sun_shift * wx[i] if not isinstance(wx[i], float)
-                       else k.sun_body_km[i] - pos[i] for i in range(3))
+        # centre epoch, the point and its normal at the point's epoch, delta later: rotate
+        # the point and normal by (1 + delta W) rather than the two directions back.
+        # The Sun as ``ilumin`` sees it: from the surface point, aberrated for the point's own
+        # velocity, the target's plus the rotation -W p (12.6 km/s at Jupiter's equator,
+        # 0.0024 deg): to_sun = sun0 - p - (|sun0| / c) W p.
+        wp = k.body_rate @ pos
+        inv_r2 = (1.0 / (radii * radii))[:, None]
+        if radii[0] == radii[1]:  # spheroid: W (a spin about z) commutes with diag(1 / r^2)
+            normal = wp * delta
+            normal += pos
+            normal *= inv_r2
+        else:  # tri-axial: rotate the normal itself
+            n0 = pos * inv_r2
+            normal = k.body_rate @ n0
+            normal *= delta
+            normal += n0
+        n_norm = np.sqrt(_dot(normal, normal))
+        wp *= delta + k.sun_light_time_s
+        to_sun = k.sun_body_km[:, None] - pos
+        to_sun -= wp
         sun_norm = np.sqrt(_dot(to_sun, to_sun))
 
-        def angle(name: str, cos: np.ndarray, lower: bool, negate: bool) -> None:
+        def angle(name: str, cos: np.ndarray, both_sides: bool, scale: float, offset: float | None) -> None:
             # |cos| may exceed 1 by rounding at 0 (and 180) deg
-            np.minimum(cos, 1.0, out=cos) if not lower else np.clip(cos, -1.0, 1.0, out=cos)
+            if both_sides:
+                np.clip(cos, -1.0, 1.0, out=cos)
+            else:
+                np.minimum(cos, 1.0, out=cos)
             np.arccos(cos, out=cos)
-            emit(name, cos, -_RAD2DEG if negate else _RAD2DEG, 180.0 if negate else None)
+            emit(name, cos, scale, offset)
 
         if "incidence_deg" in out:
-            cos = _dot(n, to_sun)
+            cos = _dot(normal, to_sun)
             cos /= n_norm * sun_norm
-            angle("incidence_deg", cos, True, False)
-        # emission and phase: the observer direction is -app (unit): arccos(-c) = 180 - arccos(c)
+            angle("incidence_deg", cos, True, _RAD2DEG, None)
+        # emission and phase: the observer seen from the point is -app (unit)
         if "emission_deg" in out:
-            cos = _dot(n, h.app)
+            cos = _dot(normal, h.app)
             cos /= n_norm
             np.negative(cos, out=cos)
-            angle("emission_deg", cos, False, False)
-        if "phase_deg" in out:
+            angle("emission_deg", cos, False, _RAD2DEG, None)
+        if "phase_deg" in out:  # arccos(-c) = 180 - arccos(c)
             cos = _dot(to_sun, h.app)
             cos /= sun_norm
-            angle("phase_deg", cos, True, True)
+            angle("phase_deg", cos, True, -_RAD2DEG, 180.0)
     if {"lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg"} & out.keys():
         rho = x * x
         rho += y * y
@@ -564,10 +538,10 @@ def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str,
         tan_lat = z / rho
         if "lat_graphic_deg" in out:
             if radii[0] == radii[1]:  # spheroid: tan(graphic) = (a/c)^2 tan(centric)
-                tan_g = tan_lat * (radii[0] * radii[0] / (radii[2] * radii[2]))
+                tan_g = tan_lat * float(radii[0] * radii[0] / (radii[2] * radii[2]))
             else:
-                tan_g = z * r2[2]
-                tan_g /= np.hypot(x * r2[0], y * r2[1])
+                tan_g = z / (radii[2] * radii[2])
+                tan_g /= np.hypot(x / (radii[0] * radii[0]), y / (radii[1] * radii[1]))
             emit("lat_graphic_deg", np.arctan(tan_g, out=tan_g), _RAD2DEG)
         if "lat_centric_deg" in out:
             emit("lat_centric_deg", np.arctan(tan_lat, out=tan_lat), _RAD2DEG)
@@ -588,26 +562,30 @@ def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str,
                         out[name][fix.reshape(shape)] = 0.0
 
 
-def _surface_to_cam_soa(k: FrameKernel, sx: np.ndarray, sy: np.ndarray, sz: np.ndarray,
-                        iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Body-fixed points (SoA) -> apparent camera directions (NOT normalised) and range (km).
+def _surface_to_cam_soa(k: FrameKernel, pos: np.ndarray, iterations: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Body-fixed points (3, n) -> apparent camera directions (3, n; NOT normalised) and
+    range (km).
 
     In the camera frame the point seen from the observer at the point's own epoch is
     ``y = q - delta * dq`` with ``q = R P + R M^T s`` and ``dq = R Vc + R Md^T s``; the
     apparent direction is ``y / |y| + R beta``, here returned times ``|y|``.
     """
-    src = (sx, sy, sz)
-    q = tuple(_lin(k.body_to_cam[i], src, k.centre_cam_km[i]) for i in range(3))
+    q = k.body_to_cam @ pos
+    q += k.centre_cam_km[:, None]
     yv = q
     rng = np.sqrt(_dot(q, q))
     if iterations:
-        dq = tuple(_lin(k.body_to_cam_rate[i], src, k.centre_vel_cam_km_s[i]) for i in range(3))
+        dq = k.body_to_cam_rate @ pos
+        dq += k.centre_vel_cam_km_s[:, None]
     for _ in range(iterations):
         delta = _lt_delta(rng, k.range_centre_km)
-        yv = tuple(q[i] - delta * dq[i] for i in range(3))
+        yv = dq * delta
+        np.subtract(q, yv, out=yv)
         rng = np.sqrt(_dot(yv, yv))
-    cx, cy, cz = (rng * k.beta_cam[i] + yv[i] for i in range(3))
-    return cx, cy, cz, rng
+    cam = np.multiply.outer(k.beta_cam, rng)
+    cam += yv
+    return cam, rng
 
 
 def intersect_ellipsoid(origin: np.ndarray, direction: np.ndarray, radii: np.ndarray
@@ -650,12 +628,13 @@ class SurfacePoints:
     delta_lt_s: np.ndarray         # (...)
 
 
-def _unit_soa(ray: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[int, ...]]:
+def _unit_soa(ray: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Rays (..., 3) of any length -> unit rays (3, n) contiguous, and the leading shape."""
     ray = np.asarray(ray, dtype=np.float64)
     shape = ray.shape[:-1]
-    flat = ray.reshape(-1, 3)
-    inv = 1.0 / np.sqrt(np.einsum("ij,ij->i", flat, flat))
-    return (flat[:, 0] * inv, flat[:, 1] * inv, flat[:, 2] * inv), shape
+    soa = np.ascontiguousarray(ray.reshape(-1, 3).T)
+    soa /= np.sqrt(_dot(soa, soa))
+    return soa, shape
 
 
 def intersect_rays(
@@ -663,17 +642,18 @@ def intersect_rays(
     *, light_time_iterations: int = LIGHT_TIME_ITERATIONS,
 ) -> SurfacePoints:
     """Apparent camera rays (..., 3), any length, -> surface points on the target ellipsoid."""
-    (rx, ry, rz), shape = _unit_soa(ray_cam)
+    rays, shape = _unit_soa(ray_cam)
     k = FrameKernel.build(state, rot_j2000_to_cam, target)
     with np.errstate(invalid="ignore", divide="ignore"):
-        h = _intersect_soa(k, rx, ry, rz, light_time_iterations)
-        app = [h.app[i] - h.delta * h.app_rate[i] for i in range(3)]
+        h = _intersect_soa(k, rays, light_time_iterations)
+        assert h is not None
+        app = h.app - (k.body_rate @ h.app) * h.delta
     hit = h.t > 0
     return SurfacePoints(
-        pos_body_km=np.stack([h.x, h.y, h.z], axis=-1).reshape(*shape, 3),
-        observer_pos_body_km=np.stack(h.obs, axis=-1).reshape(*shape, 3),
+        pos_body_km=h.pos.T.reshape(*shape, 3),
+        observer_pos_body_km=np.broadcast_to(h.obs, h.pos.shape).T.reshape(*shape, 3),
         hit=hit.reshape(shape), range_km=h.t.reshape(shape),
-        apparent_dir_body=np.stack(app, axis=-1).reshape(*shape, 3),
+        apparent_dir_body=app.T.reshape(*shape, 3),
         delta_lt_s=np.where(hit, h.delta, 0.0).reshape(shape),
     )
 
@@ -692,12 +672,10 @@ def surface_to_cam(
     """
     pos = np.asarray(pos_body_km, dtype=np.float64)
     shape = pos.shape[:-1]
-    flat = pos.reshape(-1, 3)
     k = _inverse_kernel(state, rot_j2000_to_cam)
-    cx, cy, cz, rng = _surface_to_cam_soa(k, flat[:, 0], flat[:, 1], flat[:, 2], light_time_iterations)
-    ray = np.stack([cx, cy, cz], axis=-1)
-    ray /= np.linalg.norm(ray, axis=-1, keepdims=True)
-    return ray.reshape(*shape, 3), rng.reshape(shape)
+    cam, rng = _surface_to_cam_soa(k, pos.reshape(-1, 3).T, light_time_iterations)
+    cam /= np.sqrt(_dot(cam, cam))
+    return cam.T.reshape(*shape, 3), rng.reshape(shape)
 
 
 def _inverse_kernel(state: FrameState, rot_j2000_to_cam: np.ndarray) -> FrameKernel:
@@ -813,19 +791,19 @@ def backplanes_from_points(points: SurfacePoints, state: FrameState, target: Tar
 
 def _points_task(k: FrameKernel, rays: np.ndarray, sl: slice, out: Mapping[str, np.ndarray],
                  ifov_rad: float, iterations: int) -> Callable[[], None]:
-    """A task computing points ``sl`` of flat SoA ``rays`` (3, n) into flat ``out`` arrays
+    """A task computing points ``sl`` of unit rays (3, n) into flat ``out`` arrays
     (backplanes, ``hit``, and optionally ``pos_x_km``, ``pos_y_km``, ``pos_z_km``)."""
 
     def run() -> None:
         with np.errstate(invalid="ignore", divide="ignore"):
             for part in _chunks(sl.stop - sl.start):
                 s = slice(sl.start + part.start, sl.start + part.stop)
-                h = _intersect_soa(k, rays[0, s], rays[1, s], rays[2, s], iterations)
+                h = _intersect_soa(k, rays[:, s], iterations)
                 assert h is not None
                 _backplanes_soa(k, h, ifov_rad, {n: v[s] for n, v in out.items() if not n.startswith("pos_")})
-                for name, value in (("pos_x_km", h.x), ("pos_y_km", h.y), ("pos_z_km", h.z)):
+                for i, name in enumerate(("pos_x_km", "pos_y_km", "pos_z_km")):
                     if name in out:
-                        out[name][s] = value
+                        out[name][s] = h.pos[i]
 
     return run
 
@@ -833,19 +811,27 @@ def _points_task(k: FrameKernel, rays: np.ndarray, sl: slice, out: Mapping[str, 
 def _framelet_task(k: FrameKernel, cam: CameraModel, out: Mapping[str, np.ndarray], ifov_rad: float,
                    iterations: int) -> Callable[[], None]:
     """A task computing a whole framelet into the 2-D (rows, samples) views ``out``, tile by
-    tile; tiles whose rays all pass far from the target are filled with NaN / False."""
+    tile; tiles whose rays all pass far from the target are filled with NaN / False, and
+    of the others only the rays that come near the target are computed."""
 
     def run() -> None:
         with np.errstate(invalid="ignore", divide="ignore"):
             for tile in cam.framelet_ray_tiles:
                 views = {name: view[tile.rows, tile.cols] for name, view in out.items()}
-                h = _intersect_soa(k, tile.rays[0], tile.rays[1], tile.rays[2], iterations,
-                                   skip_if_all_miss=True)
+                h = _intersect_soa(k, tile.rays, iterations, compact_below=COMPACT_BELOW)
                 if h is None:
                     for name, view in views.items():
                         view[...] = False if name == "hit" else np.nan
-                else:
+                elif h.index is None:
                     _backplanes_soa(k, h, ifov_rad, views)
+                else:  # few rays near the target: computed densely, scattered into the tile
+                    dense = {name: np.empty(h.index.size, view.dtype) for name, view in views.items()}
+                    _backplanes_soa(k, h, ifov_rad, dense)
+                    for name, view in views.items():
+                        full = np.zeros(view.size, view.dtype) if name == "hit" else np.full(
+                            view.size, np.nan, view.dtype)
+                        full[h.index] = dense[name]
+                        view[...] = full.reshape(view.shape)
 
     return run
 
@@ -857,8 +843,8 @@ def _inverse_task(k: FrameKernel, cam: CameraModel, pos: tuple[np.ndarray, np.nd
         with np.errstate(invalid="ignore", divide="ignore"):
             for part in _chunks(sl.stop - sl.start):
                 s = slice(sl.start + part.start, sl.start + part.stop)
-                cx, cy, cz, _ = _surface_to_cam_soa(k, pos[0][s], pos[1][s], pos[2][s], iterations)
-                x_out[s], y_out[s] = cam.cam_to_px_xyz(cx, cy, cz)
+                cam_dir, _ = _surface_to_cam_soa(k, np.stack([pos[0][s], pos[1][s], pos[2][s]]), iterations)
+                x_out[s], y_out[s] = cam.cam_to_px_xyz(cam_dir[0], cam_dir[1], cam_dir[2])
 
     return run
 
@@ -973,8 +959,7 @@ class ImageGeometry:
         else:
             x_px, y_px = np.broadcast_arrays(np.asarray(x_px, np.float64), np.asarray(y_px, np.float64))
             shape = x_px.shape
-            (rx, ry, rz), _ = _unit_soa(cam.px_to_cam(x_px, y_px))
-            rays = np.stack([rx, ry, rz])
+            rays, _ = _unit_soa(cam.px_to_cam(x_px, y_px))
         n = rays.shape[1]
         names = (*BACKPLANE_NAMES, "pos_x_km", "pos_y_km", "pos_z_km")
         out = {name: np.empty(n, np.float64) for name in names}
@@ -1061,15 +1046,14 @@ def _locate(state: FrameState, rot: np.ndarray, target: Target, cam: CameraModel
             x_px: Sequence[float], y_px: Sequence[float], iterations: int) -> list[PixelGeometry]:
     x = np.asarray(x_px, np.float64).reshape(-1)
     y = np.asarray(y_px, np.float64).reshape(-1)
-    (rx, ry, rz), _ = _unit_soa(cam.px_to_cam(x, y))
+    rays, _ = _unit_soa(cam.px_to_cam(x, y))
     k = FrameKernel.build(state, rot, target)
     n = x.size
     names = (*BACKPLANE_NAMES, "pos_x_km", "pos_y_km", "pos_z_km")
     out = {name: np.empty(n, np.float64) for name in names}
     out["hit"] = np.empty(n, bool)
-    _points_task(k, np.stack([rx, ry, rz]), slice(0, n), out, cam.sampling_factor / cam.focal_px,
-                 iterations)()
-    ray_j2000 = np.stack([rx, ry, rz], axis=-1) @ rot
+    _points_task(k, rays, slice(0, n), out, cam.sampling_factor / cam.focal_px, iterations)()
+    ray_j2000 = rays.T @ rot
     utc = _et_to_utc(state.et)
     return [
         PixelGeometry(
