@@ -877,13 +877,15 @@ def _grid_key(m: LinearMap) -> Any:
 
 
 def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px: float = 20.0,
-           photometric: str = "none", min_overlap_px: int = 50) -> LinearMap:
+           photometric: str = "none", min_overlap_px: int = 50, max_incidence_deg: float = 80.0
+           ) -> LinearMap:
     """Blend maps on one grid into one, with per-band gain matching on the overlaps.
 
     Gains: the map with the largest total weight is the reference; every other map's band
     gain is the median of ``reference / map`` over pixels both see (after the optional
     ``photometric="lambert"`` correction, division by cos(incidence)), chained through
-    already matched maps. Blending: each map's ``weight`` backplane times a smoothstep
+    already matched maps; only lit pixels count (incidence < ``max_incidence_deg`` and brighter
+    than 10% of the map's 99th percentile). Blending: each map's ``weight`` backplane times a smoothstep
     feather over ``feather_px`` from the edge of its coverage; ``sum(w v) / sum(w)``.
     """
     if not maps:
@@ -901,12 +903,20 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
     h, w, nb = first.data.shape
     values = []
     weights = []
+    lit_masks: list[np.ndarray] = []
     for m in maps:
         v = m.data.astype(np.float64)
         if photometric == "lambert" and "incidence_deg" in m.backplanes:
             mu0 = np.cos(np.radians(np.asarray(m.backplanes["incidence_deg"], np.float64)))
             v = np.where(mu0 > 0.05, v / np.maximum(mu0, 0.05)[..., None], np.nan)
         seen = np.isfinite(v).all(axis=-1)
+        lit = seen.copy()  # where gains may be measured: lit, well above the dark level
+        if "incidence_deg" in m.backplanes:
+            lit &= np.asarray(m.backplanes["incidence_deg"], np.float64) < max_incidence_deg
+        if lit.any():
+            level = np.nanpercentile(v[lit].mean(axis=-1), 99)
+            lit &= np.nan_to_num(v.mean(axis=-1)) > 0.1 * level
+        lit_masks.append(lit)
         base = np.asarray(m.backplanes.get("weight", seen.astype(np.float32)), np.float64)
         base = np.where(seen & np.isfinite(base), base, 0.0)
         dist = cv2.distanceTransform(seen.astype(np.uint8), cv2.DIST_L2, 5)
@@ -922,7 +932,7 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
             best = None
             for i in pending:
                 for j in done:
-                    both = (weights[i] > 0) & (weights[j] > 0)
+                    both = (weights[i] > 0) & (weights[j] > 0) & lit_masks[i] & lit_masks[j]
                     n = int(both.sum())
                     if n >= min_overlap_px and (best is None or n > best[2]):
                         best = (i, j, n, both)
