@@ -97,13 +97,14 @@ def smooth_floor(x: np.ndarray, floor: float) -> np.ndarray:
     """A smooth ``max(x, floor)``: ~x well above ``floor``, ~floor below it, C-infinity.
 
     ``0.5 * (x + floor + sqrt((x - floor)**2 + (floor/2)**2))``: equals ``1.25 * floor`` at
-    ``x = floor``, is within 1% of ``x`` for ``x >= 3 * floor`` and tends to ``floor`` for
+    ``x = floor``, is within 1.1% of ``x`` for ``x >= 3 * floor`` and tends to ``floor`` for
     ``x -> -inf``. Used to damp photometric corrections near the terminator and limb
     without the visible contour a hard clamp leaves after local contrast enhancement.
     """
     x = np.asarray(x, _F32)
     f = _F32(floor)
-    d = x - f
+    d = np.array(x, dtype=_F32, copy=True)  # an array even for 0-d input (in-place ops below)
+    d -= f
     d *= d
     d += _F32(0.25) * f * f
     np.sqrt(d, out=d)
@@ -837,7 +838,7 @@ def apply_overrides(
         parts = [p.strip() for p in key.split(".")]
         if any(not p for p in parts):
             raise _unknown_key(key)
-        if parts[0] in ("weights", "k") or (len(parts) > 2 and parts[1] == "k"):
+        if (len(parts) == 2 and parts[0] == "weights") or (len(parts) == 3 and parts[1] == "k"):
             parts[-1] = parts[-1].upper()  # band names are upper case
         params = _set_path(params, parts, value, key)
     return params
@@ -1206,6 +1207,20 @@ def _plan(band_names: Sequence[str]) -> _Plan:
     )
 
 
+def _display_order(data: np.ndarray, plan: _Plan) -> tuple[np.ndarray, _Plan]:
+    """The bands in display order (R, G, B, or the single band), by name, as a copy
+    without arithmetic (``cv2.mixChannels``), so that every later step sees the same
+    array whatever the input order was. Unused bands (a METHANE beside R, G, B) are
+    dropped, and their NaN do not invalidate a pixel."""
+    nb = len(plan.channels)
+    if plan.channels == tuple(range(nb)) and data.shape[2] == nb:
+        return data, plan
+    out = np.empty((*data.shape[:2], nb), _F32)
+    pairs = [v for i, c in enumerate(plan.channels) for v in (c, i)]
+    cv2.mixChannels([data], [out], pairs)
+    return out, _Plan(plan.out_names, tuple(range(nb)), plan.out_names, plan.dropped)
+
+
 @dataclass
 class _Prepared:
     """Linear data after the per-pixel gains, as samples (for levels) or at full size."""
@@ -1360,7 +1375,7 @@ def _prepare(
             g = _mean_gain(gain)
             if g is not None:
                 np.multiply(lum, g, out=lum)
-            cv2.patchNaNs(lum, 0)
+            np.copyto(lum, _F32(0), where=~valid)  # NaN and inf of unseen pixels
             factor = max(1, math.ceil(max(h, w) / 512))
             lh, lw = max(1, h // factor), max(1, w // factor)
             m_low = cv2.resize(valid.view(np.uint8).astype(_F32), (lw, lh), interpolation=cv2.INTER_AREA)
@@ -1673,7 +1688,7 @@ def enhance(
     timer = _Timer()
     t_start = time.perf_counter()
     data, names, planes, sidecar = _as_inputs(linear, band_names, backplanes)
-    plan = _plan(names)
+    data, plan = _display_order(data, _plan(names))
     base = _resolve_preset(preset)
     params = apply_overrides(base, overrides)
     explicit_photometry = bool(overrides) and any(
@@ -1909,7 +1924,7 @@ def colour_balance_from(
             data, names, planes, sidecar = _as_inputs(item, None, None)
         else:
             data, names, planes, sidecar = _as_inputs(item[0], item[1], item[2] if len(item) > 2 else None)  # type: ignore[misc]
-        plan = _plan(names)
+        data, plan = _display_order(data, _plan(names))
         if plan0 is None:
             plan0 = plan
             params, _ = _resolve(base, plan, sidecar, perijove)

@@ -1,0 +1,609 @@
+"""junoproc.enhance: photometry, colour weights, overrides, band mapping, tone, presets, CLI.
+
+Every scene here is synthetic with a known truth, built in the test itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from junoproc.cli import main as cli_main
+from junoproc.enhance import (
+    COLOUR_WEIGHT_ERAS,
+    PRESETS,
+    ColourBalance,
+    EnhanceParams,
+    apply_overrides,
+    colour_balance_from,
+    colour_weights_for,
+    enhance,
+    fit_minnaert_k,
+    fit_photometric_poly,
+    guided_filter,
+    lambert,
+    lommel_seeliger,
+    minnaert,
+    params_from_dict,
+    params_to_dict,
+    photometric_gain,
+    poly_model,
+    preset_params,
+    smooth_floor,
+)
+from junoproc.errors import EnhanceError
+from junoproc.io import LinearMap, read_image, read_sidecar, write_linear_map
+
+LUMA = np.array([0.2126, 0.7152, 0.0722])
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def _disc(n: int = 96, seed: int = 0, sun=(0.5, 0.2, 0.84)) -> LinearMap:
+    """Banded, textured, limb-darkened disc (R,G,B-ordered), NaN outside, with backplanes."""
+    rng = np.random.default_rng(seed)
+    c = (n - 1) / 2
+    r = 0.45 * n
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    nx, ny = (xx - c) / r, (c - yy) / r
+    rho2 = nx**2 + ny**2
+    inside = rho2 < 1
+    nz = np.sqrt(np.clip(1 - rho2, 0, 1))
+    s = np.asarray(sun, float) / np.linalg.norm(sun)
+    mu0 = nx * s[0] + ny * s[1] + nz * s[2]
+    albedo = 0.55 + 0.15 * np.sin(ny * 12) + 0.05 * rng.standard_normal((n, n))
+    albedo[int(0.3 * n) : int(0.3 * n) + 3, int(0.5 * n) : int(0.5 * n) + 3] = 1.6  # a bright storm
+    radiance = albedo * np.clip(mu0, 0, None) ** 0.9 * np.clip(nz, 1e-3, None) ** -0.1
+    data = np.stack([radiance * 1.25, radiance * 0.85, radiance * 0.40], axis=2).astype(np.float32)
+    data[~inside] = np.nan
+    inc = np.degrees(np.arccos(np.clip(mu0, -1, 1))).astype(np.float32)
+    emi = np.degrees(np.arccos(nz)).astype(np.float32)
+    inc[~inside] = np.nan
+    emi[~inside] = np.nan
+    return LinearMap(
+        data, ("RED", "GREEN", "BLUE"), {"incidence_deg": inc, "emission_deg": emi}, {"perijove": 44}
+    )
+
+
+def _moon(n: int = 256, seed: int = 0, tiny: float = 1e-3, noise_rel: float = 0.05):
+    """A moon lit by the Sun (a bright crescent) and, on its night side, only by Jupiter.
+
+    Albedo A: craters (dark floors, bright rims) on a uniform surface. Night-side radiance
+    = tiny * A * mu0_jupiter + noise (noise sigma = noise_rel * tiny * mean A); day side
+    = A * mu0_sun. Jupiter is near the observer, so its light falls off towards the limb.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    r, c = 0.45 * n, (n - 1) / 2
+    nx, ny = (xx - c) / r, (c - yy) / r
+    rho2 = nx**2 + ny**2
+    inside = rho2 < 1
+    nz = np.sqrt(np.clip(1 - rho2, 0, 1))
+    albedo = np.full((n, n), 0.65)
+    for _ in range(90):
+        cx, cy = rng.uniform(0, n, 2)
+        rad = rng.uniform(4, 0.05 * n)
+        d = np.hypot(xx - cx, yy - cy) / rad
+        albedo -= 0.25 * np.exp(-((d / 0.8) ** 4))
+        albedo += 0.2 * np.exp(-(((d - 1.0) / 0.15) ** 2))
+    albedo = np.clip(albedo, 0.15, 1.2)
+    sun = np.array([0.94, 0.0, -0.34]) / np.linalg.norm([0.94, 0.0, -0.34])
+    jup = np.array([0.15, 0.1, 0.98]) / np.linalg.norm([0.15, 0.1, 0.98])
+    mu0_sun = nx * sun[0] + ny * sun[1] + nz * sun[2]
+    mu0_jup = nx * jup[0] + ny * jup[1] + nz * jup[2]
+    radiance = albedo * np.clip(mu0_sun, 0, None) + tiny * albedo * np.clip(mu0_jup, 0, None)
+    sigma = noise_rel * tiny * albedo[inside].mean()
+    radiance = radiance + rng.normal(0, sigma, radiance.shape)
+    data = (radiance[..., None] * np.array([1.0, 0.93, 0.8])).astype(np.float32)
+    data += rng.normal(0, 0.3 * sigma, data.shape).astype(np.float32)
+    data[~inside] = np.nan
+    night = inside & (mu0_sun < -0.1) & (rho2 < 0.8)
+    day = inside & (mu0_sun > 0.2)
+    return data, albedo, night, day
+
+
+def _lum(rgb16: np.ndarray) -> np.ndarray:
+    return rgb16.astype(np.float64) @ LUMA / 65535.0
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+# --------------------------------------------------------------------------- photometry
+
+
+def test_photometric_models_exact() -> None:
+    mu0 = np.array([0.5, 1.0, 0.25], np.float32)
+    mu = np.array([0.5, 0.5, 1.0], np.float32)
+    np.testing.assert_array_equal(lambert(mu0), mu0)
+    np.testing.assert_allclose(lommel_seeliger(mu0, mu), [0.5, 2 / 3, 0.2], rtol=1e-6)
+    # mu0**k * mu**(k-1): 0.5**0.5 * 0.5**-0.5 = 1; 1 * 0.5**-0.5; 0.25**0.5 * 1
+    np.testing.assert_allclose(minnaert(mu0, mu, 0.5), [1.0, math.sqrt(2), 0.5], rtol=1e-6)
+    np.testing.assert_allclose(minnaert(mu0, mu, 1.0), mu0, rtol=1e-7)  # k = 1 is Lambert
+    assert lambert(mu0).dtype == np.float32 and minnaert(mu0, mu, 0.7).dtype == np.float32
+
+
+def test_smooth_floor() -> None:
+    x = np.array([-1.0, 0.0, 0.1, 0.3, 1.0], np.float32)
+    y = smooth_floor(x, 0.1)
+    assert y.dtype == np.float32
+    assert y[2] == pytest.approx(0.125, rel=1e-6)  # 1.25 * floor at the floor
+    assert y[4] == pytest.approx(1.0, rel=1e-3)  # identity far above
+    assert abs(y[3] - 0.3) / 0.3 < 0.011
+    assert 0.1 < y[0] < 0.101  # tends to the floor far below
+    assert np.all(np.diff(smooth_floor(np.linspace(-1, 1, 501, dtype=np.float32), 0.1)) > 0)
+
+
+def test_poly_model_term_order() -> None:
+    # terms: 1, mu0, mu, mu0^2, mu0 mu, mu^2
+    got = poly_model(np.array([0.5, 1.0]), np.array([1.0, 0.5]), [1, 2, 3, 4, 5, 6], 2)
+    assert got.tolist() == [14.5, 12.5]
+    assert poly_model(np.array([0.5]), None, [1, 2, 3], 2).tolist() == [2.75]  # 1 + 1 + 0.75
+    with pytest.raises(EnhanceError, match="coefficients"):
+        poly_model(np.array([0.5]), None, [1, 2], 2)
+
+
+def test_photometric_gain_values_and_damping() -> None:
+    inc = np.array([0.0, 60.0, 89.0, 90.0, 120.0, np.nan], np.float32)
+    g = photometric_gain("lambert", inc, mu0_floor=0.1)
+    assert g[0] == pytest.approx(1.0, abs=1e-6)  # normalised at normal incidence
+    # 60 deg: smooth_floor(1) / smooth_floor(0.5), both with floor 0.1
+    expect = float(smooth_floor(np.float32(1.0), 0.1)) / float(smooth_floor(np.float32(0.5), 0.1))
+    assert g[1] == pytest.approx(expect, rel=1e-6) and g[1] == pytest.approx(2.0, rel=3e-3)
+    assert 1.0 < g[2] < 10.0  # inside the floor: blended towards no correction
+    assert g[3] == 1.0 and g[4] == 1.0  # terminator and night side: no correction at all
+    assert np.isnan(g[5])
+    fine = photometric_gain("lambert", np.linspace(0, 100, 2001, dtype=np.float32), mu0_floor=0.1)
+    assert float(np.nanmax(fine)) < 1.0 / 0.1  # bounded: never blows up near the terminator
+    # Lommel-Seeliger and Minnaert are normalised the same way and use the emission angle
+    emi = np.array([0.0, 60.0], np.float32)
+    ls = photometric_gain("lommel_seeliger", np.array([0.0, 0.0], np.float32), emi)
+    assert ls[0] == pytest.approx(1.0, abs=1e-6) and ls[1] < 1.0  # limb: mu0/(mu0+mu) is larger
+    mn = photometric_gain("minnaert", np.array([0.0, 0.0], np.float32), emi, k=0.8)
+    assert mn[1] == pytest.approx(float(smooth_floor(np.float32(0.5), 0.1)) ** 0.2 / 1.0006939**0.2, rel=1e-4)
+    with pytest.raises(EnhanceError, match="emission"):
+        photometric_gain("minnaert", inc)
+
+
+def test_photometric_gain_table_path_matches_exact() -> None:
+    rng = np.random.default_rng(0)
+    inc = (rng.random((600, 600)) * 180).astype(np.float32)  # > 2**18 px: tabulated
+    emi = (rng.random((600, 600)) * 89.9).astype(np.float32)
+    inc[0, 0] = np.nan
+    inc[1, :2] = (0.0, 180.0)
+    emi[1, :2] = (0.0, 0.0)
+    for method, kw in [
+        ("lambert", {}),
+        ("minnaert", {"k": 0.8}),
+        ("poly", {"coeffs": [0.1, 0.8, 0.1, -0.2, 0.05, 0.02]}),
+    ]:
+        e = None if method == "lambert" else emi
+        big = photometric_gain(method, inc, e, **kw)
+        small = photometric_gain(method, inc[:100, :100], None if e is None else e[:100, :100], **kw)  # exact
+        assert np.isnan(big[0, 0]) and np.isnan(small[0, 0])
+        ok = np.isfinite(small)
+        np.testing.assert_allclose(big[:100, :100][ok], small[ok], rtol=1e-3)
+
+
+def test_fit_poly_and_minnaert_recover_truth() -> None:
+    rng = np.random.default_rng(1)
+    mu0 = rng.uniform(0.05, 1, 5000)
+    mu = rng.uniform(0.05, 1, 5000)
+    coeffs = (0.05, 0.9, 0.1, -0.2, 0.05, 0.02)
+    b = poly_model(mu0, mu, coeffs, 2).astype(np.float64)
+    b[:50] *= 5  # outliers (storms) are rejected by the robust refit
+    np.testing.assert_allclose(fit_photometric_poly(b, mu0, mu, degree=2), coeffs, atol=2e-3)
+    b = 0.7 * mu0**0.8 * mu ** (0.8 - 1)
+    assert fit_minnaert_k(b, mu0, mu) == pytest.approx(0.8, abs=1e-6)
+    with pytest.raises(EnhanceError, match="too few"):
+        fit_photometric_poly(b[:5], mu0[:5], mu[:5])
+
+
+def test_guided_filter_smooths_flat_keeps_edges() -> None:
+    rng = np.random.default_rng(2)
+    img = np.zeros((64, 64), np.float32)
+    img[:, 32:] = 1.0
+    noisy = img + rng.normal(0, 0.05, img.shape).astype(np.float32)
+    out = guided_filter(noisy, 3, 0.05**2 * 4)
+    assert np.std(out[:, 5:25]) < 0.5 * np.std(noisy[:, 5:25])
+    assert out[:, 36:60].mean() - out[:, 4:28].mean() > 0.95  # the step survives
+
+
+# --------------------------------------------------------------------------- colour weights
+
+
+def test_colour_weight_table() -> None:
+    pj43 = colour_weights_for(43)
+    assert dict(pj43.weights)["RED"] == 0.768 and pj43.weights["BLUE"] == 2.630
+    assert "Eichst" in pj43.source
+    gill = colour_weights_for(30)
+    assert (gill.weights["RED"], gill.weights["GREEN"], gill.weights["BLUE"]) == (0.902, 1.0, 1.8879)
+    assert "kmgill/junocam_processing" in gill.source
+    assert "carried forward" in colour_weights_for(60).source
+    assert colour_weights_for(None) is COLOUR_WEIGHT_ERAS[-1]
+    with pytest.raises(EnhanceError):
+        colour_weights_for(0)
+    # eras cover every perijove from 1 without gaps
+    assert [e.first_pj for e in COLOUR_WEIGHT_ERAS[1:]] == [e.last_pj + 1 for e in COLOUR_WEIGHT_ERAS[:-1]]
+
+
+def test_weights_follow_perijove_and_units_by_name() -> None:
+    lm = _disc(48)
+    c43 = enhance(lm, preset="natural", perijove=43)
+    assert c43.params["weights"] == {"RED": 0.768, "GREEN": 1.0, "BLUE": 2.63, "METHANE": 1.0}
+    assert c43.balance.gains == {"RED": 0.768, "GREEN": 1.0, "BLUE": 2.63}
+    c30 = enhance(lm, preset="natural", perijove=30)
+    assert c30.params["weights"]["BLUE"] == 1.8879
+    from_sidecar = enhance(LinearMap(lm.data, lm.band_names, {}, {"product_id": "JNCE_2022229_44C00032_V01"}))
+    assert from_sidecar.stats["perijove"] == 44
+    calibrated = enhance(LinearMap(lm.data, lm.band_names, {}, {"units": "I/F"}), preset="natural")
+    assert calibrated.params["weights"]["BLUE"] == 1.0 and "I/F" in calibrated.stats["weights_source"]
+    # a weight override changes that band only, by name
+    c = enhance(lm, preset="natural", perijove=43, overrides=["weights.blue=2.1"])
+    assert c.balance.gains == {"RED": 0.768, "GREEN": 1.0, "BLUE": 2.1}
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_overrides_parse_key_by_key() -> None:
+    base = preset_params("enhanced")
+    p = apply_overrides(
+        base,
+        [
+            "clahe.clip=3",
+            "gamma=2.2",
+            "weights.BLUE=2.1",
+            "photometry=minnaert",
+            "photometry.k.RED=0.9",
+            "stretch.black_pct=none",
+            "stretch.linked=false",
+            "balance.region=1,20,3,40",
+            "denoise.radius_px=4",
+            "colormap=inferno",
+        ],
+    )
+    assert p.clahe.clip == 3.0 and p.gamma == 2.2 and p.weights.BLUE == 2.1
+    assert p.photometry.method == "minnaert" and p.photometry.k.RED == 0.9
+    assert p.stretch.black_pct is None and p.stretch.linked is False
+    assert p.balance.region == (1, 20, 3, 40) and p.denoise.radius_px == 4 and p.colormap == "inferno"
+    assert p.clahe.tiles == base.clahe.tiles and p.saturation == base.saturation  # the rest untouched
+    assert base.clahe.clip == 2.5  # presets are immutable
+    assert apply_overrides(base, {"clahe.clip": 4, "photometry": "lambert"}).clahe.clip == 4.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "clahe.clipp=3",
+            r"unknown enhancement key 'clahe.clipp' \(did you mean clahe.clip\?.*valid keys: .*gamma",
+        ),
+        ("nonsense=1", "unknown enhancement key 'nonsense'"),
+        ("gamma=abc", "gamma='abc' is not a valid float"),
+        ("gamma=-1", r"gamma=-1.0 is out of range"),
+        ("photometry=foo", "photometry.method='foo' is not one of none, lambert"),
+        ("clahe=3", "clahe is a section"),
+        ("balance.region=1,2", "not a valid tuple"),
+        ("gamma", "not key=value"),
+        ("preset=natural", "unknown enhancement key 'preset'"),
+    ],
+)
+def test_override_errors(override: str, message: str) -> None:
+    with pytest.raises(EnhanceError, match=message):
+        apply_overrides(preset_params("natural"), [override])
+
+
+def test_presets_and_params_round_trip() -> None:
+    assert set(PRESETS) == {"natural", "enhanced", "jupitershine"}
+    with pytest.raises(EnhanceError, match="unknown preset 'vivid'.*natural, enhanced, jupitershine"):
+        preset_params("vivid")
+    for params in PRESETS.values():
+        d = params_to_dict(params)
+        assert json.loads(json.dumps(d)) == d  # JSON-able
+        assert params_from_dict(json.loads(json.dumps(d))) == params
+    with pytest.raises(EnhanceError, match="unknown enhancement key 'bogus'"):
+        params_from_dict({"preset": "natural", "bogus": 1})
+    natural = PRESETS["natural"]
+    assert natural.clahe.clip == 0 and natural.sharpen.amount == 0 and natural.photometry.method == "none"
+    assert natural.saturation == 1.0 and natural.lift.method == "none"  # linear colour, gamma only
+
+
+# --------------------------------------------------------------------------- enhance
+
+
+def test_band_order_is_by_name() -> None:
+    lm = _disc(64)
+    rgb = enhance(lm, preset="enhanced")
+    bgr = enhance(
+        LinearMap(
+            np.ascontiguousarray(lm.data[:, :, ::-1]), ("BLUE", "GREEN", "RED"), lm.backplanes, lm.sidecar
+        ),
+        preset="enhanced",
+    )
+    np.testing.assert_array_equal(rgb.rgb16, bgr.rgb16)
+    gbr = enhance(
+        lm.data[:, :, [1, 2, 0]], band_names=("GREEN", "BLUE", "RED"), backplanes=lm.backplanes, perijove=44
+    )
+    np.testing.assert_array_equal(rgb.rgb16, gbr.rgb16)
+    # a 4th band (METHANE) is not used in the RGB composite, and it says so
+    four = np.dstack([lm.data, lm.data[:, :, :1] * 0.1])
+    c4 = enhance(four, band_names=("RED", "GREEN", "BLUE", "METHANE"), backplanes=lm.backplanes, perijove=44)
+    np.testing.assert_array_equal(c4.rgb16, rgb.rgb16)
+    assert any("METHANE" in n for n in c4.stats["notes"])
+    with pytest.raises(EnhanceError, match="need RED, GREEN and BLUE"):
+        enhance(lm.data[:, :, :2], band_names=("RED", "GREEN"))
+
+
+def test_red_band_drives_red_channel() -> None:
+    data = np.full((8, 8, 3), 0.1, np.float32)
+    data[:4, :, 2] = 1.0  # the RED band (last here) is bright in the top half
+    c = enhance(data, band_names=("BLUE", "GREEN", "RED"), preset="natural", overrides=["balance=none"])
+    top, bottom = c.rgb16[:4].mean(axis=(0, 1)), c.rgb16[4:].mean(axis=(0, 1))
+    # red, not blue: display values 1 and 0.1 ** (1 / 2.2) = 0.351
+    assert top[0] == 65535 and top[1] == pytest.approx(0.1 ** (1 / 2.2) * 65535, abs=2) and top[2] == top[1]
+    assert abs(bottom[0] - bottom[1]) < 2 and abs(bottom[1] - bottom[2]) < 2  # neutral elsewhere
+
+
+def test_single_band_grey_or_colormap() -> None:
+    lm = _disc(48)
+    ch4 = LinearMap(np.ascontiguousarray(lm.data[:, :, 1:2]), ("METHANE",), lm.backplanes, {})
+    grey = enhance(ch4, preset="enhanced")
+    assert np.array_equal(grey.rgb16[..., 0], grey.rgb16[..., 1]) and np.array_equal(
+        grey.rgb16[..., 1], grey.rgb16[..., 2]
+    )
+    assert grey.rgb16[grey.alpha].max() > 30000
+    coloured = enhance(ch4, preset="enhanced", overrides=["colormap=inferno"])
+    assert not np.array_equal(coloured.rgb16[..., 0], coloured.rgb16[..., 2])
+    assert np.array_equal(coloured.alpha, grey.alpha)
+
+
+def test_nan_never_propagates_and_input_untouched() -> None:
+    lm = _disc(64)
+    data = lm.data.copy()
+    data[10, 30, 1] = np.nan  # one band missing: the pixel is invalid
+    data[40, 40, :] = np.inf  # infinities are invalid too
+    before = hashlib.sha1(data.tobytes()).hexdigest()
+    for preset in PRESETS:
+        c = enhance(data, band_names=lm.band_names, backplanes=lm.backplanes, preset=preset, perijove=44)
+        assert hashlib.sha1(data.tobytes()).hexdigest() == before
+        assert c.rgb16.shape == (64, 64, 3) and c.rgb16.dtype == np.uint16
+        assert c.rgb8.shape == (64, 64, 3) and c.rgb8.dtype == np.uint8
+        assert c.alpha.dtype == bool and c.alpha.shape == (64, 64)
+        expected_valid = np.isfinite(data).all(axis=2)
+        np.testing.assert_array_equal(c.alpha, expected_valid)
+        assert c.rgb16[~c.alpha].max() == 0 and c.rgb8[~c.alpha].max() == 0
+        assert c.rgb16[c.alpha].max() > 0
+        np.testing.assert_array_equal(c.rgb8, np.round(c.rgb16 / 257.0).astype(np.uint8))
+        rgba = c.rgba8()
+        assert rgba.shape == (64, 64, 4) and set(np.unique(rgba[..., 3])) == {0, 255}
+        json.dumps(c.params)
+        json.dumps(c.balance.to_dict())
+    with pytest.raises(EnhanceError, match="no valid pixel"):
+        enhance(np.full((4, 4, 3), np.nan, np.float32), band_names=("RED", "GREEN", "BLUE"))
+
+
+@pytest.mark.parametrize("preset", ["natural", "enhanced", "jupitershine"])
+def test_highlight_clipping_below_half_percent(preset: str) -> None:
+    lm = _disc(160, seed=3)
+    c = enhance(lm, preset=preset)
+    top = c.rgb16.max(axis=2)[c.alpha]
+    clipped = float(np.mean(top == 65535))
+    assert clipped < 0.005, f"{preset}: {clipped:.4f}"
+    assert c.stats["clipped_high_fraction"] == pytest.approx(clipped, abs=1e-9)
+    assert np.percentile(top, 50) > 0.2 * 65535  # ... and not by being dark
+
+
+def test_photometric_correction_flattens_a_lambert_disc() -> None:
+    n = 128
+    yy, xx = np.mgrid[0:n, 0:n]
+    c, r = (n - 1) / 2, 0.45 * n
+    nx, ny = (xx - c) / r, (c - yy) / r
+    inside = nx**2 + ny**2 < 1
+    nz = np.sqrt(np.clip(1 - nx**2 - ny**2, 0, 1))
+    s = np.array([0.6, 0.0, 0.8])
+    mu0 = nx * s[0] + ny * s[1] + nz * s[2]
+    radiance = np.where(inside, 0.5 * np.clip(mu0, 0, None), np.nan)
+    data = np.repeat(radiance[..., None], 3, axis=2).astype(np.float32)
+    planes = {
+        "incidence_deg": np.degrees(np.arccos(np.clip(mu0, -1, 1))).astype(np.float32),
+        "emission_deg": np.degrees(np.arccos(nz)).astype(np.float32),
+    }
+    lit = inside & (mu0 > 0.3)
+    args = {"band_names": ("RED", "GREEN", "BLUE"), "backplanes": planes, "preset": "natural"}
+    raw = _lum(enhance(data, **args, overrides=["balance=none"]).rgb16)[lit]
+    flat = _lum(enhance(data, **args, overrides=["balance=none", "photometry=lambert"]).rgb16)[lit]
+    assert np.std(raw) / np.mean(raw) > 0.1  # mu0 0.3..1 through gamma 2.2
+    assert np.std(flat) / np.mean(flat) < 0.02
+    poly = _lum(enhance(data, **args, overrides=["balance=none", "photometry=poly"]).rgb16)[lit]
+    assert np.std(poly) / np.mean(poly) < 0.03
+    # asked for explicitly without the backplanes it needs: a clear error, never a silent skip
+    with pytest.raises(EnhanceError, match="needs the incidence_deg backplane"):
+        enhance(data, band_names=("RED", "GREEN", "BLUE"), overrides=["photometry=lambert"])
+    # a preset's default photometry without backplanes is skipped with a note
+    c = enhance(data, band_names=("RED", "GREEN", "BLUE"), preset="enhanced")
+    assert c.stats["photometry_applied"] == "none" and "skipped" in c.stats["notes"][0]
+
+
+def test_greyworld_and_region_balance_neutralise() -> None:
+    rng = np.random.default_rng(4)
+    texture = rng.uniform(0.3, 1.0, (40, 40)).astype(np.float32)
+    data = np.stack([texture * 1.0, texture * 2.0, texture * 4.0], axis=2)  # R,G,B responses differ
+    for method in (["balance=greyworld"], ["balance=region", "balance.region=0,20,0,20"]):
+        c = enhance(data, band_names=("RED", "GREEN", "BLUE"), preset="natural", overrides=method)
+        mean = c.rgb16.reshape(-1, 3).mean(axis=0)
+        assert np.ptp(mean) / mean.mean() < 0.01, method
+        assert c.balance.gains["GREEN"] == pytest.approx(1.0)
+        assert c.balance.gains["RED"] == pytest.approx(2.0, rel=1e-3)
+        assert c.balance.gains["BLUE"] == pytest.approx(0.5, rel=1e-3)
+    with pytest.raises(EnhanceError, match="outside"):
+        enhance(
+            data,
+            band_names=("RED", "GREEN", "BLUE"),
+            overrides=["balance=region", "balance.region=0,50,0,20"],
+        )
+
+
+def test_one_balance_for_several_images() -> None:
+    a = _disc(64, seed=5)
+    # the same scene, half as bright
+    b = LinearMap(a.data * np.float32(0.5), a.band_names, a.backplanes, a.sidecar)
+    own_a, own_b = enhance(a, preset="natural"), enhance(b, preset="natural")
+    np.testing.assert_allclose(_lum(own_a.rgb16), _lum(own_b.rgb16), atol=2e-4)  # each stretched alone
+    shared = colour_balance_from([a, b], preset="natural")
+    assert shared.n_images == 2
+    sa, sb = enhance(a, preset="natural", balance=shared), enhance(b, preset="natural", balance=shared)
+    ratio = _lum(sb.rgb16)[sb.alpha].mean() / _lum(sa.rgb16)[sa.alpha].mean()
+    assert ratio == pytest.approx(0.5 ** (1 / 2.2), rel=0.03)  # one scale: b stays darker
+    # the balance survives JSON and, with the resolved params, reproduces the look exactly
+    again = enhance(
+        a, preset=json.loads(json.dumps(sa.params)), balance=json.loads(json.dumps(sa.balance.to_dict()))
+    )
+    np.testing.assert_array_equal(again.rgb16, sa.rgb16)
+    assert ColourBalance.from_dict(shared.to_dict()) == shared
+    with pytest.raises(EnhanceError, match="no levels for band"):
+        enhance(LinearMap(a.data[:, :, :1].copy(), ("METHANE",)), balance=shared)
+
+
+def test_jupitershine_reveals_the_night_side() -> None:
+    data, albedo, night, day = _moon(noise_rel=0.05)
+    raw = np.nan_to_num(data[..., 1])
+    assert _corr(raw[night], albedo[night]) < 0.6  # the raw night side is a poor image of the texture
+    c = enhance(data, band_names=("RED", "GREEN", "BLUE"), preset="jupitershine", overrides=["balance=none"])
+    lum = _lum(c.rgb16)
+    assert _corr(lum[night], albedo[night]) > 0.9
+    assert lum[night].mean() > 0.2  # visible, not crushed to black
+    assert c.stats["clipped_high_fraction"] < 0.005 and lum[day].mean() < 0.85  # sunlit side not saturated
+    assert _corr(lum[day], albedo[day]) > 0.5  # and its craters still show
+    natural = _lum(
+        enhance(data, band_names=("RED", "GREEN", "BLUE"), preset="natural", overrides=["balance=none"]).rgb16
+    )
+    assert natural[night].mean() < 0.06  # the same night side, unlifted
+
+
+def test_jupitershine_denoiser_earns_its_keep() -> None:
+    data, albedo, night, _ = _moon(noise_rel=0.2, seed=1)
+    args = {"band_names": ("RED", "GREEN", "BLUE"), "preset": "jupitershine"}
+    with_dn = _corr(_lum(enhance(data, **args, overrides=["balance=none"]).rgb16)[night], albedo[night])
+    without = _corr(
+        _lum(enhance(data, **args, overrides=["balance=none", "denoise.strength=0"]).rgb16)[night],
+        albedo[night],
+    )
+    assert with_dn > without + 0.2, (with_dn, without)
+
+
+def test_enhanced_preset_flattens_and_adds_local_contrast() -> None:
+    lm = _disc(160, seed=6)
+    nat, enh = enhance(lm, preset="natural"), enhance(lm, preset="enhanced")
+    assert enh.stats["photometry_applied"] == "poly" and len(enh.stats["poly_coeffs"]) == 6
+    inc = lm.backplanes["incidence_deg"]
+    lit = enh.alpha & (inc < 70)
+    ln, le = _lum(nat.rgb16), _lum(enh.rgb16)
+    # illumination flattened: the brightness ratio between the subsolar region and a
+    # low-sun region shrinks
+    sub, low = lit & (inc < 30), lit & (inc > 60)
+    assert le[sub].mean() / le[low].mean() < 0.8 * ln[sub].mean() / ln[low].mean()
+    # stronger local contrast (std of a high-pass of the lit region)
+    import cv2
+
+    hp = lambda a: (a - cv2.GaussianBlur(a.astype(np.float32), (0, 0), 3))[lit]  # noqa: E731
+    assert np.std(hp(le)) > 1.5 * np.std(hp(ln))
+
+    # more colour: mean CIELAB chroma
+    def chroma(c16: np.ndarray) -> float:
+        lab = cv2.cvtColor(c16.astype(np.float32) / 65535, cv2.COLOR_RGB2Lab)
+        return float(np.hypot(lab[..., 1], lab[..., 2])[lit].mean())
+
+    assert chroma(enh.rgb16) > 1.3 * chroma(nat.rgb16)
+
+
+# --------------------------------------------------------------------------- files and CLI
+
+
+def _write_map(tmp_path: Path) -> Path:
+    lm = _disc(64)
+    path = tmp_path / "map.tif"
+    write_linear_map(path, lm)
+    return path
+
+
+def test_cli_enhance_png_and_tiff(tmp_path: Path) -> None:
+    src = _write_map(tmp_path)
+    digest = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    runner = CliRunner()
+    res = runner.invoke(
+        cli_main,
+        ["enhance", str(src), "--preset", "natural", "--set", "gamma=2.0", "-o", str(tmp_path / "out.png")],
+    )
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "clipped" in res.output
+    png = read_image(tmp_path / "out.png")
+    assert png.dtype == np.uint8 and png.shape == (64, 64, 4)  # alpha: the disc has NaN corners
+    side = read_sidecar(tmp_path / "out.png")
+    assert side["enhance"]["params"]["gamma"] == 2.0 and side["enhance"]["params"]["preset"] == "natural"
+    assert set(side["enhance"]["balance"]["gains"]) == {"RED", "GREEN", "BLUE"}
+    assert side["input"]["band_names"] == ["RED", "GREEN", "BLUE"]
+    assert side["input"]["backplanes"] == ["emission_deg", "incidence_deg"]
+    assert side["input"]["sidecar"] == {"perijove": 44}
+    # 16-bit TIFF with the same look, via the first sidecar
+    res = runner.invoke(
+        cli_main,
+        [
+            "enhance",
+            str(src),
+            "--preset",
+            str(tmp_path / "out.json"),
+            "--no-alpha",
+            "-o",
+            str(tmp_path / "out.tif"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    tif = read_image(tmp_path / "out.tif")
+    assert tif.dtype == np.uint16 and tif.shape == (64, 64, 3)
+    np.testing.assert_array_equal(np.round(tif / 257.0).astype(np.uint8), png[..., :3])
+    # the linear input is never modified
+    for name, d in digest.items():
+        assert hashlib.sha1((tmp_path / name).read_bytes()).hexdigest() == d
+
+
+def test_cli_enhance_errors_are_one_line(tmp_path: Path) -> None:
+    src = _write_map(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(
+        cli_main, ["enhance", str(src), "--set", "clahe.clipp=3", "-o", str(tmp_path / "o.png")]
+    )
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "did you mean clahe.clip" in lines[0] and "valid keys" in lines[0]
+    res = runner.invoke(cli_main, ["enhance", str(src), "-o", str(tmp_path / "o.jpg")])
+    assert res.exit_code == 2 and ".png (8-bit) or .tif (16-bit)" in res.output
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_cli_balance_reuse(tmp_path: Path) -> None:
+    src = _write_map(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli_main, ["enhance", str(src), "-o", str(tmp_path / "a.png")]).exit_code == 0
+    res = runner.invoke(
+        cli_main, ["enhance", str(src), "--balance", str(tmp_path / "a.json"), "-o", str(tmp_path / "b.png")]
+    )
+    assert res.exit_code == 0, res.output
+    a, b = read_sidecar(tmp_path / "a.json"), read_sidecar(tmp_path / "b.json")
+    assert a["enhance"]["balance"] == b["enhance"]["balance"]
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png"))
+
+
+def test_enhance_params_dataclass_validation() -> None:
+    with pytest.raises(EnhanceError, match="saturation"):
+        EnhanceParams(saturation=-1)
+    with pytest.raises(EnhanceError, match="colormap='rainbowz'"):
+        EnhanceParams(colormap="rainbowz")
