@@ -57,9 +57,17 @@ LIGHT_TIME_ITERATIONS = 1
 _RAD2DEG = 180.0 / np.pi
 
 
+#: Environment variable with the default number of threads of the per-pixel kernels (a
+#: pipeline running one process per core sets it to 1).
+THREADS_ENV = "JUNOPROC_THREADS"
+
+
 def _workers(workers: int | None) -> int:
     if workers is not None:
         return max(1, int(workers))
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit():
+        return max(1, int(env))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -309,6 +317,10 @@ class FrameKernel:
     #: W, and S W S^-1 (the rate of scaled directions).
     body_rate: np.ndarray
     body_rate_scaled: np.ndarray
+    #: (W[0, 1], W[1, 0]) and the same of S W S^-1 when the body spins about its z axis
+    #: (the other entries of W, pole precession, below 1e-9 of the spin: < 1e-8 km), else None.
+    spin_z: tuple[float, float] | None
+    spin_z_scaled: tuple[float, float] | None
     #: R beta and S M beta (unaberration: u_geo = (1 + u_app.beta) u_app - beta, exact to
     #: O(beta^2) ~ 1e-8 in the length of u_geo only; its direction to ~1e-12 rad).
     beta_cam: np.ndarray
@@ -327,6 +339,7 @@ class FrameKernel:
     centre_vel_cam_km_s: np.ndarray
     range_centre_km: float
     radii_km: np.ndarray
+    inv_radii: np.ndarray
     #: Rays passing the ellipsoid farther than this are misses whatever their light time:
     #: ``disc / a > -skip_margin`` keeps rays whose closest approach is within ~skip_margin/2
     #: radii, 3x the largest light-time shift of a point, |delta| (|Vc| + omega R) with
@@ -346,15 +359,20 @@ class FrameKernel:
         inv_r = 1.0 / radii
         a = m @ r.T
         sun_body = m @ state.sun_pos_j2000_km
+        w_scaled = inv_r[:, None] * w * radii[None, :]
+        tiny = 1e-9 * float(np.abs(w).max())
+        spin = bool(np.all(np.abs(w[[0, 0, 1, 1, 2, 2, 2], [0, 2, 1, 2, 0, 1, 2]]) <= tiny))
         return cls(
             cam_to_body=a, cam_to_body_scaled=inv_r[:, None] * a,
-            body_rate=w, body_rate_scaled=inv_r[:, None] * w * radii[None, :],
+            body_rate=w, body_rate_scaled=w_scaled,
+            spin_z=(float(w[0, 1]), float(w[1, 0])) if spin else None,
+            spin_z_scaled=(float(w_scaled[0, 1]), float(w_scaled[1, 0])) if spin else None,
             beta_cam=r @ beta, beta_body_scaled=inv_r * (m @ beta),
             observer_scaled=inv_r * -(m @ p), observer_rate_scaled=inv_r * (m @ vc + md @ p),
             sun_body_km=sun_body, sun_light_time_s=float(np.linalg.norm(sun_body)) / C_KM_S,
             body_to_cam=r @ m.T, body_to_cam_rate=r @ md.T,
             centre_cam_km=r @ p, centre_vel_cam_km_s=r @ vc,
-            range_centre_km=float(np.linalg.norm(p)), radii_km=radii,
+            range_centre_km=float(np.linalg.norm(p)), radii_km=radii, inv_radii=inv_r,
             skip_margin=_skip_margin(target.radii_km, float(np.linalg.norm(vc)), float(np.abs(w).max())),
         )
 
@@ -363,6 +381,24 @@ def _skip_margin(radii_km: Sequence[float], target_speed_km_s: float, spin_rad_s
     r_max, r_min = max(radii_km), min(radii_km)
     shift_km = (r_max / C_KM_S) * (target_speed_km_s + spin_rad_s * r_max)
     return max(2.0 * 3.0 * shift_km / r_min, 1e-4)
+
+
+def _plus_rate(w: np.ndarray, spin: tuple[float, float] | None, base: np.ndarray, v: np.ndarray,
+               coef: np.ndarray | float) -> np.ndarray:
+    """``base + coef * (w @ v)`` for (3, n) arrays, ``coef`` per point or a number; ``spin``:
+    w's (0, 1) and (1, 0) entries when those are its only ones (two products, no matmul)."""
+    if spin is None:
+        out = w @ v
+        out *= coef
+        out += base
+        return out
+    out = np.empty_like(base)
+    for row, src, rate in ((0, 1, spin[0]), (1, 0, spin[1])):
+        np.multiply(v[src], rate, out=out[row])
+        out[row] *= coef
+        out[row] += base[row]
+    out[2] = base[2]
+    return out
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -399,7 +435,8 @@ def _intersect_soa(k: FrameKernel, rays: np.ndarray, iterations: int, *,
     """
     kk = k.beta_cam @ rays
     kk += 1.0
-    s = k.cam_to_body_scaled @ rays  # scaled geometric direction: kk S A r - S M beta
+    app = k.cam_to_body @ rays
+    s = app * k.inv_radii[:, None]  # scaled geometric direction: kk S A r - S M beta
     s *= kk
     s -= k.beta_body_scaled[:, None]
     o0 = k.observer_scaled
@@ -416,8 +453,7 @@ def _intersect_soa(k: FrameKernel, rays: np.ndarray, iterations: int, *,
             return None
         if n_near < compact_below * near.size:
             index = np.flatnonzero(near)
-            rays, s, b, disc = rays[:, index], s[:, index], b[index], disc[index]
-    app = k.cam_to_body @ rays
+            app, s, b, disc = app[:, index], s[:, index], b[index], disc[index]
     o: np.ndarray = o0[:, None]
     c: np.ndarray | float = c0
     delta = np.zeros_like(b)
@@ -425,7 +461,6 @@ def _intersect_soa(k: FrameKernel, rays: np.ndarray, iterations: int, *,
         s0 = s
         e = k.observer_rate_scaled
         oe2, ee = 2.0 * float(o0 @ e), float(e @ e)
-        f = k.body_rate_scaled @ s0  # d(scaled direction)/dt: the body's rotation
     for _ in range(iterations):
         # near root, with the tangent point standing in for rays that graze past the limb
         np.maximum(disc, 0.0, out=disc)
@@ -435,8 +470,7 @@ def _intersect_soa(k: FrameKernel, rays: np.ndarray, iterations: int, *,
         # the corrected ray: observer and direction at the point's own epoch
         o = np.multiply.outer(e, delta)
         o += o0[:, None]
-        s = f * delta
-        np.subtract(s0, s, out=s)
+        s = _plus_rate(k.body_rate_scaled, k.spin_z_scaled, s0, s0, -delta)  # the body's rotation
         a = _dot(s, s)
         b = _dot(o, s)
         c = delta * ee  # |o0 + delta e|^2 - 1
@@ -491,21 +525,16 @@ def _backplanes_soa(k: FrameKernel, h: _Hits, ifov_rad: float, out: Mapping[str,
         # The Sun as ``ilumin`` sees it: from the surface point, aberrated for the point's own
         # velocity, the target's plus the rotation -W p (12.6 km/s at Jupiter's equator,
         # 0.0024 deg): to_sun = sun0 - p - (|sun0| / c) W p.
-        wp = k.body_rate @ pos
-        inv_r2 = (1.0 / (radii * radii))[:, None]
-        if radii[0] == radii[1]:  # spheroid: W (a spin about z) commutes with diag(1 / r^2)
-            normal = wp * delta
-            normal += pos
+        inv_r2 = (k.inv_radii * k.inv_radii)[:, None]
+        if radii[0] == radii[1] and k.spin_z is not None:  # W commutes with diag(1 / r^2)
+            normal = _plus_rate(k.body_rate, k.spin_z, pos, pos, delta)
             normal *= inv_r2
-        else:  # tri-axial: rotate the normal itself
+        else:  # rotate the normal itself
             n0 = pos * inv_r2
-            normal = k.body_rate @ n0
-            normal *= delta
-            normal += n0
+            normal = _plus_rate(k.body_rate, k.spin_z, n0, n0, delta)
         n_norm = np.sqrt(_dot(normal, normal))
-        wp *= delta + k.sun_light_time_s
-        to_sun = k.sun_body_km[:, None] - pos
-        to_sun -= wp
+        to_sun = _plus_rate(k.body_rate, k.spin_z, pos, pos, delta + k.sun_light_time_s)
+        np.subtract(k.sun_body_km[:, None], to_sun, out=to_sun)
         sun_norm = np.sqrt(_dot(to_sun, to_sun))
 
         def angle(name: str, cos: np.ndarray, both_sides: bool, scale: float, offset: float | None) -> None:
@@ -1014,7 +1043,8 @@ class ImageGeometry:
         NaN where the ray misses, plus ``hit`` (bool).
 
         ``names`` limits the planes computed (default :data:`BACKPLANE_NAMES`); the work is
-        spread over ``workers`` threads (default: the CPUs this process may use).
+        spread over ``workers`` threads (default: ``$JUNOPROC_THREADS``, else the CPUs this
+        process may use).
         """
         names = tuple(BACKPLANE_NAMES if names is None else names)
         unknown = sorted(set(names) - set(BACKPLANE_NAMES) - {"hit"})
