@@ -152,6 +152,23 @@ def test_perspective_native_scale(synthetic):
     assert 30 < fov[0] < 90 and 30 < fov[1] < 90
 
 
+def test_perspective_is_north_up_east_right(synthetic):
+    """Seen from outside the body: latitude grows upwards, east longitude to the right."""
+    from junoproc.geometry import lonlat_from_body
+    from junoproc.projection import grid_surface_points, make_grid
+
+    geometry, _ = synthetic
+    grid = make_grid(geometry, "perspective")
+    pts, hit = grid_surface_points(grid)
+    ll = lonlat_from_body(pts, geometry.target)
+    rows, cols = np.nonzero(hit)
+    r, c = int(np.median(rows)), int(np.median(cols))
+    assert hit[r - 20, c] and hit[r + 20, c] and hit[r, c - 20] and hit[r, c + 20]
+    assert ll["lat_centric_deg"][r - 20, c] > ll["lat_centric_deg"][r + 20, c]
+    dlon = (ll["lon_east_deg"][r, c + 20] - ll["lon_east_deg"][r, c - 20] + 180.0) % 360.0 - 180.0
+    assert dlon > 0
+
+
 def test_blending_is_order_independent(synthetic):
     from junoproc.projection import make_grid, project
 

@@ -44,6 +44,9 @@ class BuildOptions:
     force: bool = False
     mosaic: bool = True
     debug: bool = False
+    #: Map projections (all but ``perspective``) are made on one global grid at this
+    #: resolution, so that every product of a perijove lands on the same grid for the mosaic.
+    map_resolution_px_per_deg: float = 10.0
 
     def resolved_jobs(self) -> int:
         return self.jobs if self.jobs > 0 else max(1, os.cpu_count() or 1)
@@ -153,20 +156,26 @@ def process_product(entry: Any, options: BuildOptions) -> ProductResult:
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     try:
-        raw = _timed(stages, "decode", lambda: products.load(entry))
+        raw = _timed(stages, "decode", lambda: products.load_entry(entry)
+                      if isinstance(entry, products.ProductEntry) else products.load(entry))
         cal = _timed(stages, "calibrate", lambda: calibrate(raw))
         meta = raw.meta
         kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
         kset = _timed(stages, "kernels", lambda: kernels.select_kernels_for(meta, kdir, source=ksource))
         with kernels.furnished(kset):
-            solution = _timed(stages, "pointing",
-                              lambda: pointing.solve_pointing(cal, ck=kset.ck_covered))
+            ck = geometry.CkAttitude() if kset.ck_covered else None
+            solution = _timed(stages, "pointing", lambda: pointing.solve_pointing(cal, ck=ck))
             geom = _timed(stages, "geometry", lambda: geometry.image_geometry(
                 meta, solution.attitude, timing=solution.timing))
             maps = {}
             for name in options.projections:
+                grid_options: dict[str, Any] = {}
+                if name != "perspective":
+                    grid_options["resolution_px_per_deg"] = options.map_resolution_px_per_deg
+                    if name == "equirectangular":
+                        grid_options["bounds"] = "global"
                 maps[name] = _timed(stages, f"project_{name}", functools.partial(
-                    projection.project, cal, geom, projection=name))
+                    projection.project, cal, geom, projection=name, **grid_options))
         composites = {}
         for name, linear in maps.items():
             composites[name] = _timed(stages, f"enhance_{name}", functools.partial(
@@ -176,8 +185,7 @@ def process_product(entry: Any, options: BuildOptions) -> ProductResult:
             written: list[str] = []
             for name, linear in maps.items():
                 stem = work_dir / f"{product_id}-{name}"
-                io.write_linear_map(stem.with_name(stem.name + "-linear.tif"), linear.data,
-                                    linear.band_names, linear.backplanes)
+                io.write_linear_map(stem.with_name(stem.name + "-linear.tif"), linear)
                 io.write_png(stem.with_suffix(".png"), composites[name].rgb8)
                 io.write_tiff(stem.with_name(stem.name + "-16bit.tif"), composites[name].rgb16)
             written = sorted(p.name for p in work_dir.iterdir())

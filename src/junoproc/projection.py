@@ -466,9 +466,12 @@ def make_grid(
     look_j2000 = state.rot_j2000_to_body.T @ look_body
     z = look_j2000 / np.linalg.norm(look_j2000)
     north_j2000 = state.rot_j2000_to_body.T @ np.array([0.0, 0.0, 1.0])
-    x_axis = np.cross(north_j2000, z)  # image +x = east-ish when north is up (-y)
+    # Image axes: x right, y down (rows), z forward; x = y cross z. North up means
+    # y = -north (projected), so x = z cross north: east appears on the right, as seen
+    # from outside the body.
+    x_axis = np.cross(z, north_j2000)
     if np.linalg.norm(x_axis) < 1e-9:
-        x_axis = np.cross([1.0, 0.0, 0.0], z)
+        x_axis = np.cross(z, [1.0, 0.0, 0.0])
     x_axis /= np.linalg.norm(x_axis)
     y_axis = np.cross(z, x_axis)
     rot = np.stack([x_axis, y_axis, z])  # rows: cam axes in J2000 -> J2000 to cam
