@@ -1060,6 +1060,8 @@ class ImageGeometry:
         shape = (self.n_frames, len(filters), rows, samples)
         out = {name: np.empty(shape, np.float32) for name in names if name != "hit"}
         out["hit"] = np.empty(shape, bool)
+        for band in filters:  # the cached rays, once, before the threads start
+            _ = self.cameras[band].framelet_ray_tiles
         tasks = []
         for f in range(self.n_frames):
             k = self.frame_kernel(f)
