@@ -233,6 +233,13 @@ def test_all_backplanes_match_per_framelet_and_skip_only_sky(spice, data_dir: Pa
     some = geom.all_backplanes(["emission_deg"], workers=1)
     assert set(some) == {"emission_deg", "hit"}
     np.testing.assert_array_equal(some["emission_deg"], allbp["emission_deg"])
+    # into given arrays (reused between images): the same values, in those arrays
+    reuse = {name: np.zeros_like(arr) for name, arr in allbp.items()}
+    again = geom.all_backplanes(out=reuse)
+    assert all(again[name] is reuse[name] for name in reuse)
+    np.testing.assert_array_equal(again["lat_graphic_deg"], allbp["lat_graphic_deg"])
+    with pytest.raises(ValueError, match="hit"):
+        geom.all_backplanes(out={**reuse, "hit": np.zeros(3, bool)})
 
 
 @pytest.mark.realdata

@@ -1042,14 +1042,15 @@ class ImageGeometry:
         ray = ray / np.linalg.norm(ray, axis=-1, keepdims=True)
         return ray @ self.rotations_j2000_to_cam[frame]
 
-    def all_backplanes(self, names: Sequence[str] | None = None, *, workers: int | None = None
-                       ) -> dict[str, np.ndarray]:
+    def all_backplanes(self, names: Sequence[str] | None = None, *, workers: int | None = None,
+                       out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every backplane for every framelet: float32 arrays (n_frames, n_filters, rows, samples),
         NaN where the ray misses, plus ``hit`` (bool).
 
         ``names`` limits the planes computed (default :data:`BACKPLANE_NAMES`); the work is
         spread over ``workers`` threads (default: ``$JUNOPROC_THREADS``, else the CPUs this
-        process may use).
+        process may use). ``out``: arrays to write into (float32 planes and a bool ``hit``
+        of that shape), e.g. those of a previous image, to save ~0.5 GB of fresh pages.
         """
         names = tuple(BACKPLANE_NAMES if names is None else names)
         unknown = sorted(set(names) - set(BACKPLANE_NAMES) - {"hit"})
@@ -1058,8 +1059,15 @@ class ImageGeometry:
         filters = self.meta.filters
         rows, samples = self.cameras[filters[0]].shape
         shape = (self.n_frames, len(filters), rows, samples)
-        out = {name: np.empty(shape, np.float32) for name in names if name != "hit"}
-        out["hit"] = np.empty(shape, bool)
+        wanted = {name: np.dtype(bool) if name == "hit" else np.dtype(np.float32) for name in (*names, "hit")}
+        if out is not None:
+            for name, dtype in wanted.items():
+                arr = out.get(name)
+                if arr is None or arr.shape != shape or arr.dtype != dtype:
+                    raise ValueError(f"out[{name!r}] must be a {dtype} array of shape {shape}")
+            out = {name: out[name] for name in wanted}
+        else:
+            out = {name: np.empty(shape, dtype) for name, dtype in wanted.items()}
         for band in filters:  # the cached rays, once, before the threads start
             _ = self.cameras[band].framelet_ray_tiles
         tasks = []
