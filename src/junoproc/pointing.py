@@ -465,6 +465,11 @@ class PointingSolution:
     limb_alt_km: float = 0.0
     #: Spin axis vs the physics prior: angles (deg), prior sigma, "prior_dependent_roll".
     axis: Mapping[str, Any] = field(default_factory=dict)
+    #: Fitted rotation of the camera about its boresight relative to the frames kernel's
+    #: mounting (rad; already included in a spin attitude's ``rot_sc_to_cam``). It aligns
+    #: the framelets' rows with the spin: without it the bands misregister across the
+    #: sweep by ~twist x band separation (155 px per band step).
+    camera_twist_rad: float = 0.0
 
     @property
     def rms_px(self) -> float:
@@ -500,6 +505,7 @@ class PointingSolution:
             "fixed_parameters": list(self.fixed_parameters),
             "parameter_sigma": dict(self.parameter_sigma), "notes": list(self.notes),
             "limb_alt_km": self.limb_alt_km, "axis": dict(self.axis),
+            "camera_twist_mrad": 1e3 * self.camera_twist_rad,
         }
 
     def to_json(self) -> str:
@@ -517,6 +523,7 @@ class PointingSolution:
         lines.append(f"  timing: start offset {1e3 * self.timing.start_offset_s:+.2f} ms, "
                      f"interframe correction {1e3 * self.timing.interframe_correction_s:+.3f} ms")
         lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km")
+        lines.append(f"  camera twist about the boresight: {1e3 * self.camera_twist_rad:+.2f} mrad")
         for k, v in self.axis.items():
             lines.append(f"  axis {k}: {v:.3g}" if isinstance(v, float) else f"  axis {k}: {v}")
         for k, v in self.parameter_sigma.items():
@@ -568,15 +575,27 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         fixed_parameters=tuple(d.get("fixed_parameters", ())),
         parameter_sigma=d.get("parameter_sigma", {}), notes=tuple(d.get("notes", ())),
         limb_alt_km=float(d.get("limb_alt_km", 0.0)), axis=d.get("axis", {}),
+        camera_twist_rad=1e-3 * float(d.get("camera_twist_mrad", 0.0)),
     )
 
 
 # ---------------------------------------------------------------------------------------
 # the solver
 # ---------------------------------------------------------------------------------------
+def _twisted(sc_to_cam: np.ndarray, twist_rad: float) -> np.ndarray:
+    """The spacecraft -> camera rotation followed by a rotation about the camera boresight (+z)."""
+    return _small_rotation([0.0, 0.0, float(twist_rad)]) @ sc_to_cam
+
+
 def _spin_rotations(x: np.ndarray, dt_s: np.ndarray, sc_to_cam: np.ndarray) -> np.ndarray:
-    """Per-frame J2000 -> camera rotations of spin parameters x = (ra, dec, phase0, rate)."""
+    """Per-frame J2000 -> camera rotations of spin parameters x = (ra, dec, phase0, rate[, twist, ...]).
+
+    ``x[4]``, when given, is the camera's twist about its boresight relative to the frames
+    kernel's mounting (rad).
+    """
     basis = spin_basis(_radec_to_vec(x[0], x[1]))
+    if len(x) > 5:
+        sc_to_cam = _twisted(sc_to_cam, x[4])
     return sc_to_cam @ _rz(x[2] + x[3] * dt_s) @ basis
 
 
@@ -837,6 +856,8 @@ def _axis_sigma_deg(cov_radec: np.ndarray, dec_rad: float) -> float:
 
 #: Bounds of the fitted limb altitude above the PCK ellipsoid (km).
 LIMB_ALT_BOUNDS_KM = (-200.0, 800.0)
+#: Bound of the fitted camera twist about the boresight relative to the frames kernel (rad).
+TWIST_BOUND_RAD = 0.02
 _AUTO = "auto"
 
 
@@ -845,7 +866,7 @@ def solve_pointing(
     points: LimbPoints | None = None, timing: FrameTiming | None = None,
     min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0, seed: int = 0,
     refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
-    allow_prior_dependent: bool = True, fit_limb_altitude: bool = True,
+    allow_prior_dependent: bool = True, fit_limb_altitude: bool = True, fit_camera_twist: bool = True,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
@@ -884,6 +905,7 @@ def solve_pointing(
     notes: list[str] = []
     axis_info: dict[str, Any] = {}
     lo_h, hi_h = LIMB_ALT_BOUNDS_KM if fit_limb_altitude else (-1e-6, 1e-6)
+    camera_twist = 0.0
     if ck is None:
         mid = n_frames // 2
         t_ref = float(ets[mid])
@@ -902,18 +924,20 @@ def solve_pointing(
         def prior_res(x: np.ndarray) -> np.ndarray:
             return prior.residuals(_radec_to_vec(x[0], x[1])) if prior is not None else np.zeros(0)
 
-        x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 10.0])
-        bounds = ([-np.inf] * 4 + [lo_h], [np.inf] * 4 + [hi_h])
+        # x = (ra, dec, phase0, rate, camera twist about the boresight, limb altitude)
+        lo_tw, hi_tw = (-TWIST_BOUND_RAD, TWIST_BOUND_RAD) if fit_camera_twist else (-1e-9, 1e-9)
+        x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-3, 10.0])
+        bounds = ([-np.inf] * 4 + [lo_tw, lo_h], [np.inf] * 4 + [hi_tw, hi_h])
         refined: list[tuple[float, np.ndarray]] = []
         for x0 in starts:
             res = optimize.least_squares(
-                lambda x: np.r_[sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[4]),
+                lambda x: np.r_[sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[5]),
                                 prior_res(x)],
-                np.r_[x0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
+                np.r_[x0, 0.0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
             axis_r = _radec_to_vec(res.x[0], res.x[1])
             if prior is not None and not prior.within_gate(axis_r):
                 continue
-            r_sub = sub_model.residuals_px(_spin_rotations(res.x, dt_s, sc_to_cam), res.x[4])
+            r_sub = sub_model.residuals_px(_spin_rotations(res.x, dt_s, sc_to_cam), res.x[5])
             cost = _robust_cost(r_sub, 1.0)
             refined.append((cost + 0.5 * float(np.sum(prior_res(res.x) ** 2)), res.x))
         if not refined:
@@ -924,7 +948,7 @@ def solve_pointing(
         x0 = refined[0][1]
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[4])
+            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[5])
 
         x, inl = _fit_robust(fun, x0, n, extra=prior_res if prior is not None else None,
                              x_scale=x_scale, bounds=bounds)
@@ -933,12 +957,13 @@ def solve_pointing(
             sep = _angle_deg(axis, _radec_to_vec(xr[0], xr[1]))
             if sep > 2.0 and cost < 1.1 * refined[0][0]:
                 notes.append(f"another spin axis {sep:.1f} deg away fits almost as well")
-        attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, sc_to_cam)
+        camera_twist = float(x[4])
+        attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, _twisted(sc_to_cam, x[4]))
         timing_fit = timing0
         fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
-        steps = np.array([1e-5, 1e-5, 1e-5, 1e-7, 1.0])
+        steps = np.array([1e-5, 1e-5, 1e-5, 1e-7, 1e-5, 1.0])
         method = "spin"
-        limb_alt = float(x[4])
+        limb_alt = float(x[5])
     else:
         def rotations(x: np.ndarray) -> np.ndarray:
             et_fit = ets + x[0] + frame_idx * x[1]
@@ -981,6 +1006,8 @@ def solve_pointing(
         axis_sigma_limb = _axis_sigma_deg(np.linalg.pinv(info_limb)[:2, :2], x[1])
         sigma = {"spin_axis_deg": axis_sigma, "spin_axis_limb_only_deg": axis_sigma_limb,
                  "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
+        if fit_camera_twist:
+            sigma["camera_twist_mrad"] = 1e3 * float(sd[4])
         if prior is not None:
             axis_info = {"prior": prior.source, "prior_sigma_deg": prior.sigma_deg,
                          "prior_gate_deg": prior.gate_deg,
@@ -1032,6 +1059,7 @@ def solve_pointing(
         max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
         n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
         parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
+        camera_twist_rad=camera_twist,
     )
 
 
