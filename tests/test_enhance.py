@@ -276,7 +276,7 @@ def test_overrides_parse_key_by_key() -> None:
     assert p.stretch.black_pct is None and p.stretch.linked is False
     assert p.balance.region == (1, 20, 3, 40) and p.denoise.radius_px == 4 and p.colormap == "inferno"
     assert p.clahe.tiles == base.clahe.tiles and p.saturation == base.saturation  # the rest untouched
-    assert base.clahe.clip == 2.5  # presets are immutable
+    assert base.clahe.clip == 4.0  # presets are immutable
     assert apply_overrides(base, {"clahe.clip": 4, "photometry": "lambert"}).clahe.clip == 4.0
 
 

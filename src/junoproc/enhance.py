@@ -664,14 +664,14 @@ PRESETS: Mapping[str, EnhanceParams] = MappingProxyType(
         # the citizen-science look: illumination flattened, strong local contrast and colour
         "enhanced": EnhanceParams(
             preset="enhanced",
-            photometry=PhotometryParams(method="poly", mu0_floor=0.12, degree=2),
+            photometry=PhotometryParams(method="poly", mu0_floor=0.2, degree=2),
             flatten=FlattenParams(strength=0.6, sigma_frac=0.06),
             stretch=StretchParams(black_pct=0.5, white_pct=99.8),
-            gamma=2.0,
-            clahe=ClaheParams(clip=2.5, tiles=12, mix=0.85),
+            gamma=2.2,
+            clahe=ClaheParams(clip=4.0, tiles=12, mix=1.0),
             dark_floor=12.0,
             sharpen=SharpenParams(amount=0.7, sigma_px=1.5),
-            saturation=1.8,
+            saturation=2.0,
             highlight=HighlightParams(knee=0.85),
         ),
         # night side lit by Jupiter: dark regions lifted and denoised, sunlit parts kept
@@ -1388,9 +1388,10 @@ def _prepare(
             # reference: the lit level (90th percentile), not the median, which may be night
             ref = float(np.percentile(lit_low, 90)) if lit_low.size else 1.0
             ratio = low / _F32(max(ref, 1e-30))
-            flat_low = np.power(np.maximum(ratio, _F32(0.1)), _F32(-fl.strength))
-            # regions far below the lit level (night side, sky) are left alone, not lifted
-            flat_low = _F32(1) + _smoothstep(0.02, 0.1, ratio) * (flat_low - _F32(1))
+            flat_low = np.power(np.maximum(ratio, _F32(0.3)), _F32(-fl.strength))
+            # a residual correction: at most a factor 0.3**-strength, and regions far below
+            # the lit level (twilight, night side, sky) are left alone, not lifted
+            flat_low = _F32(1) + _smoothstep(0.1, 0.3, ratio) * (flat_low - _F32(1))
             sel = flat_low[m_low > 0.5]
             stats["flatten_gain_range"] = [
                 round(float(sel.min()), 4) if sel.size else 1.0,
@@ -1606,8 +1607,13 @@ def _lightness_ops(
             h, w = L.shape
             tile = max(h, w) / p.clahe.tiles
             grid = (max(1, round(w / tile)), max(1, round(h / tile)))
-            clahe = cv2.createCLAHE(clipLimit=p.clahe.clip, tileGridSize=grid)
-            l16 = _convert(L, 65535 / 100, cv2.CV_16U)
+            # 4096 levels spaced 16 apart in 16 bits, clip limit x16: OpenCV's 16-bit CLAHE
+            # has 65536 bins and truncates the per-bin limit to an integer, which with the
+            # full 16-bit spread makes any clip < ~4 the same; this way the limit means what
+            # it means for 8-bit CLAHE, at any image size, without 8-bit banding
+            clahe = cv2.createCLAHE(clipLimit=16.0 * p.clahe.clip, tileGridSize=grid)
+            l16 = _convert(L, 4095 / 100, cv2.CV_16U)
+            np.left_shift(l16, 4, out=l16)
             eq = _convert(clahe.apply(l16), 100 / 65535, cv2.CV_32F)
             if lit is not None:  # fade out below the dark floor
                 np.subtract(eq, L, out=eq)
