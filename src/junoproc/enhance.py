@@ -682,7 +682,7 @@ PRESETS: Mapping[str, EnhanceParams] = MappingProxyType(
                 soft=None,
                 dark_level=0.03,
                 dark_gain=2.0,
-                dark_saturation=0.35,
+                dark_saturation=0.25,
                 flatten=0.85,
                 scale=0.05,
             ),
@@ -1781,10 +1781,16 @@ def enhance(
                 gain = lifted / base
                 if bal.lift_white is None:  # texture rides on the lifted level: re-measure white
                     # on the lit part when there is one (lifted noise must not set the scale)
+                    # (the sunlit area proper: base >= 0.25 of white; thin bright features on
+                    # a dark base get large gains and are left to the highlight shoulder)
                     sv = valid[::stride, ::stride]
-                    lit_s = sv & (dark[::stride, ::stride] < 0.5)
-                    if np.count_nonzero(lit_s) >= max(100, 0.01 * np.count_nonzero(sv)):
-                        sv = lit_s
+                    for lit_s in (
+                        sv & (base[::stride, ::stride] >= 0.25),
+                        sv & (dark[::stride, ::stride] < 0.5),
+                    ):
+                        if np.count_nonzero(lit_s) >= max(100, 0.01 * np.count_nonzero(sv)):
+                            sv = lit_s
+                            break
                     top = (x[::stride, ::stride] * gain[::stride, ::stride, None]).max(axis=2)[sv]
                     white = float(np.percentile(top, params.stretch.white_pct)) if top.size else 1.0
                     bal = dataclasses.replace(bal, lift_white=max(white, 1e-6))
