@@ -284,7 +284,9 @@ def detect_limb(
         sky = float(np.percentile(band_data, 2))
         bright = float(np.percentile(band_data, 99.5))
         dark = band_data[band_data <= np.percentile(band_data, 30)]
-        noise = max(float(np.std(dark)), 0.5)
+        # floor relative to the image's own contrast (0.5 on 8-bit raw), so the detector
+        # behaves the same on raw values, DN, DN/ms or I/F
+        noise = max(float(np.std(dark)), 0.0025 * (bright - sky))
         contrast_min = max(8.0 * noise, 0.08 * (bright - sky))
         if bright - sky < contrast_min:
             continue
