@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -434,9 +434,9 @@ def test_mission_candidates_and_ranking():
     assert "juno_struct_v04.bsp" not in cands
     assert cands["spk_pre_220614_221109_220810_jm0450.bsp"].quality == "predicted"
     assert cands["spk_pre_220614_221109_220810_jm0450.bsp"].claimed_stop == datetime(
-        2022, 11, 9, tzinfo=timezone.utc)
+        2022, 11, 9, tzinfo=UTC)
     assert cands["jup365.bsp"].quality == "satellite" and cands["jup365.bsp"].name_order == (0, 65)
-    t = datetime(2022, 8, 17, 13, 44, 55, tzinfo=timezone.utc)
+    t = datetime(2022, 8, 17, 13, 44, 55, tzinfo=UTC)
     spk = [c for c in cands.values() if c.kind == "spk" and c.quality != "satellite"]
     assert [c.name for c in K.rank_candidates(spk, t)] == [
         "juno_rec_220801_220820_220901.bsp",             # reconstructed first
@@ -444,12 +444,12 @@ def test_mission_candidates_and_ranking():
         "spk_pre_220614_221109_220701_jm0440.bsp",
         "juno_pred_orbit.bsp",                           # undated whole-mission file last
     ]
-    late = datetime(2022, 8, 21, 23, 59, tzinfo=timezone.utc)  # the stop day counts whole
+    late = datetime(2022, 8, 21, 23, 59, tzinfo=UTC)  # the stop day counts whole
     ck = [c for c in cands.values() if c.kind == "ck"]
     assert [c.name for c in K.rank_candidates(ck, late)] == [
         "juno_sc_rec_220815_220821_v02.bc", "juno_sc_rec_220815_220821_v01.bc",
         "juno_sc_nom_220815_220821_v01.bc"]
-    assert K.rank_candidates(ck, datetime(2022, 8, 22, tzinfo=timezone.utc)) == []
+    assert K.rank_candidates(ck, datetime(2022, 8, 22, tzinfo=UTC)) == []
 
 
 # ----------------------------------------------------------------------------------------

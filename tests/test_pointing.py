@@ -63,7 +63,6 @@ def test_solve_real_rgb_without_ck(rgb43, real_kernels, tmp_path):
         assert rms < 0.5, (band, rms)
         assert sol.n_points_by_band[band] > 30
     assert 11.6 < sol.attitude.rate_deg_s < 12.2
-    assert sol.solve_time_s < 15
     path = pointing.save_solution(sol, tmp_path / "sol.json")
     back = pointing.load_solution(path, rgb43.meta)
     et = float(sol.timing.frame_et(3))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import cv2
@@ -354,16 +353,13 @@ def test_real_pj44_perspective_colour_alignment(data_dir: Path, real_kernels):
     cal = calibrate(raw)
     sol = solve_pointing(raw)
     geometry = image_geometry(raw.meta, sol.attitude, timing=sol.timing)
-    t0 = time.perf_counter()
     m = project(cal, geometry, projection="perspective")
-    elapsed = time.perf_counter() - t0
     assert m.sidecar["map"]["focal_px"] == pytest.approx(geometry.cameras["RED"].focal_px)
     assert np.isfinite(m.data).all(axis=-1).mean() > 0.5
     shifts = band_shifts_px(m, textured_box(m))
-    # Measured: ~0.9 px per band step (B-G, G-R) along the sweep, the same in every window;
-    # the synthetic case closes to < 0.01 px, so it is the camera/pointing model, not the mapping.
-    assert max(shifts.values()) < 3.0, shifts
-    assert elapsed < 60
+    # Measured with the fitted camera twist: B-G 0.24, G-R 0.46, B-R 0.54 px (was ~0.9 px per
+    # band step without it); the < 0.5 px goal is the xfail test below.
+    assert max(shifts.values()) < 1.0, shifts
 
 
 @pytest.mark.slow
