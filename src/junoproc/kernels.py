@@ -29,14 +29,14 @@ import logging
 import math
 import os
 import re
-import sys
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +54,6 @@ from .errors import (
     UnknownTargetError,
 )
 from .paths import cache_dir
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
@@ -1267,13 +1262,13 @@ def _parse_utc(text: str) -> datetime:
     if frac:
         s = s[: frac.start()] + "." + frac.group(1).ljust(6, "0")
     try:
-        return datetime.fromisoformat(s).replace(tzinfo=timezone.utc)
+        return datetime.fromisoformat(s).replace(tzinfo=UTC)
     except ValueError as err:
         raise MissingMetadataError(f"cannot read UTC time {text!r}", hint="use ISO UTC") from err
 
 
 def _yymmdd(text: str) -> datetime:
-    return datetime.strptime(text, "%y%m%d").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%y%m%d").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
