@@ -1043,9 +1043,7 @@ def _shoulder_inplace(v: np.ndarray, knee: float) -> None:
         v[idx] = _F32(knee) + span * (_F32(1) - np.exp(-d))
 
 
-def _fit_display_range(
-    rgb: np.ndarray, knee: float, scratch: list[np.ndarray] | None = None
-) -> np.ndarray | None:
+def _fit_display_range(rgb: np.ndarray, knee: float) -> None:
     """Bring display RGB ``(H, W, 3)`` into [0, 1] in place, hue kept.
 
     Negative channels (out of gamut after a saturation boost) are fixed by moving the
@@ -1053,50 +1051,36 @@ def _fit_display_range(
     one by one. Then the brightest channel passes through the soft shoulder above
     ``knee`` (``knee`` = 1: a hard limit at 1) and all three channels are scaled by the
     same factor. Max and min channel come from one HSV conversion (V = max, S = 1 - min/V).
-    When many pixels need the shoulder the factor is returned as an ``(H, W, 3)`` array
-    instead of being applied (the caller multiplies it in while converting to 16 bits);
-    else None. ``scratch``: three free ``(H, W)`` float32 planes to reuse.
+    Works in strips of ~1 Mpx: its temporaries stay small and are reused by the allocator
+    (full-size temporaries are fresh memory every call, and page faults cost more than
+    the arithmetic).
     """
     h, w = rgb.shape[:2]
-    hsv = np.empty_like(rgb)
-    cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV, dst=hsv)
-    planes = scratch if scratch is not None else [np.empty((h, w), _F32) for _ in range(3)]
-    _, sat2, v2 = cv2.split(hsv, planes)
-    v = v2.reshape(-1)
-    sat = sat2.reshape(-1)
-    flat = rgb.reshape(-1, 3)
-    neg = np.empty(0, np.intp)
-    if cv2.minMaxLoc(sat2)[1] > 1.0:  # S > 1 <=> a negative channel (when V > 0)
-        mn = v * (_F32(1) - sat)
+    rows = max(1, min(h, (1 << 20) // max(w, 1)))
+    for r0 in range(0, h, rows):
+        _fit_strip(rgb[r0 : r0 + rows], knee)
+
+
+def _fit_strip(rgb: np.ndarray, knee: float) -> None:
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    v2 = cv2.extractChannel(hsv, 2)
+    if cv2.minMaxLoc(cv2.extractChannel(hsv, 1))[1] > 1.0:  # S > 1 <=> a negative channel
+        flat = rgb.reshape(-1, 3)
+        v = v2.reshape(-1)
+        mn = v * (_F32(1) - cv2.extractChannel(hsv, 1).reshape(-1))
         neg = np.flatnonzero(mn < 0)
-    if neg.size:
-        sub = flat[neg]
-        y = np.maximum(sub @ np.asarray(LUMA_RGB, _F32), 0)[:, None]
-        lo = np.minimum(mn[neg], 0)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.nan_to_num(np.clip(y / (y - lo), 0, 1), nan=0.0).astype(_F32)
-        sub = np.maximum(y + t * (sub - y), 0)
-        flat[neg] = sub
-        v[neg] = sub.max(axis=1)
+        if neg.size:
+            sub = flat[neg]
+            y = np.maximum(sub @ np.asarray(LUMA_RGB, _F32), 0)[:, None]
+            lo = np.minimum(mn[neg], 0)[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.nan_to_num(np.clip(y / (y - lo), 0, 1), nan=0.0).astype(_F32)
+            sub = np.maximum(y + t * (sub - y), 0)
+            flat[neg] = sub
+            v[neg] = sub.max(axis=1)
     thr = min(knee, 1.0)
     if cv2.minMaxLoc(v2)[1] <= thr:
-        return None
-    over = v > thr
-    n_over = int(np.count_nonzero(over))
-    if n_over == 0:
-        return None
-    if n_over < 0.05 * v.size:
-        idx = np.flatnonzero(over)
-        m = v[idx]
-        target = m.copy()
-        if knee < 1.0:
-            _shoulder_inplace(target, knee)
-        else:
-            np.minimum(target, _F32(1), out=target)
-        flat[idx] *= (target / m)[:, None]
-        return None
-    # many pixels above the knee: the per-pixel factor shoulder(v) / v for all pixels
-    # (the caller fuses it into the 16-bit conversion)
+        return
     d = cv2.subtract(v2, thr)
     np.maximum(d, _F32(0), out=d)  # v - knee above the knee, else 0
     target = cv2.subtract(v2, d)  # min(v, knee)
@@ -1104,8 +1088,8 @@ def _fit_display_range(
         span = 1.0 - knee
         e = cv2.exp(cv2.multiply(d, -1.0 / span))
         cv2.addWeighted(e, -span, target, 1.0, span, dst=target)  # + span (1 - e)
-    factor = cv2.divide(target, v2)  # 0 where v == 0
-    return cv2.merge([factor, factor, factor], dst=hsv)
+    factor = cv2.divide(target, v2)  # shoulder(v) / v; 0 where v == 0
+    np.multiply(rgb, factor[:, :, None], out=rgb)
 
 
 def _convert(src: np.ndarray, factor: float, depth: int) -> np.ndarray:
@@ -1800,55 +1784,68 @@ def enhance(
                 stats["lift_gain_max"] = round(float(np.max(gain[valid])), 3)
 
     use_lab = nb == 3 and _lab_ops_needed(params)
+    rgb16: np.ndarray | None = None
     if use_lab:
         with timer("lab"):
-            # linear RGB -> CIELAB; the Lab -> RGB step at the end encodes sRGB, so the
-            # display gamma is applied on L (exact for the cube-root part of L*)
-            # (buffers are reused: fresh multi-megabyte arrays cost page faults)
+            # linear RGB -> CIELAB in place; the Lab -> RGB step at the end encodes sRGB,
+            # so the display gamma is applied on L (exact for the cube-root part of L*)
             cv2.cvtColor(x, cv2.COLOR_LRGB2Lab, dst=x)
-            scratch = [np.empty((h, w), _F32) for _ in range(3)]
-            L, a_ch, b_ch = cv2.split(x, scratch)
-            L = _lab_gamma(L, params.gamma)
+            L = _lab_gamma(cv2.extractChannel(x, 0), params.gamma)
             lit = l8 = None
             if params.dark_floor > 0:  # fades as table lookups on an 8-bit copy of L
                 l8 = cv2.convertScaleAbs(L, alpha=2.55)
                 lit = cv2.LUT(l8, _fade_lut(0.5 * params.dark_floor, 1.5 * params.dark_floor))
         L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
-        with timer("lab"):
-            chroma_gain: np.ndarray | None = None
-            if l8 is not None and params.saturation != 1.0:
-                f = params.dark_floor
-                chroma_gain = cv2.LUT(l8, _fade_lut(0.5 * f, 1.5 * f, 1.0, params.saturation))
-            if dark is not None and params.lift.dark_saturation != 1.0:
-                dark_gain = _F32(1) + _F32(params.lift.dark_saturation - 1.0) * dark
-                chroma_gain = dark_gain * (
-                    chroma_gain if chroma_gain is not None else _F32(params.saturation)
-                )
-            if chroma_gain is None and params.saturation != 1.0:
-                chroma_gain = np.full(L.shape, params.saturation, _F32)
-            blur_chroma = params.denoise.chroma > 0 and dark is not None
-            for c in (a_ch, b_ch):
-                if blur_chroma:
-                    sigma = 3.0 * params.denoise.radius_px
+        if params.denoise.chroma > 0 and dark is not None:
+            with timer("denoise"):  # a neighbourhood operation: on whole a, b planes
+                sigma = 3.0 * params.denoise.radius_px
+                for ch in (1, 2):
+                    c = cv2.extractChannel(x, ch)
                     cb = cv2.GaussianBlur(c, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
                     cb -= c
                     cb *= dark
                     cb *= _F32(params.denoise.chroma)
                     c += cb
-                if chroma_gain is not None:
-                    c *= chroma_gain
-            cv2.merge([L, a_ch, b_ch], dst=x)
-            rgb = cv2.cvtColor(x, cv2.COLOR_Lab2RGB, dst=x)
-            del L, a_ch, b_ch
+                    cv2.insertChannel(c, x, ch)
     elif nb == 3:
-        with timer("gamma"):
-            if params.gamma != 1.0:
-                cv2.pow(x, 1.0 / params.gamma, dst=x)
-        rgb = x
-    scale = None
+        L = lit = l8 = None
     if nb == 3:
-        with timer("highlight"):
-            scale = _fit_display_range(rgb, params.highlight.knee, scratch if use_lab else None)
+        with timer("finish"):
+            # pointwise to the end, in strips of ~1 Mpx (small temporaries, reused by the
+            # allocator): L back in, chroma, Lab -> sRGB, display range, mask, 16 bits
+            sat_lut = None
+            if l8 is not None and params.saturation != 1.0:
+                f = params.dark_floor
+                sat_lut = _fade_lut(0.5 * f, 1.5 * f, 1.0, params.saturation)
+            dark_sat = params.lift.dark_saturation if dark is not None else 1.0
+            rgb16 = np.empty((h, w, 3), np.uint16)
+            rows = max(1, min(h, (1 << 20) // max(w, 1)))
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                xs = x[r0:r1]
+                if use_lab:
+                    assert L is not None
+                    cv2.insertChannel(np.ascontiguousarray(L[r0:r1]), xs, 0)
+                    gain_s: np.ndarray | None = None
+                    if sat_lut is not None and l8 is not None:
+                        gain_s = cv2.LUT(l8[r0:r1], sat_lut)
+                    if dark is not None and dark_sat != 1.0:
+                        dg = _F32(1) + _F32(dark_sat - 1.0) * dark[r0:r1]
+                        gain_s = dg * (gain_s if gain_s is not None else _F32(params.saturation))
+                    if gain_s is not None:
+                        ones = np.ones_like(gain_s)
+                        cv2.multiply(xs, cv2.merge([ones, gain_s, gain_s]), dst=xs)
+                    elif params.saturation != 1.0:
+                        scalar: Any = (1.0, params.saturation, params.saturation, 0.0)
+                        cv2.multiply(xs, scalar, dst=xs)
+                    cv2.cvtColor(xs, cv2.COLOR_Lab2RGB, dst=xs)
+                elif params.gamma != 1.0:
+                    cv2.pow(xs, 1.0 / params.gamma, dst=xs)
+                _fit_strip(xs, params.highlight.knee)
+                if n_valid < h * w:
+                    np.multiply(xs, valid[r0:r1, :, None], out=xs)
+                cv2.multiply(xs, (65535.0,) * 4, dst=rgb16[r0:r1], dtype=cv2.CV_16U)  # type: ignore[call-overload]
+        rgb = x
     else:
         with timer("gamma"):
             if params.gamma != 1.0:
@@ -1874,12 +1871,10 @@ def enhance(
             rgb = (lut[i0] * (1 - f) + lut[i0 + 1] * f).astype(_F32)
 
     with timer("output"):
-        if scale is None:
+        if rgb16 is None:
             rgb16 = _to_u16(rgb)
-        else:
-            rgb16 = cv2.multiply(rgb, scale, scale=65535.0, dtype=cv2.CV_16U)
-        if n_valid < h * w:
-            rgb16 = cv2.copyTo(rgb16, valid.view(np.uint8))  # zeros where invalid
+            if n_valid < h * w:
+                rgb16 = cv2.copyTo(rgb16, valid.view(np.uint8))  # zeros where invalid
         rgb8 = cv2.convertScaleAbs(rgb16, alpha=1.0 / 257.0)
         stride_c = max(1, int(math.sqrt(h * w / 1_000_000)))
         sub16 = rgb16[::stride_c, ::stride_c]
