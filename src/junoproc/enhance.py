@@ -268,41 +268,55 @@ def photometric_gain(
     tabulated once on a 2049 x 1025 grid of (cos i, cos e), step 0.001, and interpolated
     bilinearly (``cv2.remap``): within 1e-3 relative of the exact value, several times faster.
     """
-    mu0_raw = _cos_deg(incidence_deg)
-    mu_raw = None if emission_deg is None else _cos_deg(emission_deg)
-    if method in ("lommel_seeliger", "minnaert") and mu_raw is None:
+    if method in ("lommel_seeliger", "minnaert") and emission_deg is None:
         raise EnhanceError(f"photometry {method} needs an emission_deg backplane")
-    kwargs = {"k": k, "coeffs": coeffs, "degree": degree, "mu0_floor": mu0_floor, "mu_floor": mu_floor}
-    if mu0_raw.ndim != 2 or mu0_raw.size < _GAIN_TABLE_MIN_PIXELS:
-        return _gain_exact(method, mu0_raw, mu_raw, **kwargs)  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {
+        "k": k,
+        "coeffs": coeffs,
+        "degree": degree,
+        "mu0_floor": mu0_floor,
+        "mu_floor": mu_floor,
+    }
+    inc = np.asarray(incidence_deg)
+    if inc.ndim != 2 or inc.size < _GAIN_TABLE_MIN_PIXELS:
+        mu_raw = None if emission_deg is None else _cos_deg(emission_deg)
+        return _gain_exact(method, _cos_deg(inc), mu_raw, **kwargs)
     # table of the exact function, then one bilinear lookup per pixel
     grid0 = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0, dtype=_F32)[None, :]
-    if mu_raw is None:
-        table = _gain_exact(method, grid0, None, **kwargs)  # type: ignore[arg-type]
-        table = np.repeat(table, 2, axis=0)
-        map_y = np.zeros_like(mu0_raw)
+    if emission_deg is None:
+        table = np.repeat(_gain_exact(method, grid0, None, **kwargs), 2, axis=0)
     else:
         grid1 = np.linspace(0.0, 1.0, _GAIN_TABLE_MU, dtype=_F32)[:, None]
         g0, g1 = np.broadcast_arrays(grid0, grid1)
-        table = _gain_exact(method, np.ascontiguousarray(g0), np.ascontiguousarray(g1), **kwargs)  # type: ignore[arg-type]
-        map_y = mu_raw
-        map_y *= _F32(_GAIN_TABLE_MU - 1)
-        np.maximum(map_y, _F32(0), out=map_y)  # NaN stays NaN
-        np.minimum(map_y, _F32(_GAIN_TABLE_MU - 1), out=map_y)
-    map_x = mu0_raw
-    map_x += _F32(1)
-    map_x *= _F32((_GAIN_TABLE_MU0 - 1) / 2)
-    np.minimum(map_x, _F32(_GAIN_TABLE_MU0 - 1), out=map_x)
+        table = _gain_exact(method, np.ascontiguousarray(g0), np.ascontiguousarray(g1), **kwargs)
     # one replicated row and column, so the last grid value is interpolated, not border
-    table = np.pad(table, ((0, 1), (0, 1)), mode="edge")
-    return cv2.remap(
-        np.ascontiguousarray(table, _F32),
-        map_x,
-        map_y,
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=float("nan"),
-    )
+    table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"), _F32)
+    h, w = inc.shape
+    out = np.empty((h, w), _F32)
+    rows = max(1, min(h, (1 << 20) // max(w, 1)))  # strips: small temporaries, reused
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        map_x = _cos_deg(inc[r0:r1])
+        map_x += _F32(1)
+        map_x *= _F32((_GAIN_TABLE_MU0 - 1) / 2)
+        np.minimum(map_x, _F32(_GAIN_TABLE_MU0 - 1), out=map_x)
+        if emission_deg is None:
+            map_y = np.zeros_like(map_x)
+        else:
+            map_y = _cos_deg(np.asarray(emission_deg)[r0:r1])
+            map_y *= _F32(_GAIN_TABLE_MU - 1)
+            np.maximum(map_y, _F32(0), out=map_y)  # NaN stays NaN
+            np.minimum(map_y, _F32(_GAIN_TABLE_MU - 1), out=map_y)
+        cv2.remap(
+            table,
+            map_x,
+            map_y,
+            cv2.INTER_LINEAR,
+            dst=out[r0:r1],
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=float("nan"),
+        )
+    return out
 
 
 def _gain_exact(
@@ -1724,19 +1738,23 @@ def enhance(
         for row, (c, band) in enumerate(zip(plan.channels, plan.out_names, strict=True)):
             m[row, c] = bal.gains[band] / bal.white[band]
             m[row, -1] = -bal.black[band] / bal.white[band]
-        x = cv2.transform(data, m)
-        if x.ndim == 2:
-            x = x[:, :, None]
-        if prep.gain is not None:
-            if prep.gain.ndim == 2 and nb == 3:
-                np.multiply(x, prep.gain[..., None], out=x)
+        x = np.empty((h, w, nb), _F32)
+        gain3 = None if prep.gain is None else prep.gain.reshape(h, w, -1)
+        rows = max(1, min(h, (1 << 20) // max(w, 1)))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            xs = x[r0:r1]
+            if nb > 1:
+                cv2.transform(data[r0:r1], m, dst=xs)
             else:
-                np.multiply(x, prep.gain.reshape(h, w, -1), out=x)
-        # NaN -> 0 (invalid pixels; partly valid ones keep their finite bands and are
-        # masked at the end), +-inf -> [0, 1e6]
-        cv2.patchNaNs(x, 0)
-        np.maximum(x, _F32(0), out=x)
-        np.minimum(x, _F32(1e6), out=x)
+                xs[...] = cv2.transform(data[r0:r1], m).reshape(xs.shape)
+            if gain3 is not None:
+                np.multiply(xs, gain3[r0:r1], out=xs)
+            # NaN -> 0 (invalid pixels; partly valid ones keep their finite bands and are
+            # masked at the end), +-inf -> [0, 1e6]
+            cv2.patchNaNs(xs, 0)
+            np.maximum(xs, _F32(0), out=xs)
+            np.minimum(xs, _F32(1e6), out=xs)
 
     dark = None
     if params.lift.method == "asinh" or params.denoise.strength > 0 or params.denoise.chroma > 0:
