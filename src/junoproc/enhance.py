@@ -13,13 +13,23 @@ Dtype rules (scikit-image style)
 
 Order of operations (every step can be switched off by its parameters)::
 
-    linear -> photometric gain (backplanes) x flatten gain (low-pass luminance)
-           -> band gains (perijove weights | grey world | region) -> black/white levels
-           -> [lift: asinh + darkness-weighted gain on luminance]    (jupitershine)
-           -> gamma (per channel) -> highlight shoulder
-           -> CIELAB: L: denoise (dark-weighted), CLAHE (16-bit), unsharp, shoulder
-                      a,b: chroma denoise (dark-weighted), saturation
-           -> hue-preserving gamut mapping -> uint16 / uint8
+    linear -> bands in display order, by name (R, G, B or the single band)
+           -> photometric gain (backplanes) x flatten gain (low-pass luminance)
+           -> band gains (perijove weights | grey world | region | a shared balance)
+           -> black/white levels                     (one fused pass, NaN -> 0)
+           -> [lift: asinh of an edge-preserving illumination level, darkness-weighted]
+           -> no local operation: gamma per channel (natural)
+              else CIELAB from linear RGB, gamma applied on L, then
+                   L:   denoise (dark-weighted guided filter), CLAHE, unsharp mask
+                   a,b: chroma denoise (dark-weighted), saturation (faded in the dark)
+                   -> sRGB
+           -> display range: negative channels moved towards luma (hue kept), soft
+              shoulder on the brightest channel (all three scaled: hue kept)
+           -> uint16 / uint8, 0 where invalid
+
+Speed: float32 throughout, OpenCV for everything whole-image, and the pointwise steps in
+strips of ~1 Mpx so temporaries stay small (fresh full-size arrays cost page faults on
+every call); see benchmarks/bench_enhance.py.
 
 Bands are mapped to colours **by name** (RED->R, GREEN->G, BLUE->B); a single band (e.g.
 METHANE) is rendered grey or through a colour map. Positions are never assumed.
@@ -83,8 +93,7 @@ __all__ = [
     "smooth_floor",
 ]
 
-#: Filter names junoproc knows, and the display channel (R=0, G=1, B=2) of the colour ones.
-RGB_CHANNEL_OF_BAND: Mapping[str, int] = MappingProxyType({"RED": 0, "GREEN": 1, "BLUE": 2})
+#: Filter names junoproc knows.
 KNOWN_BANDS = ("RED", "GREEN", "BLUE", "METHANE")
 #: Rec.709 luminance of linear R, G, B.
 LUMA_RGB = (0.2126, 0.7152, 0.0722)
@@ -609,7 +618,8 @@ class HighlightParams:
 class EnhanceParams:
     """The full recipe of a look. Override key by key with :func:`apply_overrides`.
 
-    ``gamma``: display encoding ``v**(1/gamma)`` per channel; ``saturation``: CIELAB
+    ``gamma``: display encoding ``v**(1/gamma)`` (per channel without local operations;
+    on CIELAB lightness, chroma following sRGB, when there are); ``saturation``: CIELAB
     chroma multiplier; ``dark_floor``: CIELAB lightness (0-100) below which the CLAHE and
     saturation boosts fade out, so dark noise (night side, sky) is not equalised into
     texture or coloured; ``colormap``: rendering of a single-band map (``grey`` or an
@@ -996,26 +1006,6 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
     return t
 
 
-def _masked_lowpass(image: np.ndarray, valid: np.ndarray, sigma_px: float, max_side: int = 512) -> np.ndarray:
-    """Normalised-convolution Gaussian low-pass of ``image`` over ``valid`` pixels, computed
-    at reduced resolution and returned at full resolution (float32, ``(H, W)``)."""
-    h, w = image.shape
-    factor = max(1, math.ceil(max(h, w) / max_side))
-    lw, lh = max(1, w // factor), max(1, h // factor)
-    m = valid.astype(_F32)
-    img = np.where(valid, image, _F32(0)).astype(_F32, copy=False)
-    if factor > 1:
-        img = cv2.resize(img, (lw, lh), interpolation=cv2.INTER_AREA)
-        m = cv2.resize(m, (lw, lh), interpolation=cv2.INTER_AREA)
-    s = max(sigma_px / factor, 0.5)
-    num = cv2.GaussianBlur(img * m if factor > 1 else img, (0, 0), s, borderType=cv2.BORDER_REFLECT)
-    den = cv2.GaussianBlur(m * m if factor > 1 else m, (0, 0), s, borderType=cv2.BORDER_REFLECT)
-    low = num / np.maximum(den, _F32(1e-6))
-    if factor > 1:
-        low = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
-    return low.astype(_F32, copy=False)
-
-
 def guided_filter(
     image: np.ndarray, radius_px: int, eps: float, guide: np.ndarray | None = None
 ) -> np.ndarray:
@@ -1057,25 +1047,15 @@ def _shoulder_inplace(v: np.ndarray, knee: float) -> None:
         v[idx] = _F32(knee) + span * (_F32(1) - np.exp(-d))
 
 
-def _fit_display_range(rgb: np.ndarray, knee: float) -> None:
-    """Bring display RGB ``(H, W, 3)`` into [0, 1] in place, hue kept.
+def _fit_strip(rgb: np.ndarray, knee: float) -> None:
+    """Bring display RGB ``(h, W, 3)`` into [0, 1] in place, hue kept.
 
     Negative channels (out of gamut after a saturation boost) are fixed by moving the
     pixel towards its own luma (chroma reduced, luma kept) instead of clipping channels
     one by one. Then the brightest channel passes through the soft shoulder above
     ``knee`` (``knee`` = 1: a hard limit at 1) and all three channels are scaled by the
     same factor. Max and min channel come from one HSV conversion (V = max, S = 1 - min/V).
-    Works in strips of ~1 Mpx: its temporaries stay small and are reused by the allocator
-    (full-size temporaries are fresh memory every call, and page faults cost more than
-    the arithmetic).
     """
-    h, w = rgb.shape[:2]
-    rows = max(1, min(h, (1 << 20) // max(w, 1)))
-    for r0 in range(0, h, rows):
-        _fit_strip(rgb[r0 : r0 + rows], knee)
-
-
-def _fit_strip(rgb: np.ndarray, knee: float) -> None:
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     v2 = cv2.extractChannel(hsv, 2)
     if cv2.minMaxLoc(cv2.extractChannel(hsv, 1))[1] > 1.0:  # S > 1 <=> a negative channel
