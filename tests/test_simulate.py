@@ -76,12 +76,20 @@ def test_sqroot_compander_inverts_calibrate_table():
 
 
 def test_spin_attitude_is_a_rotation_about_its_axis():
-    att = SpinAttitude(axis_ra_deg=30.0, axis_dec_deg=-10.0, phase_deg=5.0, rate_deg_s=12.0, ref_et=100.0)
-    r0, r1 = att.rot_j2000_to_spacecraft(100.0), att.rot_j2000_to_spacecraft(101.0)
+    att = SpinAttitude(spin_axis_ra_deg=30.0, spin_axis_dec_deg=-10.0, phase0_deg=5.0, rate_deg_s=12.0,
+                       t_ref_et=100.0, rot_sc_to_cam=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    r0, r1 = att.rot_j2000_to_sc(100.0), att.rot_j2000_to_sc(101.0)
     assert np.allclose(r0 @ r0.T, np.eye(3), atol=1e-12)
     assert np.allclose(r0[2], att.axis_j2000)
     angle = np.degrees(np.arccos((np.trace(r1 @ r0.T) - 1) / 2))
     assert angle == pytest.approx(12.0, abs=1e-9)
+
+
+def test_simulator_renders_with_the_solvers_spin_model():
+    """One SpinAttitude: the simulator's is the pointing solver's class, not a look-alike."""
+    from junoproc import pointing
+
+    assert SpinAttitude is pointing.SpinAttitude
 
 
 def test_product_layout_and_metadata(jupiter_rgb):
@@ -143,7 +151,7 @@ def test_methane_only_and_no_ck(tmp_path, kernel_dir):
     assert "M" in product.product_id.split("_")[2]
     assert not list((tmp_path / "kernels").rglob("*.bc"))
     truth = json.loads((product.truth_dir / "truth.json").read_text())
-    assert truth["kernels"]["ck_written"] is False and "axis_ra_deg" in truth["spin"]
+    assert truth["kernels"]["ck_written"] is False and "spin_axis_ra_deg" in truth["spin"]
 
 
 def test_moon_with_jupitershine(tmp_path, kernel_dir):

@@ -19,7 +19,8 @@ perijove (~5 m/s^2) moves Juno by < 0.3 km, far below a pixel; the point is a ge
 that is *exactly* known and written to the SPK.
 
 Attitude model: a pure spin of JUNO_SPACECRAFT about a fixed axis (RA/Dec in J2000) at a
-constant rate, phase measured at a reference time (:class:`SpinAttitude`). The camera's
+constant rate, phase measured at a reference time: :class:`junoproc.pointing.SpinAttitude`,
+the very model the pointing solver fits (one definition, re-exported here). The camera's
 fixed mounting is read from the FK (``pxform JUNO_SPACECRAFT -> JUNO_JUNOCAM``). The image
 is rendered with this analytic attitude, never with the CK read back, so a round trip
 through the written CK tests the kernel writing.
@@ -44,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from .geometry import (
     lonlat_from_body,
 )
 from .paths import cache_dir, shared_data_dir
+from .pointing import SpinAttitude, spin_basis
 from .products import CCD_SAMPLES, FRAMELET_ROWS
 
 __all__ = [
@@ -120,66 +122,6 @@ def compand_sqroot(dn: np.ndarray, table: np.ndarray | None = None) -> np.ndarra
     lut = (np.searchsorted(table, np.arange(top + 1), side="right") - 1).astype(np.uint8)
     index = np.clip(np.rint(np.asarray(dn, dtype=np.float32)), 0, top).astype(np.int32)
     return lut[index]
-
-
-# ---------------------------------------------------------------------------------------
-# attitude
-# ---------------------------------------------------------------------------------------
-def _unit_from_radec(ra_deg: float, dec_deg: float) -> np.ndarray:
-    ra, dec = math.radians(ra_deg), math.radians(dec_deg)
-    return np.array([math.cos(dec) * math.cos(ra), math.cos(dec) * math.sin(ra), math.sin(dec)])
-
-
-def _spin_base(axis_j2000: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-phase x and y axes: x0 = J2000 +Z x axis (ascending node), y0 = axis x x0."""
-    ref = np.array([0.0, 0.0, 1.0]) if abs(axis_j2000[2]) < 0.99 else np.array([1.0, 0.0, 0.0])
-    x0 = np.cross(ref, axis_j2000)
-    x0 /= np.linalg.norm(x0)
-    return x0, np.cross(axis_j2000, x0)
-
-
-@dataclass(frozen=True)
-class SpinAttitude:
-    """Pure spin of JUNO_SPACECRAFT: +Z along the axis, rotating at a constant rate.
-
-    At time ``et`` the spacecraft +X axis lies at angle ``phase_deg + rate_deg_s * (et -
-    ref_et)`` from ``x0 = normalise(J2000_Z x axis)`` towards ``y0 = axis x x0``; the
-    angular velocity is ``rate * axis`` (positive rate: right-handed about +Z).
-    ``rot_spacecraft_to_cam`` is the fixed FK rotation JUNO_SPACECRAFT -> JUNO_JUNOCAM.
-    """
-
-    axis_ra_deg: float
-    axis_dec_deg: float
-    phase_deg: float
-    rate_deg_s: float
-    ref_et: float
-    rot_spacecraft_to_cam: tuple[tuple[float, ...], ...] = field(
-        default=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-    )
-
-    @property
-    def axis_j2000(self) -> np.ndarray:
-        return _unit_from_radec(self.axis_ra_deg, self.axis_dec_deg)
-
-    @property
-    def angular_velocity_j2000_rad_s(self) -> np.ndarray:
-        return math.radians(self.rate_deg_s) * self.axis_j2000
-
-    def rot_j2000_to_spacecraft(self, et: float) -> np.ndarray:
-        axis = self.axis_j2000
-        x0, y0 = _spin_base(axis)
-        phi = math.radians(self.phase_deg + self.rate_deg_s * (float(et) - self.ref_et))
-        x_sc = math.cos(phi) * x0 + math.sin(phi) * y0
-        y_sc = -math.sin(phi) * x0 + math.cos(phi) * y0
-        return np.stack([x_sc, y_sc, axis])
-
-    def rot_j2000_to_cam(self, et: float) -> np.ndarray:
-        return np.asarray(self.rot_spacecraft_to_cam) @ self.rot_j2000_to_spacecraft(et)
-
-    def describe(self) -> Mapping[str, object]:
-        return {"source": "simulator spin", "axis_ra_deg": self.axis_ra_deg,
-                "axis_dec_deg": self.axis_dec_deg, "phase_deg": self.phase_deg,
-                "rate_deg_s": self.rate_deg_s, "ref_et": self.ref_et}
 
 
 # ---------------------------------------------------------------------------------------
@@ -556,8 +498,8 @@ def _write_ck(path: Path, attitude: SpinAttitude, et_first: float, et_last: floa
     n = int(math.ceil((et_last - et_first) / step_s)) + 1
     ets = et_first + step_s * np.arange(n)
     sclk = np.array([spiceypy.sce2c(_JUNO_ID, float(et)) for et in ets])
-    quats = np.array([spiceypy.m2q(attitude.rot_j2000_to_spacecraft(float(et))) for et in ets])
-    avvs = np.tile(attitude.angular_velocity_j2000_rad_s, (n, 1))
+    quats = np.array([spiceypy.m2q(attitude.rot_j2000_to_sc(float(et))) for et in ets])
+    avvs = np.tile(attitude.angular_velocity_j2000_rad_s(), (n, 1))
     handle = spiceypy.ckopn(str(path), "junoproc simulator", 4096)
     try:
         spiceypy.dafac(handle, [line[:80] for line in comment.splitlines() if line.strip()])
@@ -883,13 +825,14 @@ def simulate(
             ray = cameras[band].px_to_cam(np.array(CCD_SAMPLES / 2), np.array(FRAMELET_ROWS / 2))
             look_cam += _unit(ray)
         look_sc = rot_sc_to_cam.T @ _unit(look_cam)
-        x0, y0 = _spin_base(_unit_from_radec(ra, dec))
+        x0, y0 = spin_basis(axis)[:2]
         az_target = math.atan2(float(to_target @ y0), float(to_target @ x0))
         az_cam = math.atan2(float(look_sc[1]), float(look_sc[0]))
         phase_deg = math.degrees(az_target - az_cam) % 360.0
+        # the solver's own model (pointing.SpinAttitude): what is rendered is what is fitted
         attitude = SpinAttitude(
-            axis_ra_deg=ra, axis_dec_deg=dec, phase_deg=phase_deg, rate_deg_s=spin_rate_deg_s,
-            ref_et=et_mid, rot_spacecraft_to_cam=tuple(tuple(float(v) for v in row) for row in rot_sc_to_cam),
+            spin_axis_ra_deg=ra, spin_axis_dec_deg=dec, phase0_deg=phase_deg, rate_deg_s=spin_rate_deg_s,
+            t_ref_et=et_mid, rot_sc_to_cam=tuple(tuple(float(v) for v in row) for row in rot_sc_to_cam),
         )
 
         # --- SPK and CK ----------------------------------------------------------------
@@ -1074,10 +1017,10 @@ def simulate(
                         "bilinear taps averaged",
             "content": tex_desc,
         },
-        "spin": {**attitude.describe(), "ref_utc": ref_utc,
-                 "model": "J2000->JUNO_SPACECRAFT: +Z = axis; +X at phase + rate*(et-ref_et) from "
-                          "x0 = normalise(J2000 Z x axis) towards axis x x0",
-                 "rot_spacecraft_to_cam": [list(r) for r in attitude.rot_spacecraft_to_cam]},
+        "spin": {**attitude.describe(), "t_ref_utc": ref_utc,
+                 "model": "junoproc.pointing.SpinAttitude: J2000->JUNO_SPACECRAFT = Rz(phase0 + "
+                          "rate*(et-t_ref)) @ B(axis), B rows (e1, e2, axis), e1 = normalise(J2000 Z x axis)",
+                 "rot_sc_to_cam": [list(r) for r in attitude.rot_sc_to_cam]},
         "timing": {
             "time_offset_s": time_offset_s,
             "rule": "true frame et = str2et(START_TIME) + START_TIME_BIAS + n*(INTERFRAME_DELAY + "
