@@ -81,6 +81,7 @@ __all__ = [
     "enhance_file",
     "fit_minnaert_k",
     "fit_photometric_poly",
+    "fit_terminator_colour",
     "guided_filter",
     "lambert",
     "lommel_seeliger",
@@ -246,9 +247,88 @@ def fit_minnaert_k(
     return float(min(max(k, k_range[0]), k_range[1]))
 
 
+#: cos(incidence) grid of the gain tables: -1 .. 1, step 0.001.
+_GAIN_TABLE_MU0 = 2049
+_MU0_GRID = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0)
+#: cos(incidence) bin edges of the terminator colour fit: fine where the colour changes.
+_COLOUR_EDGES = np.concatenate([np.arange(0.0, 0.2, 0.005), np.arange(0.2, 1.0001, 0.025)])
+
+
+def fit_terminator_colour(
+    bands: np.ndarray,
+    mu0: np.ndarray,
+    *,
+    strength: float = 1.0,
+    min_samples: int = 40,
+    max_gain: float = 2.5,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-band gains, as a function of cos(incidence), that remove the image's colour drift.
+
+    ``bands``: ``(N, C)`` linear samples, ``mu0``: ``(N,)`` their cos(incidence). In bins of
+    mu0 (0.005 wide below 0.2) the chromaticity ``c_b = median(x_b / sum x)`` is compared
+    with the reference ``r_b``, the chromaticity where the sun is high (mu0 >= 0.5, or the
+    image's top 30 % of mu0 on a crescent); gain ``(r_b / c_b)**strength`` keeps each
+    pixel's band sum. A bin counts when it has ``min_samples`` samples and its median band
+    sum is above both 0.3 % of the lit level and 10 night-side noise sigmas (mu0 < -0.17);
+    below the lowest such bin the gain is held, and it fades to 1 over mu0 = 0 .. -0.03
+    (night side untouched). Returns ``(C, 2049)`` gains on mu0 = -1 .. 1 (step 0.001),
+    clamped to ``[1/max_gain, max_gain]``, and fit statistics.
+    """
+    x = np.asarray(bands, np.float64)
+    m0 = np.asarray(mu0, np.float64).ravel()
+    nb = x.shape[1]
+    ones = np.ones((nb, _GAIN_TABLE_MU0))
+    ok = np.isfinite(x).all(axis=1) & np.isfinite(m0)
+    x, m0 = x[ok], m0[ok]
+    total = x.sum(axis=1)
+    lit = m0 > 0
+    info: dict[str, Any] = {"bins": 0}
+    if np.count_nonzero(lit) < 10 * min_samples or strength <= 0:
+        return ones, info
+    level = float(np.percentile(total[lit], 90))
+    night = total[m0 < -0.17]
+    noise = 1.4826 * float(np.median(np.abs(night - np.median(night)))) if night.size >= 100 else 0.0
+    floor = max(0.003 * level, 10.0 * noise, 1e-30)
+    use = lit & (total > floor)
+    ref_lo = min(0.5, float(np.percentile(m0[use], 70))) if np.any(use) else 0.5
+    ref_sel = use & (m0 >= ref_lo)
+    if np.count_nonzero(ref_sel) < min_samples:
+        return ones, info
+    ref = np.median(x[ref_sel] / total[ref_sel, None], axis=0)
+    idx = np.digitize(m0, _COLOUR_EDGES) - 1
+    centres, logs = [], []
+    for b in range(len(_COLOUR_EDGES) - 1):
+        sel = idx == b
+        if np.count_nonzero(sel) < min_samples or np.median(total[sel]) < floor:
+            continue
+        sel &= total > 0
+        chroma = np.median(x[sel] / total[sel, None], axis=0)
+        if np.all(chroma > 0):
+            centres.append(0.5 * (_COLOUR_EDGES[b] + _COLOUR_EDGES[b + 1]))
+            logs.append(np.log(ref / chroma))
+    if len(centres) < 3:
+        return ones, info
+    lg = np.asarray(logs).T  # (C, n)
+    if lg.shape[1] >= 3:  # light smoothing along mu0 (3-bin running mean, ends kept)
+        lg[:, 1:-1] = (lg[:, :-2] + lg[:, 1:-1] + lg[:, 2:]) / 3.0
+    lim = math.log(max_gain)
+    lg = np.clip(lg * strength, -lim, lim)
+    grid = np.clip(_MU0_GRID, centres[0], centres[-1])  # held beyond the measured range
+    table = np.stack([np.interp(grid, centres, lg[c]) for c in range(nb)])
+    t = np.clip((_MU0_GRID + 0.03) / 0.03, 0.0, 1.0)
+    table *= t * t * (3.0 - 2.0 * t)  # fades to no correction on the night side
+    info = {
+        "bins": len(centres),
+        "mu0_range": [round(centres[0], 4), round(centres[-1], 4)],
+        "reference_chromaticity": [round(float(v), 4) for v in ref],
+        "gain_min": [round(float(v), 4) for v in np.exp(lg.min(axis=1))],
+        "gain_max": [round(float(v), 4) for v in np.exp(lg.max(axis=1))],
+    }
+    return np.exp(table), info
+
+
 #: Above this many pixels the gain is interpolated from a table of (cos i, cos e).
 _GAIN_TABLE_MIN_PIXELS = 1 << 18
-_GAIN_TABLE_MU0 = 2049  # cos i from -1 to 1, step 0.001
 _GAIN_TABLE_MU = 1025  # cos e from 0 to 1, step 0.001
 
 
@@ -262,6 +342,7 @@ def photometric_gain(
     degree: int = 2,
     mu0_floor: float = 0.1,
     mu_floor: float = 0.1,
+    colour: np.ndarray | None = None,
 ) -> np.ndarray:
     """Multiplicative gain that flattens the illumination, damped near the terminator.
 
@@ -276,6 +357,9 @@ def photometric_gain(
     Large arrays (more than 2**18 pixels) are not evaluated pixel by pixel: the gain is
     tabulated once on a 2049 x 1025 grid of (cos i, cos e), step 0.001, and interpolated
     bilinearly (``cv2.remap``): within 1e-3 relative of the exact value, several times faster.
+
+    ``colour``: ``(C, 2049)`` per-band gains on cos(incidence) = -1 .. 1 (from
+    :func:`fit_terminator_colour`) multiplied in; the result is then ``(..., C)``.
     """
     if method in ("lommel_seeliger", "minnaert") and emission_deg is None:
         raise EnhanceError(f"photometry {method} needs an emission_deg backplane")
@@ -287,9 +371,16 @@ def photometric_gain(
         "mu_floor": mu_floor,
     }
     inc = np.asarray(incidence_deg)
+    if colour is not None:
+        colour = np.asarray(colour, _F32).reshape(-1, _GAIN_TABLE_MU0)
     if inc.ndim != 2 or inc.size < _GAIN_TABLE_MIN_PIXELS:
+        mu0_raw = _cos_deg(inc)
         mu_raw = None if emission_deg is None else _cos_deg(emission_deg)
-        return _gain_exact(method, _cos_deg(inc), mu_raw, **kwargs)
+        gain = _gain_exact(method, mu0_raw, mu_raw, **kwargs)
+        if colour is None:
+            return gain
+        grid = _MU0_GRID.astype(_F32)
+        return np.stack([gain * np.interp(mu0_raw, grid, row).astype(_F32) for row in colour], axis=-1)
     # table of the exact function, then one bilinear lookup per pixel
     grid0 = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0, dtype=_F32)[None, :]
     if emission_deg is None:
@@ -299,9 +390,13 @@ def photometric_gain(
         g0, g1 = np.broadcast_arrays(grid0, grid1)
         table = _gain_exact(method, np.ascontiguousarray(g0), np.ascontiguousarray(g1), **kwargs)
     # one replicated row and column, so the last grid value is interpolated, not border
-    table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"), _F32)
+    pad = ((0, 1), (0, 1))
+    if colour is not None:  # (rows, cols, C): one multi-channel lookup gives every band
+        table = table[:, :, None] * colour.T[None, :, :]
+        pad = ((0, 1), (0, 1), (0, 0))
+    table = np.ascontiguousarray(np.pad(table, pad, mode="edge"), _F32)
     h, w = inc.shape
-    out = np.empty((h, w), _F32)
+    out = np.empty((h, w) if colour is None else (h, w, colour.shape[0]), _F32)
     rows = max(1, min(h, (1 << 20) // max(w, 1)))  # strips: small temporaries, reused
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
@@ -323,7 +418,7 @@ def photometric_gain(
             cv2.INTER_LINEAR,
             dst=out[r0:r1],
             borderMode=cv2.BORDER_CONSTANT,
-            borderValue=float("nan"),
+            borderValue=(float("nan"),) * 4,
         )
     return out
 
@@ -472,18 +567,24 @@ class BandValues:
 
 @dataclass(frozen=True)
 class PhotometryParams:
-    """Illumination correction from the incidence/emission backplanes."""
+    """Illumination correction from the incidence/emission backplanes. ``colour``: 0..1,
+    how far the drift of the colour with cos(incidence) (Jupiter reddens towards the
+    terminator: the blue falls to half its share) is removed, measured on the image
+    itself (:func:`fit_terminator_colour`); without it, a brightness-flattened terminator
+    shows as a yellow band. Needs R, G, B and a photometry method other than ``none``."""
 
     method: str = "none"
     mu0_floor: float = 0.1
     mu_floor: float = 0.1
     degree: int = 2
     k: BandValues = field(default_factory=BandValues)
+    colour: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("photometry.mu0_floor", self.mu0_floor, 1e-3, 0.9)
         _check_range("photometry.mu_floor", self.mu_floor, 1e-3, 0.9)
         _check_range("photometry.degree", self.degree, 1, 4)
+        _check_range("photometry.colour", self.colour, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -512,14 +613,20 @@ class BalanceParams:
 class StretchParams:
     """Linear levels. ``black_pct``: percentile of luminance mapped to 0 (``none``: true
     zero); ``white_pct``: percentile of the brightest channel mapped to 1. ``linked``: one
-    level for all bands (keeps the balance) or one per band."""
+    level for all bands (keeps the balance) or one per band. ``night_sigma``: with a
+    ``black_pct`` and an incidence backplane, the black level is at least the night side's
+    median + ``night_sigma`` robust sigmas (per band, the largest when linked), so the
+    unlit side's read noise and streaks map to black instead of being lifted by the
+    gamma and local contrast (0 = off; the night side here is incidence > 100 deg)."""
 
     black_pct: float | None = None
     white_pct: float = 99.8
     linked: bool = True
+    night_sigma: float = 3.0
 
     def __post_init__(self) -> None:
         _check_range("stretch.white_pct", self.white_pct, 50.0, 100.0)
+        _check_range("stretch.night_sigma", self.night_sigma, 0.0, 20.0)
         if self.black_pct is not None:
             _check_range("stretch.black_pct", self.black_pct, 0.0, 50.0)
 
@@ -688,7 +795,7 @@ PRESETS: Mapping[str, EnhanceParams] = MappingProxyType(
         # the citizen-science look: illumination flattened, strong local contrast and colour
         "enhanced": EnhanceParams(
             preset="enhanced",
-            photometry=PhotometryParams(method="poly", mu0_floor=0.2, degree=2),
+            photometry=PhotometryParams(method="poly", mu0_floor=0.2, degree=2, colour=1.0),
             flatten=FlattenParams(strength=0.6, sigma_frac=0.06),
             stretch=StretchParams(black_pct=0.5, white_pct=99.8),
             gamma=2.2,
@@ -1268,6 +1375,14 @@ def _photometry_gain(
         return None
     stats["photometry_applied"] = ph.method
     h, w = valid.shape
+    colour = None
+    if ph.colour > 0 and len(plan.channels) == 3:
+        s = (slice(None, None, stride), slice(None, None, stride))
+        v = valid[s]
+        colour, cinfo = fit_terminator_colour(
+            data[s][v][:, list(plan.channels)], _cos_deg(np.asarray(inc[s]))[v], strength=ph.colour
+        )
+        stats["terminator_colour"] = cinfo
     fit_stride = max(stride, int(math.sqrt(h * w / 60_000)))  # ~60k samples fit a few coefficients
     s = (slice(None, None, fit_stride), slice(None, None, fit_stride))
     if ph.method == "minnaert":
@@ -1285,12 +1400,20 @@ def _photometry_gain(
         stats["minnaert_k"] = ks
         if len(set(gains)) == 1:
             return photometric_gain(
-                "minnaert", inc, emi, k=gains[0], mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+                "minnaert", inc, emi, k=gains[0], mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor, colour=colour
             )
         return cv2.merge(
             [
-                photometric_gain("minnaert", inc, emi, k=k, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
-                for k in gains
+                photometric_gain(
+                    "minnaert",
+                    inc,
+                    emi,
+                    k=k,
+                    mu0_floor=ph.mu0_floor,
+                    mu_floor=ph.mu_floor,
+                    colour=None if colour is None else colour[i],
+                ).reshape(h, w)
+                for i, k in enumerate(gains)
             ]
         )
     if ph.method == "poly":
@@ -1303,9 +1426,16 @@ def _photometry_gain(
         stats["poly_coeffs"] = [round(c, 8) for c in coeffs]
         stats["poly_uses_emission"] = emi is not None
         return photometric_gain(
-            "poly", inc, emi, coeffs=coeffs, degree=ph.degree, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+            "poly",
+            inc,
+            emi,
+            coeffs=coeffs,
+            degree=ph.degree,
+            mu0_floor=ph.mu0_floor,
+            mu_floor=ph.mu_floor,
+            colour=colour,
         )
-    return photometric_gain(ph.method, inc, emi, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
+    return photometric_gain(ph.method, inc, emi, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor, colour=colour)
 
 
 def _mean_gain(gain: np.ndarray | None) -> np.ndarray | None:
@@ -1387,10 +1517,21 @@ def _prepare(
     return _Prepared(gain, stats, notes)
 
 
+#: Incidence beyond which a pixel is night side (Jupiter's haze scatters light a few
+#: degrees past the terminator).
+_NIGHT_INCIDENCE_DEG = 100.0
+
+
 def _sample(
-    data: np.ndarray, valid: np.ndarray, gain: np.ndarray | None, plan: _Plan, stride: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(raw, gain) samples of the valid pixels: ``(N, C)`` per display channel."""
+    data: np.ndarray,
+    valid: np.ndarray,
+    gain: np.ndarray | None,
+    plan: _Plan,
+    stride: int,
+    backplanes: Mapping[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(raw, gain, night) samples of the valid pixels: ``(N, C)`` per display channel and
+    ``(N,)`` True on the night side (None without an incidence backplane)."""
     s = (slice(None, None, stride), slice(None, None, stride))
     v = valid[s]
     raw = data[s][v][:, list(plan.channels)].astype(_F32)
@@ -1400,7 +1541,23 @@ def _sample(
         g = np.repeat(gain[s][v][:, None], raw.shape[1], axis=1)
     else:
         g = gain[s][v]
-    return raw, g
+    inc = None if backplanes is None else backplanes.get("incidence_deg")
+    night = None
+    if inc is not None:
+        with np.errstate(invalid="ignore"):
+            night = np.asarray(inc[s])[v] > _NIGHT_INCIDENCE_DEG
+    return raw, g, night
+
+
+def _night_black(gained_raw: np.ndarray, night: np.ndarray | None, n_sigma: float) -> np.ndarray | None:
+    """Per band: median + ``n_sigma`` robust sigmas of the night-side samples (None when
+    there are fewer than 500 of them)."""
+    if night is None or n_sigma <= 0 or np.count_nonzero(night) < 500:
+        return None
+    z = gained_raw[night].astype(np.float64)
+    med = np.median(z, axis=0)
+    sigma = 1.4826 * np.median(np.abs(z - med), axis=0)
+    return np.asarray(med + n_sigma * sigma)
 
 
 def _measure_balance(
@@ -1409,6 +1566,7 @@ def _measure_balance(
     plan: _Plan,
     params: EnhanceParams,
     region_samples: np.ndarray | None,
+    night: np.ndarray | None = None,
 ) -> ColourBalance:
     """Band gains and black/white levels from samples ``raw`` (N, C) and their gains ``g``."""
     names = plan.out_names
@@ -1445,6 +1603,10 @@ def _measure_balance(
         black = np.full(len(names), np.percentile(gained_raw @ lum_w, st.black_pct))
     else:
         black = np.percentile(gained_raw, st.black_pct, axis=0)
+    if st.black_pct is not None:
+        night_black = _night_black(gained_raw, night, st.night_sigma)
+        if night_black is not None:
+            black = np.maximum(black, night_black.max() if st.linked else night_black)
     lit = (gained_raw - black) * g
     if st.linked:
         white = np.full(len(names), np.percentile(lit.max(axis=1), st.white_pct))
@@ -1591,6 +1753,7 @@ def _lightness_ops(
             # it means for 8-bit CLAHE, at any image size, without 8-bit banding
             clahe = cv2.createCLAHE(clipLimit=16.0 * p.clahe.clip, tileGridSize=grid)
             l16 = _convert(L, 4095 / 100, cv2.CV_16U)
+            np.minimum(l16, np.uint16(4095), out=l16)  # L > 100 would wrap in the shift
             np.left_shift(l16, 4, out=l16)
             eq = _convert(clahe.apply(l16), 100 / 65535, cv2.CV_32F)
             if lit is not None:  # fade out below the dark floor
@@ -1695,18 +1858,18 @@ def enhance(
     with timer("levels"):
         stride = max(1, int(math.sqrt(h * w / 250_000)))
         if balance is None:
-            raw, g = _sample(data, valid, prep.gain, plan, stride)
+            raw, g, night = _sample(data, valid, prep.gain, plan, stride, planes)
             region = (
                 _region_samples(data, valid, prep.gain, plan, params.balance.region)
                 if params.balance.method == "region"
                 else None
             )
-            bal = _measure_balance(raw, g, plan, params, region)
+            bal = _measure_balance(raw, g, plan, params, region, night)
         else:
             bal = balance if isinstance(balance, ColourBalance) else ColourBalance.from_dict(balance)
             bal._check_bands(plan.out_names)
             if params.lift.method == "asinh" and bal.lift_soft is None:
-                raw, g = _sample(data, valid, prep.gain, plan, stride)
+                raw, g, _ = _sample(data, valid, prep.gain, plan, stride)
                 bal = dataclasses.replace(
                     bal, lift_soft=_measure_balance(raw, g, plan, params, None).lift_soft
                 )
@@ -1920,7 +2083,7 @@ def colour_balance_from(
     if not maps:
         raise EnhanceError("colour_balance_from needs at least one map")
     base = apply_overrides(_resolve_preset(preset), overrides)
-    raws, gs, regions = [], [], []
+    raws, gs, regions, nights = [], [], [], []
     plan0: _Plan | None = None
     params = base
     timer = _Timer()
@@ -1944,9 +2107,10 @@ def colour_balance_from(
         prep = _prepare(data, valid, plan, planes, params, explicit, timer)
         h, w = valid.shape
         stride = max(1, int(math.sqrt(h * w / 250_000)))
-        raw, g = _sample(data, valid, prep.gain, plan, stride)
+        raw, g, night = _sample(data, valid, prep.gain, plan, stride, planes)
         raws.append(raw)
         gs.append(g)
+        nights.append(np.zeros(raw.shape[0], bool) if night is None else night)
         if params.balance.method == "region":
             r = _region_samples(data, valid, prep.gain, plan, params.balance.region)
             if r is not None:
@@ -1954,7 +2118,12 @@ def colour_balance_from(
     if plan0 is None or not raws:
         raise EnhanceError("no valid pixels in any map")
     bal = _measure_balance(
-        np.concatenate(raws), np.concatenate(gs), plan0, params, np.concatenate(regions) if regions else None
+        np.concatenate(raws),
+        np.concatenate(gs),
+        plan0,
+        params,
+        np.concatenate(regions) if regions else None,
+        np.concatenate(nights),
     )
     return dataclasses.replace(bal, n_images=len(raws))
 
