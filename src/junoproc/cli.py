@@ -47,20 +47,30 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--projection", "projections", multiple=True,
               help="Projection(s) to make [perspective, equirectangular]; repeatable.")
 @click.option("--preset", default=None, help="Enhancement preset [enhanced].")
-@click.option("-j", "--jobs", type=int, default=None, help="Worker processes [number of cores].")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=None,
+              help="Worker processes [0: number of cores].")
 @click.option("--force", is_flag=True, help="Redo products that are already built.")
+@click.option("--no-mosaic", is_flag=True, help="No per-folder mosaics (the contact sheet is still made).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (they only show on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 @click.pass_context
 def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str | None,
               projections: tuple[str, ...], preset: str | None, jobs: int | None, force: bool,
-              as_json: bool) -> None:
-    """Build every product in FOLDER: composites, maps, sidecars, mosaic, contact sheet."""
+              no_mosaic: bool, no_progress: bool, as_json: bool) -> None:
+    """Build every product in FOLDER: composites, maps, sidecars, mosaics, contact sheet.
+
+    Finished products are skipped (--force redoes them); Ctrl-C or a kill leaves no
+    half-written product, and running the same command again builds the rest. Defaults
+    can come from FOLDER/junoproc.toml ([build] table); options given here win. Exit 0
+    when every product with a raw image is built, 1 otherwise.
+    """
     from dataclasses import replace
 
     from .pipeline import BuildOptions, build, load_config, options_with_config, report_json
 
     given = {"out_dir": out_dir, "kernels": kernels, "projections": projections or None,
-             "preset": preset, "jobs": jobs, "force": force or None}
+             "preset": preset, "jobs": jobs, "force": force or None,
+             "mosaic": False if no_mosaic else None}
     explicit = {k for k, v in given.items() if v is not None}
     options = BuildOptions(debug=bool(ctx.obj.get("debug")))
     options = options_with_config(options, load_config(folder), explicit)
@@ -68,7 +78,12 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
     if projections:
         overrides["projections"] = tuple(projections)
     options = replace(options, **overrides)  # type: ignore[arg-type]
-    report = build(folder, options)
+    try:
+        report = build(folder, options, progress=not no_progress)
+    except KeyboardInterrupt:
+        click.echo(f"junoproc: interrupted; finished products in {options.out_dir} are kept, "
+                   "run the same command again to build the rest", err=True)
+        sys.exit(130)
     click.echo(report_json(report) if as_json else report.table())
     for extra in report.extras:
         click.echo(f"wrote {extra}")
