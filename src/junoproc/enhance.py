@@ -82,6 +82,7 @@ __all__ = [
     "fit_minnaert_k",
     "fit_photometric_poly",
     "fit_terminator_colour",
+    "terminator_colour_gain",
     "guided_filter",
     "lambert",
     "lommel_seeliger",
@@ -327,6 +328,33 @@ def fit_terminator_colour(
     return np.exp(table), info
 
 
+def terminator_colour_gain(incidence_deg: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per-band gains ``(..., C)`` of a :func:`fit_terminator_colour` table at each pixel
+    (linear in cos(incidence); 1 where the incidence is NaN)."""
+    table = np.asarray(table, _F32).reshape(-1, _GAIN_TABLE_MU0)
+    nb = table.shape[0]
+    inc = np.asarray(incidence_deg, _F32)
+    if inc.ndim != 2 or max(inc.shape) >= 32767 or nb > 4:  # samples: np.interp per band
+        mu0 = np.nan_to_num(_cos_deg(inc), nan=-10.0)
+        grid = _MU0_GRID.astype(_F32)
+        return np.stack([np.interp(mu0, grid, row, left=1.0).astype(_F32) for row in table], axis=-1)
+    # images: one multi-channel bilinear lookup (cv2.remap) in a 1-row table
+    map_x = _cos_deg(np.ascontiguousarray(inc))
+    map_x += _F32(1)
+    map_x *= _F32((_GAIN_TABLE_MU0 - 1) / 2)
+    cv2.patchNaNs(map_x, -10.0)  # outside the table: the border value, 1
+    lut = np.ascontiguousarray(np.pad(table.T[None], ((0, 1), (0, 1), (0, 0)), mode="edge"), _F32)
+    out = cv2.remap(
+        lut,
+        map_x,
+        np.zeros_like(map_x),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(1.0,) * 4,
+    )
+    return out.reshape(*inc.shape, nb)
+
+
 #: Above this many pixels the gain is interpolated from a table of (cos i, cos e).
 _GAIN_TABLE_MIN_PIXELS = 1 << 18
 _GAIN_TABLE_MU = 1025  # cos e from 0 to 1, step 0.001
@@ -342,7 +370,6 @@ def photometric_gain(
     degree: int = 2,
     mu0_floor: float = 0.1,
     mu_floor: float = 0.1,
-    colour: np.ndarray | None = None,
 ) -> np.ndarray:
     """Multiplicative gain that flattens the illumination, damped near the terminator.
 
@@ -357,9 +384,6 @@ def photometric_gain(
     Large arrays (more than 2**18 pixels) are not evaluated pixel by pixel: the gain is
     tabulated once on a 2049 x 1025 grid of (cos i, cos e), step 0.001, and interpolated
     bilinearly (``cv2.remap``): within 1e-3 relative of the exact value, several times faster.
-
-    ``colour``: ``(C, 2049)`` per-band gains on cos(incidence) = -1 .. 1 (from
-    :func:`fit_terminator_colour`) multiplied in; the result is then ``(..., C)``.
     """
     if method in ("lommel_seeliger", "minnaert") and emission_deg is None:
         raise EnhanceError(f"photometry {method} needs an emission_deg backplane")
@@ -371,16 +395,9 @@ def photometric_gain(
         "mu_floor": mu_floor,
     }
     inc = np.asarray(incidence_deg)
-    if colour is not None:
-        colour = np.asarray(colour, _F32).reshape(-1, _GAIN_TABLE_MU0)
     if inc.ndim != 2 or inc.size < _GAIN_TABLE_MIN_PIXELS:
-        mu0_raw = _cos_deg(inc)
         mu_raw = None if emission_deg is None else _cos_deg(emission_deg)
-        gain = _gain_exact(method, mu0_raw, mu_raw, **kwargs)
-        if colour is None:
-            return gain
-        grid = _MU0_GRID.astype(_F32)
-        return np.stack([gain * np.interp(mu0_raw, grid, row).astype(_F32) for row in colour], axis=-1)
+        return _gain_exact(method, _cos_deg(inc), mu_raw, **kwargs)
     # table of the exact function, then one bilinear lookup per pixel
     grid0 = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0, dtype=_F32)[None, :]
     if emission_deg is None:
@@ -390,13 +407,9 @@ def photometric_gain(
         g0, g1 = np.broadcast_arrays(grid0, grid1)
         table = _gain_exact(method, np.ascontiguousarray(g0), np.ascontiguousarray(g1), **kwargs)
     # one replicated row and column, so the last grid value is interpolated, not border
-    pad = ((0, 1), (0, 1))
-    if colour is not None:  # (rows, cols, C): one multi-channel lookup gives every band
-        table = table[:, :, None] * colour.T[None, :, :]
-        pad = ((0, 1), (0, 1), (0, 0))
-    table = np.ascontiguousarray(np.pad(table, pad, mode="edge"), _F32)
+    table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"), _F32)
     h, w = inc.shape
-    out = np.empty((h, w) if colour is None else (h, w, colour.shape[0]), _F32)
+    out = np.empty((h, w), _F32)
     rows = max(1, min(h, (1 << 20) // max(w, 1)))  # strips: small temporaries, reused
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
@@ -418,7 +431,7 @@ def photometric_gain(
             cv2.INTER_LINEAR,
             dst=out[r0:r1],
             borderMode=cv2.BORDER_CONSTANT,
-            borderValue=(float("nan"),) * 4,
+            borderValue=float("nan"),
         )
     return out
 
@@ -1313,6 +1326,16 @@ class _Prepared:
     gain: np.ndarray | None  # (H, W) or (H, W, C) per display channel; None = no gain
     stats: dict[str, Any]
     notes: list[str]
+    colour: np.ndarray | None = None  # (H, W, C) terminator colour gains; None = none
+
+    def colour_gain(
+        self, rows: slice, cols: slice = slice(None), pick: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Terminator colour gains ``(h, w, C)`` of a window (``(N, C)`` with ``pick``)."""
+        if self.colour is None:
+            return None
+        window = self.colour[rows, cols]
+        return window if pick is None else window[pick]
 
 
 def _resolve(
@@ -1375,14 +1398,6 @@ def _photometry_gain(
         return None
     stats["photometry_applied"] = ph.method
     h, w = valid.shape
-    colour = None
-    if ph.colour > 0 and len(plan.channels) == 3:
-        s = (slice(None, None, stride), slice(None, None, stride))
-        v = valid[s]
-        colour, cinfo = fit_terminator_colour(
-            data[s][v][:, list(plan.channels)], _cos_deg(np.asarray(inc[s]))[v], strength=ph.colour
-        )
-        stats["terminator_colour"] = cinfo
     fit_stride = max(stride, int(math.sqrt(h * w / 60_000)))  # ~60k samples fit a few coefficients
     s = (slice(None, None, fit_stride), slice(None, None, fit_stride))
     if ph.method == "minnaert":
@@ -1400,20 +1415,12 @@ def _photometry_gain(
         stats["minnaert_k"] = ks
         if len(set(gains)) == 1:
             return photometric_gain(
-                "minnaert", inc, emi, k=gains[0], mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor, colour=colour
+                "minnaert", inc, emi, k=gains[0], mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
             )
         return cv2.merge(
             [
-                photometric_gain(
-                    "minnaert",
-                    inc,
-                    emi,
-                    k=k,
-                    mu0_floor=ph.mu0_floor,
-                    mu_floor=ph.mu_floor,
-                    colour=None if colour is None else colour[i],
-                ).reshape(h, w)
-                for i, k in enumerate(gains)
+                photometric_gain("minnaert", inc, emi, k=k, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
+                for k in gains
             ]
         )
     if ph.method == "poly":
@@ -1433,9 +1440,8 @@ def _photometry_gain(
             degree=ph.degree,
             mu0_floor=ph.mu0_floor,
             mu_floor=ph.mu_floor,
-            colour=colour,
         )
-    return photometric_gain(ph.method, inc, emi, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor, colour=colour)
+    return photometric_gain(ph.method, inc, emi, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor)
 
 
 def _mean_gain(gain: np.ndarray | None) -> np.ndarray | None:
@@ -1514,7 +1520,45 @@ def _prepare(
                 gain *= flat_gain
             else:
                 gain *= flat_gain[..., None]
-    return _Prepared(gain, stats, notes)
+    colour = None
+    inc = backplanes.get("incidence_deg")
+    if (
+        params.photometry.colour > 0
+        and len(plan.channels) == 3
+        and stats.get("photometry_applied") not in (None, "none")
+        and inc is not None
+    ):
+        with timer("photometry"):
+            s = (slice(None, None, stride), slice(None, None, stride))
+            v = valid[s]
+            colour, cinfo = fit_terminator_colour(
+                data[s][v][:, list(plan.channels)],
+                _cos_deg(np.asarray(inc[s]))[v],
+                strength=params.photometry.colour,
+            )
+            stats["terminator_colour"] = cinfo
+            colour = _colour_map(np.asarray(inc), colour) if cinfo["bins"] else None
+    return _Prepared(gain, stats, notes, colour)
+
+
+def _colour_map(incidence_deg: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Terminator colour gains ``(H, W, C)`` of every pixel. The gains are a smooth function
+    of cos(incidence), so above 1024 px they are evaluated on a grid of 1/f the size (pixels
+    without incidence take their neighbours' gains) and brought to full size bilinearly:
+    several times cheaper than a per-pixel lookup."""
+    h, w = incidence_deg.shape
+    f = max(1, math.ceil(max(h, w) / 1024))
+    if f == 1:
+        return terminator_colour_gain(incidence_deg, table)
+    inc_low = np.ascontiguousarray(incidence_deg[f // 2 :: f, f // 2 :: f])
+    low = terminator_colour_gain(inc_low, table)
+    seen = np.isfinite(inc_low)
+    if not seen.all() and seen.any():  # normalised convolution fills the unseen cells
+        m = seen.astype(_F32)
+        blur_m = cv2.GaussianBlur(m, (0, 0), 2.0)
+        filled = cv2.GaussianBlur(low * m[..., None], (0, 0), 2.0) / np.maximum(blur_m, _F32(1e-6))[..., None]
+        low = np.where(seen[..., None] | (blur_m[..., None] < 1e-3), low, filled).astype(_F32)
+    return cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
 
 
 #: Incidence beyond which a pixel is night side (Jupiter's haze scatters light a few
@@ -1525,7 +1569,7 @@ _NIGHT_INCIDENCE_DEG = 100.0
 def _sample(
     data: np.ndarray,
     valid: np.ndarray,
-    gain: np.ndarray | None,
+    prep: _Prepared,
     plan: _Plan,
     stride: int,
     backplanes: Mapping[str, np.ndarray] | None = None,
@@ -1535,12 +1579,16 @@ def _sample(
     s = (slice(None, None, stride), slice(None, None, stride))
     v = valid[s]
     raw = data[s][v][:, list(plan.channels)].astype(_F32)
+    gain = prep.gain
     if gain is None:
         g = np.ones_like(raw)
     elif gain.ndim == 2:
         g = np.repeat(gain[s][v][:, None], raw.shape[1], axis=1)
     else:
         g = gain[s][v]
+    cg = prep.colour_gain(s[0], s[1], v)
+    if cg is not None:
+        g = g * cg
     inc = None if backplanes is None else backplanes.get("incidence_deg")
     night = None
     if inc is not None:
@@ -1635,7 +1683,7 @@ def _measure_balance(
 def _region_samples(
     data: np.ndarray,
     valid: np.ndarray,
-    gain: np.ndarray | None,
+    prep: _Prepared,
     plan: _Plan,
     region: tuple[int, int, int, int] | None,
 ) -> np.ndarray | None:
@@ -1648,9 +1696,12 @@ def _region_samples(
     sub = data[r0:r1, c0:c1][..., list(plan.channels)]
     v = valid[r0:r1, c0:c1]
     out = sub[v].astype(_F32)
-    if gain is not None:
-        gs = gain[r0:r1, c0:c1][v]
+    if prep.gain is not None:
+        gs = prep.gain[r0:r1, c0:c1][v]
         out = out * (gs[:, None] if gs.ndim == 1 else gs)
+    cg = prep.colour_gain(slice(r0, r1), slice(c0, c1), v)
+    if cg is not None:
+        out = out * cg
     return out
 
 
@@ -1858,9 +1909,9 @@ def enhance(
     with timer("levels"):
         stride = max(1, int(math.sqrt(h * w / 250_000)))
         if balance is None:
-            raw, g, night = _sample(data, valid, prep.gain, plan, stride, planes)
+            raw, g, night = _sample(data, valid, prep, plan, stride, planes)
             region = (
-                _region_samples(data, valid, prep.gain, plan, params.balance.region)
+                _region_samples(data, valid, prep, plan, params.balance.region)
                 if params.balance.method == "region"
                 else None
             )
@@ -1869,7 +1920,7 @@ def enhance(
             bal = balance if isinstance(balance, ColourBalance) else ColourBalance.from_dict(balance)
             bal._check_bands(plan.out_names)
             if params.lift.method == "asinh" and bal.lift_soft is None:
-                raw, g, _ = _sample(data, valid, prep.gain, plan, stride)
+                raw, g, _ = _sample(data, valid, prep, plan, stride)
                 bal = dataclasses.replace(
                     bal, lift_soft=_measure_balance(raw, g, plan, params, None).lift_soft
                 )
@@ -1893,6 +1944,9 @@ def enhance(
                 xs[...] = cv2.transform(data[r0:r1], m).reshape(xs.shape)
             if gain3 is not None:
                 np.multiply(xs, gain3[r0:r1], out=xs)
+            cg = prep.colour_gain(slice(r0, r1))
+            if cg is not None:
+                np.multiply(xs, cg, out=xs)
             # NaN -> 0 (invalid pixels; partly valid ones keep their finite bands and are
             # masked at the end), +-inf -> [0, 1e6]
             cv2.patchNaNs(xs, 0)
@@ -2107,12 +2161,12 @@ def colour_balance_from(
         prep = _prepare(data, valid, plan, planes, params, explicit, timer)
         h, w = valid.shape
         stride = max(1, int(math.sqrt(h * w / 250_000)))
-        raw, g, night = _sample(data, valid, prep.gain, plan, stride, planes)
+        raw, g, night = _sample(data, valid, prep, plan, stride, planes)
         raws.append(raw)
         gs.append(g)
         nights.append(np.zeros(raw.shape[0], bool) if night is None else night)
         if params.balance.method == "region":
-            r = _region_samples(data, valid, prep.gain, plan, params.balance.region)
+            r = _region_samples(data, valid, prep, plan, params.balance.region)
             if r is not None:
                 regions.append(r)
     if plan0 is None or not raws:
