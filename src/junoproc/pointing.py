@@ -120,6 +120,30 @@ def _small_rotation(angles_rad: Sequence[float]) -> np.ndarray:
     return np.eye(3) - math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
 
 
+def _rotation_vector(frame_rot: np.ndarray) -> np.ndarray:
+    """Rotation vector v of a frame rotation, the inverse of :func:`_small_rotation`."""
+    m = np.asarray(frame_rot, dtype=np.float64)
+    axis = np.array([m[1, 2] - m[2, 1], m[2, 0] - m[0, 2], m[0, 1] - m[1, 0]]) / 2.0
+    s = float(np.linalg.norm(axis))
+    if s < 1e-15:
+        return np.zeros(3)
+    angle = math.atan2(s, (float(np.trace(m)) - 1.0) / 2.0)
+    return axis * (angle / s)
+
+
+def _frame_rotations(v: np.ndarray) -> np.ndarray:
+    """:func:`_small_rotation` of many rotation vectors (n, 3) at once: (n, 3, 3)."""
+    v = np.asarray(v, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=1)
+    k = np.zeros((len(v), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    k[:, 1, 0], k[:, 2, 0], k[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    safe = np.where(theta > 1e-12, theta, 1.0)
+    a = np.where(theta > 1e-12, np.sin(theta) / safe, 1.0)
+    b = np.where(theta > 1e-12, (1 - np.cos(theta)) / safe**2, 0.5)
+    return np.eye(3) - a[:, None, None] * k + b[:, None, None] * (k @ k)
+
+
 def _as_tuple3x3(m: np.ndarray) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(x) for x in row) for row in np.asarray(m))
 
@@ -249,17 +273,26 @@ def _image_arrays(image: Any) -> tuple[ProductMeta, np.ndarray, np.ndarray]:
             valid = np.isfinite(data)
         return meta, np.nan_to_num(data.astype(np.float32, copy=False)), np.asarray(valid, bool)
     raw = np.asarray(image.framelets)
-    return meta, raw.astype(np.float32), raw < RAW_SATURATED
+    # Edges are located at half the planet's level: that must be half the *radiance*.
+    # Companded values are monotonic but not linear (SQROOT ~ sqrt), and on an edge that
+    # the pixel area and the optics spread over a pixel or more, their half level lies
+    # where the radiance is at a quarter: 0.2-0.3 px out into the sky (measured on
+    # simulated limbs), i.e. tens of km of spurious limb altitude.
+    from .calibrate import companding_table
+
+    table = companding_table(meta.bit_mode or "SQROOT", path=getattr(meta, "metadata_path", None) or None)
+    return meta, np.asarray(table, np.float32)[raw], raw < RAW_SATURATED
 
 
 def detect_limb(
     image: Any, *, cell_px: int = 3, profile_half_px: float = 8.0, max_edge_width_px: float = 4.0,
-    min_blob_px: int = 400,
+    min_blob_px: int = 400, max_inside_slope: float = 0.1,
 ) -> LimbPoints:
     """Find the target's limb against dark sky in every framelet of every band.
 
-    ``image`` is a :class:`~junoproc.products.RawImage` (companded values: monotonic,
-    fine for edges) or a calibrated image with ``data`` and ``valid``. Candidates are
+    ``image`` is a :class:`~junoproc.products.RawImage` (decompanded to linear DN with
+    the label's SAMPLE_BIT_MODE_ID table first) or a calibrated image with ``data`` and
+    ``valid``. Candidates are
     the boundary of the bright region (median-filtered, so hot pixels do not count;
     bright blobs smaller than ``min_blob_px`` such as small moons are dropped); each is
     refined along the brightness gradient: the half-level crossing between the planet
@@ -338,12 +371,21 @@ def detect_limb(
                 continue
             prof, inside, outside, contrast = prof[good], inside[good], outside[good], contrast[good]
             xx, yy, nx, ny = xx[good], yy[good], nx[good], ny[good]
-            level = (prof - outside[:, None]) / contrast[:, None]  # 1 inside, 0 outside
+            # the planet's level is not flat up to the edge (limb darkening, the fall-off
+            # towards the terminator along an oblique profile, belts): a line fitted to
+            # the inside samples, extrapolated to the edge, is the "1" of the edge
+            si = s[inside_sel]
+            pi = prof[:, inside_sel]
+            sm = si.mean()
+            slope = ((pi - pi.mean(axis=1, keepdims=True)) @ (si - sm)) / float(np.sum((si - sm) ** 2))
+            flat_inside = np.abs(slope) <= max_inside_slope * contrast
+            planet = inside[:, None] + slope[:, None] * (s[None, :] - sm)
+            level = (prof - outside[:, None]) / np.maximum(planet - outside[:, None], 1e-6)  # 1 in, 0 out
             s_half = _last_crossing(level, s, 0.5)
             s_80 = _last_crossing(level, s, 0.8)
             s_20 = _last_crossing(level, s, 0.2)
             width = s_20 - s_80
-            fine = (np.isfinite(s_half) & np.isfinite(width) & (width > 0)
+            fine = (flat_inside & np.isfinite(s_half) & np.isfinite(width) & (width > 0)
                     & (width < max_edge_width_px) & (np.abs(s_half) < 3.0))
             if not fine.any():
                 continue
@@ -607,7 +649,8 @@ def _robust_cost(r: np.ndarray, f_scale: float = 1.0) -> float:
 
 
 def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: float = 1.0, rounds: int = 3,
-                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf)) -> tuple[np.ndarray, np.ndarray]:
+                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf), diff_step: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers.
 
     ``fun(x)`` gives the point residuals (px), ``extra(x)`` optional prior residuals (in
@@ -623,7 +666,7 @@ def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: floa
             return r if extra is None else np.r_[r, extra(p)]
 
         x = optimize.least_squares(f, x, loss="soft_l1", f_scale=f_scale, x_scale=x_scale, method="trf",
-                                   max_nfev=200, bounds=bounds).x
+                                   max_nfev=200, bounds=bounds, diff_step=diff_step).x
         r = fun(x)
         sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
         new = np.abs(r) < max(3.0 * sigma, 0.5)
@@ -869,6 +912,7 @@ def solve_pointing(
     min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0, seed: int = 0,
     refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
     allow_prior_dependent: bool = True, fit_limb_altitude: bool = True, fit_camera_twist: bool = True,
+    fit_interframe_correction: bool = False,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
@@ -907,6 +951,7 @@ def solve_pointing(
     notes: list[str] = []
     axis_info: dict[str, Any] = {}
     lo_h, hi_h = LIMB_ALT_BOUNDS_KM if fit_limb_altitude else (-1e-6, 1e-6)
+    held = np.zeros(6, bool)  # parameters held at their start value
     camera_twist = 0.0
     if ck is None:
         mid = n_frames // 2
@@ -928,6 +973,7 @@ def solve_pointing(
 
         # x = (ra, dec, phase0, rate, camera twist about the boresight, limb altitude)
         lo_tw, hi_tw = (-TWIST_BOUND_RAD, TWIST_BOUND_RAD) if fit_camera_twist else (-1e-9, 1e-9)
+        held[4] = not fit_camera_twist
         x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-3, 10.0])
         bounds = ([-np.inf] * 4 + [lo_tw, lo_h], [np.inf] * 4 + [hi_tw, hi_h])
         refined: list[tuple[float, np.ndarray]] = []
@@ -967,22 +1013,54 @@ def solve_pointing(
         method = "spin"
         limb_alt = float(x[5])
     else:
+        # The CK fixes the spin axis, so a start offset and a rotation about that axis are
+        # the same thing: the rotation's component along the spin is held at the CK's value
+        # and the offset (the IK's 20 ms jitter) takes it. The small rotation is fitted in
+        # the basis (spin, e1, e2) of the camera frame. The interframe correction is held at
+        # the IK's value unless asked for: over a few frames the albedo biases of the limb
+        # pass for a drift of the phase (8 simulated frames at 200,000 km: -85 +- 21 us
+        # fitted where the truth is 0, 0.3 px at the last frame).
+        # Per frame the CK's rotation and angular velocity (camera frame, from +-50 ms):
+        # a time offset turns the frame by w * dt. (Evaluating the CK at et + dt instead
+        # would lose dt below ~1e-7 s, the resolution of an ET near 7e8 s, and a finite-
+        # difference Jacobian steps by ~1e-8.)
+        rot_ck = np.stack([ck.rot_j2000_to_cam(float(e)) for e in ets])
+        h_s = 0.05
+        w_cam = np.stack([_rotation_vector(ck.rot_j2000_to_cam(float(e) + h_s) @ ck.rot_j2000_to_cam(
+            float(e) - h_s).T) / (2 * h_s) for e in ets])
+        spin_cam = np.mean(w_cam, axis=0)
+        basis_delta = spin_basis(spin_cam)[[2, 0, 1]].T  # columns: spin, e1, e2
+
         def rotations(x: np.ndarray) -> np.ndarray:
-            et_fit = ets + x[0] + frame_idx * x[1]
-            rot = np.stack([ck.rot_j2000_to_cam(float(e)) for e in et_fit])
-            return _small_rotation(x[2:5]) @ rot
+            dt = x[0] + frame_idx * x[1]
+            return _small_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
 
         def fun(x: np.ndarray) -> np.ndarray:
             return model.residuals_px(rotations(x), x[5])
 
         rotations(np.zeros(6))  # checks the CK's coverage before fitting
         prior = None
-        x, inl = _fit_robust(fun, np.zeros(6), n, x_scale=np.array([1e-3, 1e-5, 1e-4, 1e-4, 1e-4, 10.0]),
-                             bounds=([-np.inf] * 5 + [lo_h], [np.inf] * 5 + [hi_h]))
-        attitude = RefinedCkAttitude(delta_cam_rad=(float(x[2]), float(x[3]), float(x[4])))
+        held[1], held[2] = not fit_interframe_correction, True
+        free = ~held
+
+        units = np.array([1e-3, 1e-6, 1e-3, 1e-3, 1e-3, 1.0])  # optimised in ms, us, mrad, km
+
+        def full(xf: np.ndarray) -> np.ndarray:
+            xx = np.zeros(6)
+            xx[free] = xf
+            return xx * units
+
+        lo_b, hi_b = np.array([-np.inf] * 5 + [lo_h]), np.array([np.inf] * 5 + [hi_h])
+        xf, inl = _fit_robust(lambda xf: fun(full(xf)), np.zeros(int(free.sum())), n,
+                              x_scale=np.array([1.0, 10.0, 0.1, 0.1, 0.1, 10.0])[free],
+                              bounds=(lo_b[free], hi_b[free]))
+        x = full(xf)
+        delta = basis_delta @ x[2:5]
+        attitude = RefinedCkAttitude(delta_cam_rad=(float(delta[0]), float(delta[1]), float(delta[2])))
         timing_fit = timing0.with_offsets(timing0.start_offset_s + float(x[0]),
                                           timing0.interframe_correction_s + float(x[1]))
-        fixed = ()
+        fixed = ("rotation about the spin axis (the CK's; the start offset takes it)",) + (
+            () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
         steps = np.array([1e-5, 1e-7, 1e-6, 1e-6, 1e-6, 1.0])
         method = "ck-refined"
         limb_alt = float(x[5])
@@ -992,6 +1070,7 @@ def solve_pointing(
     rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
     # covariance: limb rows weighted by the fit's RMS, the prior's rows in sigmas
     jac = _numeric_jacobian(lambda p: fun(p)[inl], x, steps) / max(rms_all, 1e-3)
+    jac[:, held] = 0.0  # parameters held at a value are not uncertain
     if not fit_limb_altitude:
         jac = jac[:, :-1]
     info_limb = jac.T @ jac
@@ -1020,8 +1099,9 @@ def solve_pointing(
                     f"{meta.product_id}: solved spin axis is more than {prior.gate_deg:.0f} deg from Earth "
                     "and the orbit normal", hint="the limb fit is wrong (mirror solution?); use a CK")
     else:
-        names = ("start_offset_s", "interframe_correction_s", "delta_x_rad", "delta_y_rad", "delta_z_rad")
-        sigma = {k: float(v) for k, v in zip(names, sd, strict=False)}
+        names = ("start_offset_s", "interframe_correction_s", "delta_spin_rad", "delta_e1_rad",
+                 "delta_e2_rad")
+        sigma = {k: float(v) for k, v, h in zip(names, sd, held, strict=False) if not h}
     if fit_limb_altitude:
         sigma["limb_alt_km"] = float(sd[-1])
     # the limb alone would not pass the axis gate: the roll rests on the prior

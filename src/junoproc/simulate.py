@@ -607,13 +607,80 @@ class _Scene:
     jupitershine: float
 
 
-def _render_noiseless(scene: _Scene, filters: Sequence[str]) -> np.ndarray:
-    """Reflectance x illumination, (n_frames, n_filters, rows, samples) float32."""
+#: Sub-pixel samples per axis of the pixels the limb crosses (stratified, jittered).
+LIMB_SUBSAMPLES = 6
+
+
+def _illumination(scene: _Scene, state: Any, pts: Any, jup_body: np.ndarray | None) -> np.ndarray:
+    """Minnaert sunlight (+ Jupitershine) of surface points, zero on the night side."""
+    target = scene.target
+    k = scene.minnaert_k
+    normal = pts.pos_body_km / target.radii**2
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    to_sun = state.sun_pos_body_km - pts.pos_body_km
+    to_sun /= np.linalg.norm(to_sun, axis=-1, keepdims=True)
+    mu0 = np.einsum("...i,...i->...", normal, to_sun)
+    mu = np.einsum("...i,...i->...", normal, -pts.apparent_dir_body)
+    mu = np.clip(mu, 1e-3, 1.0)
+    light = np.where(mu0 > 0, np.clip(mu0, 0, 1) ** k * mu ** (k - 1.0), 0.0)
+    if jup_body is not None:
+        to_jup = jup_body - pts.pos_body_km
+        to_jup /= np.linalg.norm(to_jup, axis=-1, keepdims=True)
+        mu_j = np.einsum("...i,...i->...", normal, to_jup)
+        light = light + scene.jupitershine * np.where(mu_j > 0, np.clip(mu_j, 0, 1) ** k
+                                                      * mu ** (k - 1.0), 0.0)
+    return light
+
+
+def _limb_pixels(scene: _Scene, band: str, state: Any, rot: np.ndarray, jup_body: np.ndarray | None,
+                 x_px: np.ndarray, y_px: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mean radiance over the area of pixels centred at (x_px, y_px): K x K stratified,
+    jittered samples, each a ray of its own that hits the target or the sky.
+
+    The limb then falls inside a pixel as it does on a CCD (the pixel integrates the
+    scene over its area), instead of where the pixel centre happens to be: a hard,
+    centre-sampled edge puts every limb point up to 0.5 px off (0.34 px RMS on the truth
+    attitude), with errors that follow the pixel grid and bias a limb fit.
+    """
+    k = LIMB_SUBSAMPLES
+    n = x_px.size
+    grid = (np.arange(k) + 0.0)[None, :]
+    ox = (grid[:, None, :] + rng.random((n, k, k))) / k - 0.5   # (n, k, k) along x
+    oy = (grid.T[None] + rng.random((n, k, k))) / k - 0.5        # along y
+    cam = scene.cameras[band]
+    rays = cam.px_to_cam((x_px[:, None, None] + ox).ravel(), (y_px[:, None, None] + oy).ravel())
+    pts = intersect_rays(state, rot, rays, scene.target)
+    value = np.zeros(rays.shape[0], np.float64)
+    if pts.hit.any():
+        hit = pts.hit
+        sub = type(pts)(pos_body_km=pts.pos_body_km[hit], observer_pos_body_km=pts.observer_pos_body_km[hit],
+                        hit=hit[hit], range_km=pts.range_km[hit],
+                        apparent_dir_body=pts.apparent_dir_body[hit], delta_lt_s=pts.delta_lt_s[hit])
+        ll = lonlat_from_body(sub.pos_body_km, scene.target)
+        tx, ty = _texel_coords(ll["lat_centric_deg"], ll["lon_east_deg"], scene.texture_shape)
+        m = tx.size  # cv2.remap maps must stay below 32767 a side: (rows, 1024)
+        cols = 1024
+        pad = -m % cols
+        mx = np.pad(np.mod(tx, scene.texture_shape[1]).astype(np.float32), (0, pad)).reshape(-1, cols)
+        my = np.pad(ty.astype(np.float32), (0, pad)).reshape(-1, cols)
+        refl = cv2.remap(scene.textures[band], mx, my, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_WRAP).ravel()[:m]
+        value[hit] = refl * _illumination(scene, state, sub, jup_body)
+    return value.reshape(n, k * k).mean(axis=1)
+
+
+def _render_noiseless(scene: _Scene, filters: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Reflectance x illumination, (n_frames, n_filters, rows, samples) float32.
+
+    Pixels inside the disc: 2x2 supersampled texture at the pixel centre's surface point.
+    Pixels the limb crosses: the area average of :func:`_limb_pixels`.
+    """
     rows, samples = FRAMELET_ROWS, CCD_SAMPLES
     out = np.zeros((len(scene.frame_ets), len(filters), rows, samples), np.float32)
     target = scene.target
     radius_max = float(np.max(target.radii))
-    k = scene.minnaert_k
+    rng = np.random.default_rng([seed, 7])
+    ring = np.ones((3, 3), np.uint8)
     for f, et in enumerate(scene.frame_ets):
         state = frame_state(target, float(et))
         rot = scene.attitude.rot_j2000_to_cam(float(et))
@@ -641,21 +708,17 @@ def _render_noiseless(scene: _Scene, filters: Sequence[str]) -> np.ndarray:
             ll = lonlat_from_body(pts.pos_body_km, target)
             x, y = _texel_coords(ll["lat_centric_deg"], ll["lon_east_deg"], scene.texture_shape)
             refl = _sample_supersampled(scene.textures[band], scene.texture_shape, x, y)
-            normal = pts.pos_body_km / target.radii**2
-            normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-            to_sun = state.sun_pos_body_km - pts.pos_body_km
-            to_sun /= np.linalg.norm(to_sun, axis=-1, keepdims=True)
-            mu0 = np.einsum("...i,...i->...", normal, to_sun)
-            mu = np.einsum("...i,...i->...", normal, -pts.apparent_dir_body)
-            mu = np.clip(mu, 1e-3, 1.0)
-            light = np.where(mu0 > 0, np.clip(mu0, 0, 1) ** k * mu ** (k - 1.0), 0.0)
-            if jup_body is not None:
-                to_jup = jup_body - pts.pos_body_km
-                to_jup /= np.linalg.norm(to_jup, axis=-1, keepdims=True)
-                mu_j = np.einsum("...i,...i->...", normal, to_jup)
-                light = light + scene.jupitershine * np.where(mu_j > 0, np.clip(mu_j, 0, 1) ** k
-                                                              * mu ** (k - 1.0), 0.0)
-            out[f, b, r0:r1, c0:c1] = np.where(hit, refl * light, 0.0)
+            light = _illumination(scene, state, pts, jup_body)
+            block = np.where(hit, refl * light, 0.0)
+            # the pixels the limb crosses: a hit next to a miss (3x3), area-averaged
+            h8 = hit.astype(np.uint8)
+            edge = cv2.dilate(h8, ring, borderType=cv2.BORDER_REPLICATE) != cv2.erode(
+                h8, ring, borderType=cv2.BORDER_REPLICATE)
+            if edge.any():
+                jj, ii = np.nonzero(edge)
+                block[jj, ii] = _limb_pixels(scene, band, state, rot, jup_body, c0 + ii + 0.5,
+                                             r0 + jj + 0.5, rng)
+            out[f, b, r0:r1, c0:c1] = block
     return out
 
 
@@ -878,7 +941,7 @@ def simulate(
                            textures=textures, texture_shape=(int(tex_shape[0]), int(tex_shape[1])),
                            minnaert_k=minnaert_k,
                            jupitershine=jupitershine_fraction if jupitershine and not is_jupiter else 0.0)
-            radiance = _render_noiseless(scene, filters)
+            radiance = _render_noiseless(scene, filters, seed)
             nadir_km = altitude_km / cameras[filters[0]].focal_px
             sun_dist_km = float(np.linalg.norm(spiceypy.spkpos("SUN", et_mid, "J2000", "NONE", tgt.name)[0]))
             subpt, _, srfvec = spiceypy.subpnt("NEAR POINT/ELLIPSOID", tgt.name, float(frame_ets[0]),
