@@ -48,9 +48,11 @@ bands) and ``n_samples`` (framelet samples blended, summed over bands).
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,7 @@ from .geometry import (
     SurfacePoints,
     Target,
     _intersect_ellipsoid,
+    _workers,
     body_from_lonlat,
     frame_state,
     graphic_to_centric_deg,
@@ -78,6 +81,7 @@ __all__ = [
     "INTERPOLATIONS",
     "PROJECTIONS",
     "MapGrid",
+    "grid_points_at",
     "grid_surface_points",
     "grid_xy_from_body",
     "make_grid",
@@ -98,8 +102,15 @@ _INTERP_ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczo
 MAX_GRID_SIDE = 20000
 #: Relative weight of samples that touch invalid pixels (filled values): a last resort.
 FALLBACK_WEIGHT = 1e-4
-_BACKPLANE_CHUNK = 1 << 20
-_REMAP_COLS = 1024  # cv2.remap wants sides < 32767: sample vectors are folded to this width
+#: Output pixels between the nodes of the interpolation lattice (a power of two, see project).
+LATTICE_STEP_PX = 8
+#: Default largest error (framelet px) of the interpolated mapping before a cell goes exact.
+MAX_INTERP_ERROR_PX = 0.02
+#: Output rows per strip and columns per tile of the dense sampling (bound the temporaries).
+STRIP_ROWS = 128
+TILE_COLS = 256
+#: Backplane angles whose interpolated cosine exceeds this (< 2.6 deg) are computed exactly.
+NEAR_ZERO_COS = 0.999
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,23 +186,34 @@ def grid_surface_points(grid: MapGrid, *, state: FrameState | None = None
     Perspective grids need the mid-time :class:`FrameState` (computed when not given).
     """
     h, w = grid.shape
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    return grid_points_at(grid, rows, cols, state=state)
+
+
+def grid_points_at(grid: MapGrid, row_idx: np.ndarray, col_idx: np.ndarray, *,
+                   state: FrameState | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Body-fixed surface points (..., 3) at output *array index* coordinates (row, col), any
+    broadcastable shapes, and the hit mask (NaN points where the grid misses the target).
+
+    Index ``(r, c)`` is the centre of pixel ``[r, c]``; non-integer and out-of-grid indices
+    continue the projection's formulas (the interpolation lattice of :func:`project` uses it).
+    """
+    row_idx, col_idx = np.broadcast_arrays(np.asarray(row_idx, np.float64), np.asarray(col_idx, np.float64))
+    h, w = grid.shape
     target = grid.target
     p = grid.params
-    cols = np.arange(w, dtype=np.float64) + 0.5
-    rows = np.arange(h, dtype=np.float64) + 0.5
+    rows, cols = row_idx + 0.5, col_idx + 0.5
     if grid.projection == "equirectangular":
         ppd = float(p["px_per_deg"])
         lon_e = np.mod(float(p["lon_left_east_deg"]) + cols / ppd, 360.0)
         lat = float(p["lat_top_deg"]) - rows / ppd
         if grid.lat_convention == "graphic":
             lat = graphic_to_centric_deg(lat, target)
-        lat2, lon2 = np.meshgrid(lat, lon_e, indexing="ij")
-        pos = body_from_lonlat(lat2, lon2, target)
-        return pos, np.ones((h, w), bool)
+        return body_from_lonlat(lat, lon_e, target), np.ones(rows.shape, bool)
     if grid.projection == "polar":
         ppd = float(p["px_per_deg"])
-        x = (cols - w / 2.0)[None, :] / ppd
-        y = (rows - h / 2.0)[:, None] / ppd
+        x = (cols - w / 2.0) / ppd
+        y = (rows - h / 2.0) / ppd
         rho_deg = np.hypot(x, y)
         if p["kind"] == "stereographic":
             colat = np.degrees(2.0 * np.arctan(np.radians(rho_deg) / 2.0))
@@ -203,28 +225,27 @@ def grid_surface_points(grid: MapGrid, *, state: FrameState | None = None
             lon_e = -lon_e
         lat = 90.0 - colat if north else colat - 90.0
         hit = colat <= float(p["radius_deg"])
-        lat = np.where(hit, lat, 0.0)
-        pos = body_from_lonlat(lat, np.mod(lon_e, 360.0) + 0.0 * lat, target)
+        pos = body_from_lonlat(np.where(hit, lat, 0.0), np.mod(lon_e, 360.0), target)
         pos[~hit] = np.nan
         return pos, hit
     if grid.projection == "orthographic":
         e_n, e_e, e_u = _ortho_axes(p, target)
         km_per_px = float(p["km_per_px"])
-        x = (cols - w / 2.0)[None, :, None] * km_per_px
-        y = (rows - h / 2.0)[:, None, None] * km_per_px
+        x = (cols - w / 2.0)[..., None] * km_per_px
+        y = (rows - h / 2.0)[..., None] * km_per_px
         far = 10.0 * max(target.radii_km)
         origin = far * e_u + x * e_e - y * e_n
         direction = np.broadcast_to(-e_u, origin.shape)
         t, hit = _intersect_ellipsoid(origin, direction, target.radii)
-        pos = origin + t[..., None] * direction
-        return pos, hit
+        return origin + t[..., None] * direction, hit
     if grid.projection == "perspective":
         rot, f, cx, cy = _perspective_camera(p)
         if state is None:
             state = frame_state(target, float(p["et"]))
-        xx, yy = np.meshgrid(cols - cx, rows - cy)
-        rays = np.stack([xx, yy, np.full_like(xx, f)], axis=-1)
+        rays = np.stack([cols - cx, rows - cy, np.full_like(cols, f)], axis=-1)
         rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+        if rays.size == 0:
+            return np.zeros(rows.shape + (3,)), np.zeros(rows.shape, bool)
         pts = intersect_rays(state, rot, rays, target)
         return pts.pos_body_km, pts.hit
     raise ProjectionError(f"unknown projection {grid.projection!r}", hint=f"one of {PROJECTIONS}")
@@ -504,22 +525,6 @@ def make_grid(
 # ---------------------------------------------------------------------------------------
 # inverse mapping
 # ---------------------------------------------------------------------------------------
-def _fold(v: np.ndarray) -> np.ndarray:
-    """A vector -> a (rows, _REMAP_COLS) float32 array for cv2.remap (padded with -1e4)."""
-    n = len(v)
-    rows = max(1, -(-n // _REMAP_COLS))
-    out = np.full(rows * _REMAP_COLS, -1e4, np.float32)
-    out[:n] = v
-    return out.reshape(rows, _REMAP_COLS)
-
-
-def _remap(src: np.ndarray, x_idx: np.ndarray, y_idx: np.ndarray, flag: int,
-           border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
-    n = len(x_idx)
-    out = cv2.remap(src, _fold(x_idx), _fold(y_idx), flag, borderMode=border, borderValue=0.0)
-    return out.reshape(-1)[:n]
-
-
 def _smoothstep(t: np.ndarray) -> np.ndarray:
     t = np.clip(t, 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
@@ -580,48 +585,43 @@ def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None
     return list(zip(r0[keep].tolist(), r1[keep].tolist(), c0[keep].tolist(), c1[keep].tolist(), strict=True))
 
 
-def _candidates(boxes: Sequence[tuple[int, int, int, int]], hit_grid: np.ndarray) -> np.ndarray:
-    """Flat grid indices (sorted, unique) of hit pixels inside any of the boxes."""
-    r0, r1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
-    c0, c1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
-    sub = np.zeros((r1 - r0, c1 - c0), bool)
-    for a, b, c, d in boxes:
-        sub[a - r0:b - r0, c - c0:d - c0] = True
-    sub &= hit_grid[r0:r1, c0:c1]
-    rr, cc = np.nonzero(sub)
-    return (rr + r0) * hit_grid.shape[1] + (cc + c0)
+def _cells_from_boxes(boxes: Sequence[tuple[int, int, int, int]], step: int,
+                      n_cells: tuple[int, int]) -> np.ndarray:
+    """Lattice cells (bool (rows, cols)) touched by any output-pixel box (r0, r1, c0, c1)."""
+    out = np.zeros(n_cells, bool)
+    if not boxes:
+        return out
+    b = np.asarray(boxes, np.int64)
+    r0, r1 = b[:, 0] // step, -(-b[:, 1] // step)
+    c0, c1 = b[:, 2] // step, -(-b[:, 3] // step)
+    acc = np.zeros((n_cells[0] + 1, n_cells[1] + 1), np.int32)  # 2-D difference array
+    np.add.at(acc, (r0, c0), 1)
+    np.add.at(acc, (r0, c1), -1)
+    np.add.at(acc, (r1, c0), -1)
+    np.add.at(acc, (r1, c1), 1)
+    return acc.cumsum(axis=0).cumsum(axis=1)[:n_cells[0], :n_cells[1]] > 0
 
 
-def _equirectangular_soa(grid: MapGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat float32 x, y, z (km) of an equirectangular grid's pixel centres, built from one
-    row and one column (what :func:`grid_surface_points` gives, in a quarter of the memory)."""
-    h, w = grid.shape
-    p = grid.params
-    ppd = float(p["px_per_deg"])
-    lon = np.radians(np.mod(float(p["lon_left_east_deg"]) + (np.arange(w) + 0.5) / ppd, 360.0))
-    lat = float(p["lat_top_deg"]) - (np.arange(h) + 0.5) / ppd
-    if grid.lat_convention == "graphic":
-        lat = graphic_to_centric_deg(lat, grid.target)
-    lat = np.radians(lat)
-    a, b, c = grid.target.radii_km
-    cl, sl = np.cos(lat)[:, None], np.sin(lat)[:, None]
-    co, so = np.cos(lon)[None, :], np.sin(lon)[None, :]
-    inv = (cl * co / a) ** 2
-    inv += (cl * so / b) ** 2
-    inv += (sl / c) ** 2
-    scale = (1.0 / np.sqrt(inv)).astype(np.float32)
-    del inv
-    x = (cl * co).astype(np.float32) * scale
-    y = (cl * so).astype(np.float32) * scale
-    z = sl.astype(np.float32) * scale
-    return x.reshape(-1), y.reshape(-1), z.reshape(-1)
+def _corners(cells: np.ndarray) -> np.ndarray:
+    """Lattice nodes (bool (rows + 1, cols + 1)) at the corners of the given cells."""
+    out = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), bool)
+    out[:-1, :-1] |= cells
+    out[1:, :-1] |= cells
+    out[:-1, 1:] |= cells
+    out[1:, 1:] |= cells
+    return out
+
+
+def _corner_stack(v: np.ndarray) -> np.ndarray:
+    """Node values (rows + 1, cols + 1, ...) -> the 4 corners of every cell (4, rows, cols, ...)."""
+    return np.stack([v[:-1, :-1], v[1:, :-1], v[:-1, 1:], v[1:, 1:]])
 
 
 def _surface_to_px(geometry: ImageGeometry, frame: int, band: str, x_km: np.ndarray,
                    y_km: np.ndarray, z_km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     fast = getattr(geometry, "surface_to_px_xyz", None)
     if fast is not None:
-        return fast(frame, band, x_km, y_km, z_km)
+        return fast(frame, band, x_km, y_km, z_km, workers=1)
     return geometry.surface_to_px(frame, band, np.stack([x_km, y_km, z_km], axis=-1))
 
 
@@ -655,12 +655,559 @@ def _image_arrays(image: Any) -> tuple[np.ndarray, np.ndarray]:
     return data, valid
 
 
+def _view_angles(pos: np.ndarray, radii: np.ndarray, observer: np.ndarray, sun: np.ndarray
+                 ) -> np.ndarray:
+    """(n, 4) float64 cos(emission), cos(incidence), cos(phase), range (km) of surface points
+    (n, 3) seen from ``observer`` and lit from ``sun`` (body frame, geometric directions)."""
+    normal = pos / radii**2
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    to_obs = observer - pos
+    rng = np.linalg.norm(to_obs, axis=-1)
+    to_obs /= rng[:, None]
+    to_sun = sun - pos
+    to_sun /= np.linalg.norm(to_sun, axis=-1, keepdims=True)
+    return np.stack([np.einsum("ij,ij->i", normal, to_obs), np.einsum("ij,ij->i", normal, to_sun),
+                     np.einsum("ij,ij->i", to_obs, to_sun), rng], axis=-1)
+
+
+def _warp_nodes(nodes: np.ndarray, step: int, node_r0: int, node_c0: int, rows: tuple[int, int],
+                cols: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation of node values (n_r, n_c[, ch]; node [i, j] at output index
+    ((node_r0 + i) * step, (node_c0 + j) * step)) at the output pixels rows x cols (half-open
+    ranges) -> (rows, cols[, ch]) float32. The lattice step is a power of two, so the source
+    positions (multiples of 1/step) are exact in OpenCV's 1/32 px interpolation table."""
+    m = np.array([[1.0 / step, 0.0, cols[0] / step - node_c0],
+                  [0.0, 1.0 / step, rows[0] / step - node_r0]])
+    return cv2.warpAffine(nodes, m, (cols[1] - cols[0], rows[1] - rows[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+@dataclass
+class _Band:
+    """Per-band constants of the inverse mapping."""
+
+    name: str
+    rows: int
+    cols: slice
+    ifov_rad: float
+    feather: np.ndarray  # (rows, samples) float32 smoothstep(d_edge / feather_px), 0 off the photoactive area
+    mask: np.ndarray     # (rows, samples) float32 1 on the photoactive area eroded by the kernel's support
+
+
+@dataclass
+class _Source:
+    """One framelet ready for sampling.
+
+    ``gate`` is the feather where the sample's interpolation support is valid, -:data:`_GATE_INVALID`
+    at invalid photoactive pixels and -:data:`_GATE_OUTSIDE` off the photoactive area, so that one
+    bilinear sample of it is >= 0 exactly when the sample may be used as is; samples with
+    -:data:`_GATE_FALLBACK` < gate < 0 touch invalid pixels and get the fallback rule.
+    """
+
+    value: np.ndarray
+    gate: np.ndarray
+    has_invalid: bool
+    usable: np.ndarray  # 1 where the filled value may serve as a fallback
+    full: np.ndarray | None = None  # (rows, samples, 4) [value, eroded valid mask, usable fill, feather]
+
+
+_GATE_INVALID = 1e4
+_GATE_OUTSIDE = 1e8
+_GATE_FALLBACK = 1e6
+
+
+class _Projector:
+    """The lattice-interpolated inverse mapping of one image onto one grid, strip by strip.
+
+    See :func:`project` for the model; this class holds what the strips share.
+    """
+
+    def __init__(self, data: np.ndarray, valid: np.ndarray, geometry: ImageGeometry, grid: MapGrid,
+                 grid_state: FrameState | None, footprints: Sequence[Footprint], *, flag: int,
+                 support: int, feather_px: float, resolution_exponent: float, fill_invalid: bool,
+                 max_error_px: float, frame_order: Sequence[int]) -> None:
+        self.data, self.valid, self.geometry, self.grid = data, valid, geometry, grid
+        self.grid_state = grid_state
+        self.flag, self.support, self.fill_invalid = flag, support, fill_invalid
+        self.k_res = float(resolution_exponent)
+        self.max_error_px = float(max_error_px)
+        self.frame_order = list(frame_order)
+        self.step = s = LATTICE_STEP_PX
+        h, w = grid.shape
+        self.n_cells = (-(-h // s), -(-w // s))
+        self.col_nodes = np.arange(self.n_cells[1] + 1, dtype=np.float64) * s
+        self.radii = grid.target.radii
+        self.kernel = None if support == 0 else np.ones((2 * support + 1, 2 * support + 1), np.uint8)
+        self.bands: list[_Band] = []
+        for band in geometry.meta.filters:
+            cam = geometry.cameras[band]
+            rows, samples = cam.shape
+            cols = cam.photoactive_columns()
+            yy, xx = np.mgrid[0:rows, 0:samples].astype(np.float32)
+            d_edge = np.minimum(np.minimum(yy + 0.5, rows - 0.5 - yy),
+                                np.minimum(xx + 0.5 - cols.start, cols.stop - 0.5 - xx))
+            feather = _smoothstep(d_edge / np.float32(feather_px)).astype(np.float32)
+            feather[:, :cols.start] = 0.0
+            feather[:, cols.stop:] = 0.0
+            mask = np.zeros((rows, samples), np.uint8)
+            mask[:, cols] = 1
+            self.bands.append(_Band(band, rows, cols, geometry.ifov_rad(band), feather,
+                                    self._erode(mask).astype(np.float32)))
+        by_key = {(fp.frame, fp.band): fp for fp in footprints}
+        self.frame_cells: dict[int, np.ndarray] = {}
+        for frame in range(geometry.n_frames):
+            boxes: list[tuple[int, int, int, int]] = []
+            for band in geometry.meta.filters:
+                fp = by_key.get((frame, band))
+                if fp is not None:
+                    boxes += _chunk_boxes(grid, fp, grid_state)
+            cells = _cells_from_boxes(boxes, s, self.n_cells)
+            if cells.any():
+                self.frame_cells[frame] = cells
+        # tolerance of the grid's own interpolation (surface points, backplanes), km on the surface
+        p = grid.params
+        if grid.projection == "orthographic":
+            px_km = float(p["km_per_px"])
+        elif grid.projection == "perspective":
+            px_km = float(np.linalg.norm(p["observer_pos_body_km"]) - max(grid.target.radii_km)) \
+                / float(p["focal_px"])
+        else:
+            px_km = math.radians(1.0) * grid.target.radii_km[0] / float(p["px_per_deg"])
+        self.grid_tol_km = max(self.max_error_px, 1e-9) * max(px_km, 1e-6)
+        self.mid_state = geometry.states[geometry.n_frames // 2]
+        self._sources: dict[tuple[int, int], _Source] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._all_stats: list[dict[str, float]] = []
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """This thread's step timings (s) and counts; :meth:`totals` sums the threads'."""
+        st: dict[str, float] | None = getattr(self._local, "stats", None)
+        if st is None:
+            st = dict.fromkeys(("lattice_s", "exact_s", "sample_blend_s", "output_s", "backplanes_s",
+                                "samples", "fallback_samples", "dense_px", "exact_px", "nodes"), 0)
+            self._local.stats = st
+            with self._lock:
+                self._all_stats.append(st)
+        return st
+
+    def totals(self) -> dict[str, float]:
+        keys = self._all_stats[0] if self._all_stats else {}
+        return {k: sum(st[k] for st in self._all_stats) for k in keys}
+
+    def run(self, out: _Outputs, workers: int) -> None:
+        """All strips (on ``workers`` threads; strips write disjoint rows); a framelet's
+        prepared source is dropped once the last strip that needs it is done."""
+        step = STRIP_ROWS // self.step
+        strips = [(k0, min(k0 + step, self.n_cells[0])) for k0 in range(0, self.n_cells[0], step)]
+        needs = {f: [k0 for k0, k1 in strips if cells[k0:k1].any()] for f, cells in self.frame_cells.items()}
+        remaining = {f: len(v) for f, v in needs.items()}
+
+        def task(k0: int, k1: int) -> float:
+            peak = self.strip(k0, k1, out)
+            with self._lock:
+                for f, starts in needs.items():
+                    if k0 in starts:
+                        remaining[f] -= 1
+                        if not remaining[f]:
+                            for key in [key for key in self._sources if key[0] == f]:
+                                del self._sources[key]
+            return peak
+
+        n = min(workers, len(strips))
+        if n <= 1:
+            peaks = [task(k0, k1) for k0, k1 in strips]
+        else:
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                peaks = list(pool.map(lambda ks: task(*ks), strips))
+        out.peak = max(peaks, default=0.0)
+
+    def _erode(self, mask: np.ndarray) -> np.ndarray:
+        if self.kernel is None:
+            return mask
+        return cv2.erode(mask, self.kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+    # -- framelet sources --------------------------------------------------------------
+    def _source(self, frame: int, b: int) -> _Source:
+        key = (frame, b)
+        with self._lock:
+            src = self._sources.get(key)
+        if src is None:
+            band = self.bands[b]
+            ok_px = self.valid[frame, b].copy()
+            ok_px[:, :band.cols.start] = False
+            ok_px[:, band.cols.stop:] = False
+            has_invalid = not ok_px[:, band.cols].all()
+            value, usable = _filled(self.data[frame, b], ok_px, band.cols)
+            if has_invalid:
+                good = self._erode(ok_px.astype(np.uint8)).astype(bool)
+                gate = np.where(good, band.feather, np.float32(-_GATE_INVALID)).astype(np.float32)
+            else:
+                gate = np.where(band.mask > 0, band.feather, np.float32(-_GATE_INVALID)).astype(np.float32)
+            gate[:, :band.cols.start] = -_GATE_OUTSIDE
+            gate[:, band.cols.stop:] = -_GATE_OUTSIDE
+            src = _Source(value, gate, has_invalid, usable)
+            with self._lock:
+                src = self._sources.setdefault(key, src)
+        return src
+
+    def _full_source(self, frame: int, b: int, src: _Source) -> np.ndarray:
+        """[value, eroded valid mask, usable fill, feather] for the exact fallback rule."""
+        if src.full is None:
+            band = self.bands[b]
+            mask = (src.gate >= 0).astype(np.float32)  # the eroded valid photoactive pixels
+            src.full = cv2.merge([src.value, mask, src.usable, band.feather])
+        return src.full
+
+    # -- one strip of lattice cells ------------------------------------------------------
+    def strip(self, k0: int, k1: int, out: _Outputs) -> float:
+        """Project cell rows [k0, k1) into ``out``; returns the largest single-band weight sum."""
+        s = self.step
+        grid = self.grid
+        h, w = grid.shape
+        nb = len(self.bands)
+        r0, r1 = k0 * s, min(k1 * s, h)
+        sr = r1 - r0
+        t0 = time.perf_counter()
+        node_rows = (k0 + np.arange(k1 - k0 + 1, dtype=np.float64)) * s
+        pos_n, hit_n = grid_points_at(grid, node_rows[:, None], self.col_nodes[None, :],
+                                      state=self.grid_state)
+        pos_c, hit_c = grid_points_at(grid, node_rows[:-1, None] + s // 2, self.col_nodes[None, :-1] + s // 2,
+                                      state=self.grid_state)
+        corner_hit = _corner_stack(hit_n)
+        any_hit = corner_hit.any(axis=0) | hit_c
+        all_hit = corner_hit.all(axis=0) & hit_c
+        with np.errstate(invalid="ignore"):
+            err_km = np.linalg.norm(pos_c - _corner_stack(pos_n).mean(axis=0), axis=-1)
+        exact_grid = any_hit & ~(all_hit & (err_km <= self.grid_tol_km))
+        smooth_grid = all_hit & ~exact_grid
+        ex_grid = self._exact_pixels(exact_grid, k0)  # (rows, cols, pos) of hit pixels in those cells
+        self.stats["lattice_s"] += time.perf_counter() - t0
+
+        num = np.zeros((nb, sr, w), np.float32)
+        den = np.zeros((nb, sr, w), np.float32)
+        count = np.zeros((sr, w), np.uint16)
+        seen_valid = np.zeros((nb, sr, w), bool)
+        for frame in self.frame_order:
+            cells = self.frame_cells.get(frame)
+            if cells is None:
+                continue
+            cand = cells[k0:k1] & any_hit
+            if not cand.any():
+                continue
+            self._frame(frame, k0, cand, smooth_grid, exact_grid, ex_grid, pos_n, pos_c,
+                        (num, den, count, seen_valid))
+
+        t0 = time.perf_counter()
+        rows = slice(r0, r1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for b in range(nb):
+                out.data[rows, :, b] = num[b] / den[b]  # 0 / 0 = NaN where unseen
+        has = den > 0
+        out.weight[rows] = den.mean(axis=0)
+        peak = float(den.max()) if den.size else 0.0
+        out.n_samples[rows] = count
+        out.filled[rows] = (has & ~seen_valid).sum(axis=0, dtype=np.uint8)
+        self.stats["samples"] += int(count.sum(dtype=np.int64))
+        t1 = time.perf_counter()
+        self.stats["output_s"] += t1 - t0
+        self._backplanes(k0, r0, r1, has.any(axis=0), pos_n, hit_n, smooth_grid, exact_grid, ex_grid, out)
+        self.stats["backplanes_s"] += time.perf_counter() - t1
+        return peak
+
+    def _exact_pixels(self, cells: np.ndarray, k0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pixels (global row, col indices and body positions) of the given strip cells that hit."""
+        s = self.step
+        h, w = self.grid.shape
+        ci, cj = np.nonzero(cells)
+        if not len(ci):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
+        dr, dc = np.divmod(np.arange(s * s), s)
+        rr = ((k0 + ci)[:, None] * s + dr[None, :]).ravel()
+        cc = (cj[:, None] * s + dc[None, :]).ravel()
+        inside = (rr < h) & (cc < w)
+        rr, cc = rr[inside], cc[inside]
+        pos, hit = grid_points_at(self.grid, rr, cc, state=self.grid_state)
+        self.stats["exact_px"] += len(rr)
+        return rr[hit], cc[hit], pos[hit]
+
+    def _view_weight(self, pts: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """cos(emission) * range_km ** -k (times ifov ** -k per band: resolution ** -k)."""
+        normal = pts / self.radii**2
+        normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+        d = obs - pts
+        dist = np.linalg.norm(d, axis=-1)
+        cos_e = np.einsum("ij,ij->i", normal, d) / dist
+        return cos_e * dist ** -self.k_res
+
+    def _frame(self, frame: int, k0: int, cand: np.ndarray, smooth_grid: np.ndarray,
+               exact_grid: np.ndarray, ex_grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+               pos_n: np.ndarray, pos_c: np.ndarray, acc: tuple[np.ndarray, ...]) -> None:
+        s = self.step
+        h, w = self.grid.shape
+        geometry = self.geometry
+        obs = geometry.states[frame].observer_pos_body_km
+        t0 = time.perf_counter()
+        # nodes are needed on the bounding box of the candidate cells only
+        rows_any = np.flatnonzero(cand.any(axis=1))
+        cols_any = np.flatnonzero(cand.any(axis=0))
+        ia, ib = int(rows_any[0]), int(rows_any[-1]) + 1
+        ja, jb = int(cols_any[0]), int(cols_any[-1]) + 1
+        cand = cand[ia:ib, ja:jb]
+        smooth = cand & smooth_grid[ia:ib, ja:jb]
+        node_sel = np.flatnonzero(_corners(smooth))
+        sub_pos = pos_n[ia:ib + 1, ja:jb + 1].reshape(-1, 3)
+        shape_n = (ib - ia + 1, jb - ja + 1)
+        ci, cj = np.nonzero(smooth)
+        pts_c = pos_c[ia:ib, ja:jb][ci, cj]
+        if len(node_sel):
+            pts = sub_pos[node_sel]
+            view = self._view_weight(pts, obs)
+            self.stats["nodes"] += len(node_sel)
+        centre_err = np.zeros(smooth.shape)
+        nodes = []  # per band: (x, y) index nodes (n_r, n_c, 2) and view-weight nodes (n_r, n_c)
+        for band in self.bands:
+            xy = np.zeros(shape_n + (2,), np.float32)
+            vw = np.zeros(shape_n, np.float32)
+            if len(node_sel):
+                x, y = _surface_to_px(geometry, frame, band.name, pts[:, 0], pts[:, 1], pts[:, 2])
+                flat = xy.reshape(-1, 2)
+                flat[node_sel, 0] = x - 0.5
+                flat[node_sel, 1] = y - 0.5
+                vw.reshape(-1)[node_sel] = view * band.ifov_rad ** -self.k_res
+            if len(ci):  # the bilinear error is largest at the cell centres
+                xc, yc = _surface_to_px(geometry, frame, band.name, pts_c[:, 0], pts_c[:, 1], pts_c[:, 2])
+                mean = 0.25 * (xy[:-1, :-1] + xy[1:, :-1] + xy[:-1, 1:] + xy[1:, 1:])[ci, cj]
+                err = np.nan_to_num(np.hypot(mean[:, 0] - (xc - 0.5), mean[:, 1] - (yc - 0.5)), nan=np.inf)
+                centre_err[ci, cj] = np.maximum(centre_err[ci, cj], err)
+            nodes.append((xy, vw))
+        exact_cells = (cand & exact_grid[ia:ib, ja:jb]) | (smooth & (centre_err > self.max_error_px))
+        smooth &= ~exact_cells
+        self.stats["lattice_s"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        # exact pixels: the grid's own (cached per strip) and those of cells failing the check
+        e_rr, e_cc, e_pos = ex_grid
+        if len(e_rr):
+            ei, ej = e_rr // s - k0 - ia, e_cc // s - ja
+            keep = (ei >= 0) & (ei < ib - ia) & (ej >= 0) & (ej < jb - ja)
+            keep[keep] = cand[ei[keep], ej[keep]]
+            e_rr, e_cc, e_pos = e_rr[keep], e_cc[keep], e_pos[keep]
+        extra = exact_cells & ~exact_grid[ia:ib, ja:jb]
+        if extra.any():
+            full = np.zeros(exact_grid.shape, bool)
+            full[ia:ib, ja:jb] = extra
+            more = self._exact_pixels(full, k0)
+            e_rr, e_cc = np.concatenate([e_rr, more[0]]), np.concatenate([e_cc, more[1]])
+            e_pos = np.concatenate([e_pos, more[2]])
+        e_view = self._view_weight(e_pos, obs) if len(e_rr) else np.zeros(0)
+        self.stats["exact_s"] += time.perf_counter() - t0
+
+        margin = 1.0 + self.support
+        for b, band in enumerate(self.bands):
+            t0 = time.perf_counter()
+            xy, vw_n = nodes[b]
+            # active cells: the interpolated position can fall on the framelet and be visible
+            x4 = (xy[:-1, :-1, 0], xy[1:, :-1, 0], xy[:-1, 1:, 0], xy[1:, 1:, 0])
+            y4 = (xy[:-1, :-1, 1], xy[1:, :-1, 1], xy[:-1, 1:, 1], xy[1:, 1:, 1])
+            v4 = (vw_n[:-1, :-1], vw_n[1:, :-1], vw_n[:-1, 1:], vw_n[1:, 1:])
+            active = smooth & (np.maximum.reduce(x4) >= band.cols.start - margin) \
+                & (np.minimum.reduce(x4) <= band.cols.stop - 1 + margin) \
+                & (np.maximum.reduce(y4) >= -margin) & (np.minimum.reduce(y4) <= band.rows - 1 + margin) \
+                & (np.maximum.reduce(v4) > 0)
+            ecell = np.zeros_like(active)
+            er = ec = np.zeros(0, np.int64)
+            if len(e_rr):
+                ex, ey = _surface_to_px(geometry, frame, band.name, e_pos[:, 0], e_pos[:, 1], e_pos[:, 2])
+                ex, ey = ex - 0.5, ey - 0.5
+                ev = e_view * band.ifov_rad ** -self.k_res
+                on = (ev > 0) & (ex >= band.cols.start - margin) & (ex <= band.cols.stop - 1 + margin) \
+                    & (ey >= -margin) & (ey <= band.rows - 1 + margin)
+                order = np.argsort(e_cc[on], kind="stable")
+                er, ec = e_rr[on][order], e_cc[on][order]
+                e_xy = np.stack([ex[on], ey[on]], axis=-1)[order].astype(np.float32)
+                ev = ev[on][order].astype(np.float32)
+                ecell[er // s - k0 - ia, ec // s - ja] = True
+            any_cell = active | ecell
+            self.stats["exact_s"] += time.perf_counter() - t0
+            if not any_cell.any():
+                continue
+            tile_cells = TILE_COLS // s
+            for t_j in range(0, any_cell.shape[1], tile_cells):
+                sub = any_cell[:, t_j:t_j + tile_cells]
+                if not sub.any():
+                    continue
+                t0 = time.perf_counter()
+                sub_rows = np.flatnonzero(sub.any(axis=1))
+                sub_cols = np.flatnonzero(sub.any(axis=0))
+                i0, i1 = int(sub_rows[0]), int(sub_rows[-1]) + 1
+                j0, j1 = t_j + int(sub_cols[0]), t_j + int(sub_cols[-1]) + 1
+                ra, rb = (k0 + ia + i0) * s, min((k0 + ia + i1) * s, h)
+                ca, cb = (ja + j0) * s, min((ja + j1) * s, w)
+                node_org = (k0 + ia + i0, ja + j0)
+                maps = _warp_nodes(xy[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
+                vw = _warp_nodes(vw_n[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
+                cells_here = active[i0:i1, j0:j1]
+                if not cells_here.all():
+                    vw *= np.repeat(np.repeat(cells_here, s, axis=0), s, axis=1)[:rb - ra, :cb - ca]
+                if len(er):
+                    lo_i, hi_i = np.searchsorted(ec, [ca, cb])
+                    if hi_i > lo_i:
+                        sel = np.arange(lo_i, hi_i)
+                        sel = sel[(er[sel] >= ra) & (er[sel] < rb)]
+                        pr, pc = er[sel] - ra, ec[sel] - ca
+                        maps[pr, pc] = e_xy[sel]
+                        vw[pr, pc] = ev[sel]
+                self.stats["exact_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._sample(frame, b, maps, vw, (slice(ra - k0 * s, rb - k0 * s), slice(ca, cb)), acc)
+                self.stats["dense_px"] += vw.size
+                self.stats["sample_blend_s"] += time.perf_counter() - t0
+
+    def _sample(self, frame: int, b: int, maps: np.ndarray, vw: np.ndarray,
+                box: tuple[slice, slice], acc: tuple[np.ndarray, ...]) -> None:
+        """Sample framelet (frame, b) at ``maps`` (x, y array indices) and blend into ``acc``."""
+        src = self._source(frame, b)
+        gate = cv2.remap(src.gate, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=-_GATE_OUTSIDE)
+        border = cv2.BORDER_CONSTANT if self.flag == cv2.INTER_LINEAR else cv2.BORDER_REPLICATE
+        value = cv2.remap(src.value, maps, None, self.flag, borderMode=border, borderValue=0.0)
+        np.maximum(vw, 0.0, out=vw)
+        fallback = None
+        if src.has_invalid:
+            touch = (gate < 0) & (gate > -_GATE_FALLBACK)
+            if touch.any():
+                fallback = np.nonzero(touch)
+        wgt = np.maximum(gate, 0.0, out=gate)
+        wgt *= vw
+        num, den, count, seen_valid = acc
+        pos = wgt > 0
+        num[b][box] += wgt * value
+        den[b][box] += wgt
+        count[box] += pos
+        seen_valid[b][box] |= pos
+        if fallback is not None:
+            self._fallback(frame, b, src, maps, vw, fallback, box, acc)
+
+    def _fallback(self, frame: int, b: int, src: _Source, maps: np.ndarray, vw: np.ndarray,
+                  where: tuple[np.ndarray, np.ndarray], box: tuple[slice, slice],
+                  acc: tuple[np.ndarray, ...]) -> None:
+        """Samples touching invalid pixels: kept when every pixel of the support is valid
+        after all (weight below 1e-4) or, with ``fill_invalid``, usable (filled), at
+        weight x :data:`FALLBACK_WEIGHT`; dropped otherwise."""
+        full = self._full_source(frame, b, src)
+        xy = maps[where].reshape(1, -1, 2)
+        sampled = cv2.remap(full, xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=(0, 0, 0, 0)).reshape(-1, 4)
+        value, m, u, f = sampled.T
+        if self.flag != cv2.INTER_LINEAR:
+            value = cv2.remap(src.value, xy, None, self.flag, borderMode=cv2.BORDER_REPLICATE).reshape(-1)
+        thr = 1.0 - 1e-4
+        good = m >= thr
+        keep = good | (u >= thr) if self.fill_invalid else good
+        wgt = (f * vw[where] * np.where(good, 1.0, FALLBACK_WEIGHT)).astype(np.float32)
+        wgt[~keep] = 0.0
+        pos = wgt > 0
+        if not pos.any():
+            return
+        rr, cc = where[0][pos] + box[0].start, where[1][pos] + box[1].start
+        num, den, count, seen_valid = acc
+        num[b][rr, cc] += wgt[pos] * value[pos]
+        den[b][rr, cc] += wgt[pos]
+        count[rr, cc] += 1
+        seen_valid[b][rr, cc] |= good[pos]
+        self.stats["fallback_samples"] += int(pos.sum())
+
+    def _backplanes(self, k0: int, r0: int, r1: int, seen: np.ndarray, pos_n: np.ndarray,
+                    hit_n: np.ndarray, smooth_grid: np.ndarray, exact_grid: np.ndarray,
+                    ex_grid: tuple[np.ndarray, np.ndarray, np.ndarray], out: _Outputs) -> None:
+        s = self.step
+        grid = self.grid
+        h, w = grid.shape
+        rows = slice(r0, r1)
+        state = self.mid_state
+        sr = r1 - r0
+        e_r, e_c, e_pos = ex_grid[0] - r0, ex_grid[1], ex_grid[2]
+        if smooth_grid.all():
+            hit_px = None  # every pixel of the strip meets the target
+        else:
+            hit_px = np.repeat(np.repeat(smooth_grid, s, axis=0), s, axis=1)[:sr, :w]
+            hit_px[e_r, e_c] = True
+        nan = np.float32(np.nan)
+        if grid.projection != "equirectangular":  # coordinates wherever the grid meets the target
+            xyz = _warp_nodes(np.nan_to_num(pos_n).astype(np.float32), s, k0, 0, (r0, r1), (0, w))
+            if len(e_r):
+                xyz[e_r, e_c] = e_pos
+            if hit_px is None:
+                ll = lonlat_from_body(xyz.astype(np.float64), grid.target)
+                for name, v in ll.items():
+                    out.backplanes[name][rows] = v
+            else:
+                sel = np.nonzero(hit_px)
+                for name, v in lonlat_from_body(xyz[sel].astype(np.float64), grid.target).items():
+                    plane = np.full((sr, w), nan, np.float32)
+                    plane[sel] = v
+                    out.backplanes[name][rows] = plane
+        vis = seen if hit_px is None else seen & hit_px
+        if not vis.any():
+            for name in ("emission_deg", "incidence_deg", "phase_deg", "range_km", "resolution_km_per_px"):
+                out.backplanes[name][rows] = nan
+            return
+        angles_n = np.zeros(pos_n.shape[:2] + (4,), np.float32)
+        sel_n = np.flatnonzero(hit_n)
+        angles_n.reshape(-1, 4)[sel_n] = _view_angles(pos_n.reshape(-1, 3)[sel_n], self.radii,
+                                                       state.observer_pos_body_km, state.sun_pos_body_km)
+        planes = [_warp_nodes(np.ascontiguousarray(angles_n[..., i]), s, k0, 0, (r0, r1), (0, w))
+                  for i in range(4)]
+        if len(e_r):
+            exact = _view_angles(e_pos, self.radii, state.observer_pos_body_km, state.sun_pos_body_km)
+            for i in range(4):
+                planes[i][e_r, e_c] = exact[:, i]
+        cos_e, cos_i, cos_p, rng = planes
+        vis &= cos_e > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            visf = vis.astype(np.float32)
+            nan_mask = visf / visf  # 1 where visible, NaN elsewhere
+        # arccos amplifies the interpolation error near 0 deg: exact float64 angles there
+        near = np.nonzero(vis & ((cos_e > NEAR_ZERO_COS) | (cos_i > NEAR_ZERO_COS) | (cos_p > NEAR_ZERO_COS)))
+        exact_near = None
+        if len(near[0]):
+            pos, _ = grid_points_at(grid, near[0] + r0, near[1], state=self.grid_state)
+            exact_near = np.degrees(np.arccos(np.clip(_view_angles(
+                pos, self.radii, state.observer_pos_body_km, state.sun_pos_body_km)[:, :3], -1.0, 1.0)))
+        deg = np.float32(180.0 / math.pi)
+        named = (("emission_deg", cos_e), ("incidence_deg", cos_i), ("phase_deg", cos_p))
+        for i, (name, c) in enumerate(named):
+            plane = out.backplanes[name][rows]  # a contiguous view: computed in place
+            np.arccos(np.clip(c, -1.0, 1.0, out=c), out=plane)
+            plane *= deg
+            plane *= nan_mask
+            if exact_near is not None:
+                plane[near] = exact_near[:, i]
+        range_km = out.backplanes["range_km"][rows]
+        np.multiply(rng, nan_mask, out=range_km)
+        ifov = np.float32(self.geometry.ifov_rad(self.geometry.meta.filters[0]))
+        np.multiply(range_km, ifov, out=out.backplanes["resolution_km_per_px"][rows])
+
+
+@dataclass
+class _Outputs:
+    data: np.ndarray
+    weight: np.ndarray
+    n_samples: np.ndarray
+    filled: np.ndarray
+    backplanes: dict[str, np.ndarray]
+    peak: float = 0.0
+
+
 def project(
     image: Any, geometry: ImageGeometry, *, projection: str = "equirectangular",
     bounds: Sequence[float] | str | None = None, lon: str = "west", lat: str = "centric",
     resolution_px_per_deg: float | None = None, interpolation: str = "bilinear",
     grid: MapGrid | None = None, feather_px: float = 6.5, resolution_exponent: float = 1.0,
     frame_order: Sequence[int] | None = None, fill_invalid: bool = True,
+    max_interp_error_px: float = MAX_INTERP_ERROR_PX, workers: int | None = None,
     timings: dict[str, float] | None = None, **grid_options: Any,
 ) -> LinearMap:
     """Map-project a calibrated image (``image.data`` (frames, filters, rows, samples) float32,
@@ -672,7 +1219,10 @@ def project(
     with ``fill_invalid`` (default) they are kept as a fallback with weight x
     :data:`FALLBACK_WEIGHT` on values filled from valid neighbours, so they only show where
     no valid sample of that band exists (backplane ``filled_bands`` counts such bands).
-    ``timings``, when given, receives the seconds spent per step.
+    ``max_interp_error_px``: largest error of the interpolated surface -> framelet mapping
+    (0 computes every pixel exactly). ``workers``: threads over strips of output rows (default
+    ``$JUNOPROC_THREADS`` or the CPU count). ``timings``, when given, receives seconds per step
+    (summed over threads) and counts.
     """
     clock = time.perf_counter()
     tm = timings if timings is not None else {}
@@ -688,117 +1238,38 @@ def project(
         grid = make_grid(geometry, projection, bounds=bounds, lon=lon, lat=lat,
                          resolution_px_per_deg=resolution_px_per_deg, footprints=footprints,
                          **grid_options)
-    target = geometry.target
-    mid_state = geometry.states[n_frames // 2]
     grid_state = None
     if grid.projection == "perspective":
-        grid_state = frame_state(target, float(grid.params["et"]))
+        grid_state = frame_state(geometry.target, float(grid.params["et"]))
     h, w = grid.shape
-    # structure of arrays, float32 (4 m at Jupiter's radius; the mapping maths runs in float64
-    # on the candidates): contiguous x, y, z and the unit normal
-    if grid.projection == "equirectangular":
-        px, py, pz = _equirectangular_soa(grid)
-        hit_grid = np.ones((h, w), bool)
-    else:
-        pos_grid, hit_grid = grid_surface_points(grid, state=grid_state)
-        pos_flat = pos_grid.reshape(-1, 3)
-        px, py, pz = (pos_flat[:, i].astype(np.float32) for i in range(3))
-        del pos_grid, pos_flat
-    ra, rb, rc = target.radii_km
-    nx, ny, nz = px / np.float32(ra**2), py / np.float32(rb**2), pz / np.float32(rc**2)
-    inv = 1.0 / np.sqrt(nx * nx + ny * ny + nz * nz)
-    nx *= inv
-    ny *= inv
-    nz *= inv
-    del inv
+    order = list(range(n_frames)) if frame_order is None else [int(f) for f in frame_order]
+    proj = _Projector(data, valid, geometry, grid, grid_state, footprints, flag=flag, support=support,
+                      feather_px=feather_px, resolution_exponent=resolution_exponent,
+                      fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order)
+    backplanes: dict[str, np.ndarray] = {}
+    if grid.projection == "equirectangular":  # separable and exact: one row, one column, broadcast
+        pts = grid_points_at(grid, np.arange(h, dtype=np.float64), np.zeros(h))[0]
+        lat_row = lonlat_from_body(pts, grid.target)
+        pts = grid_points_at(grid, np.zeros(w), np.arange(w, dtype=np.float64))[0]
+        lon_col = lonlat_from_body(pts, grid.target)
+        for name in ("lat_centric_deg", "lat_graphic_deg"):
+            backplanes[name] = np.broadcast_to(lat_row[name].astype(np.float32)[:, None], (h, w))
+        for name in ("lon_east_deg", "lon_west_deg"):
+            backplanes[name] = np.broadcast_to(lon_col[name].astype(np.float32)[None, :], (h, w))
+    for name in BACKPLANE_NAMES:  # every strip writes all its rows
+        if name not in backplanes:
+            backplanes[name] = np.empty((h, w), np.float32)
+    out = _Outputs(np.empty((h, w, n_bands), np.float32), np.empty((h, w), np.float32),
+                   np.empty((h, w), np.uint16), np.empty((h, w), np.uint8), backplanes)
     tm["grid_s"] = time.perf_counter() - clock
-
-    num = np.zeros((n_bands, h * w), np.float32)
-    den = np.zeros((n_bands, h * w), np.float32)
-    seen_valid = np.zeros((n_bands, h * w), bool)
-    count = np.zeros((n_bands, h * w), np.uint16)
-    by_key = {(fp.frame, fp.band): fp for fp in footprints}
-    kernel = None if support == 0 else np.ones((2 * support + 1, 2 * support + 1), np.uint8)
-    order = range(n_frames) if frame_order is None else frame_order
-    t_map = t_sample = 0.0
-    n_cand = n_used = 0
-    for frame in order:
-        obs = geometry.states[frame].observer_pos_body_km
-        for b, band in enumerate(meta.filters):
-            t0 = time.perf_counter()
-            boxes = _chunk_boxes(grid, by_key[(frame, band)], grid_state)
-            if not boxes:
-                continue
-            idx = _candidates(boxes, hit_grid)
-            n_cand += len(idx)
-            sx, sy, sz = (c[idx].astype(np.float64) for c in (px, py, pz))
-            ox, oy, oz = obs[0] - sx, obs[1] - sy, obs[2] - sz
-            dist = np.sqrt(ox * ox + oy * oy + oz * oz)
-            cos_e = (nx[idx] * ox + ny[idx] * oy + nz[idx] * oz) / dist
-            front = cos_e > 0
-            idx, cos_e, dist = idx[front], cos_e[front], dist[front]
-            if not len(idx):
-                continue
-            x_px, y_px = _surface_to_px(geometry, frame, band, sx[front], sy[front], sz[front])
-            t1 = time.perf_counter()
-            t_map += t1 - t0
-            cam = geometry.cameras[band]
-            rows, _ = cam.shape
-            cols = cam.photoactive_columns()
-            x_i, y_i = x_px - 0.5, y_px - 0.5  # array index coordinates
-            inside = (x_i >= cols.start) & (x_i <= cols.stop - 1) & (y_i >= 0) & (y_i <= rows - 1)
-            if not inside.any():
-                continue
-            sel = np.flatnonzero(inside)
-            x_i, y_i = x_i[sel].astype(np.float32), y_i[sel].astype(np.float32)
-            ok_px = valid[frame, b].copy()
-            ok_px[:, :cols.start] = False
-            ok_px[:, cols.stop:] = False
-            mask = ok_px.astype(np.uint8)
-            if kernel is not None:
-                mask = cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            m = _remap(mask.astype(np.float32), x_i, y_i, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
-            good = m >= 1.0 - 1e-4
-            src, usable = _filled(data[frame, b], ok_px, cols)
-            if fill_invalid:
-                keep = good | (_remap(usable, x_i, y_i, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT) >= 1.0 - 1e-4)
-                sel, x_i, y_i, good = sel[keep], x_i[keep], y_i[keep], good[keep]
-            else:
-                sel, x_i, y_i, good = sel[good], x_i[good], y_i[good], good[good]
-            if not len(sel):
-                continue
-            value = _remap(src, x_i, y_i, flag)
-            d_edge = np.minimum(np.minimum(y_i + 0.5, rows - 0.5 - y_i),
-                                np.minimum(x_i - (cols.start - 0.5), (cols.stop - 0.5) - x_i))
-            res_km = dist[sel] * geometry.ifov_rad(band)
-            wgt = _smoothstep(d_edge / feather_px) * cos_e[sel] * res_km ** -resolution_exponent
-            tgt = idx[sel]
-            n_used += len(tgt)
-            wgt = wgt * np.where(good, 1.0, FALLBACK_WEIGHT)
-            num[b, tgt] += wgt * value
-            den[b, tgt] += wgt
-            seen_valid[b, tgt[good]] = True
-            count[b, tgt] += 1
-            t_sample += time.perf_counter() - t1
-    tm["surface_to_px_s"] = t_map
-    tm["candidates"] = n_cand
-    tm["samples"] = n_used
-    tm["sample_blend_s"] = t_sample
-    t0 = time.perf_counter()
-    data_out = np.full((h * w, n_bands), np.nan, np.float32)
-    for b in range(n_bands):
-        has = den[b] > 0
-        data_out[has, b] = num[b, has] / den[b, has]
-    data_out = data_out.reshape(h, w, n_bands)
-    del num
-    peak = float(den.max()) if den.size else 0.0
-    weight = (den.mean(axis=0) / (peak if peak > 0 else 1.0)).reshape(h, w)
-    backplanes = _backplanes(geometry, grid, (px, py, pz), (nx, ny, nz), hit_grid,
-                             (den > 0).any(axis=0), mid_state)
-    backplanes["weight"] = weight.astype(np.float32)
-    backplanes["n_samples"] = count.sum(axis=0, dtype=np.uint16).reshape(h, w)
-    backplanes["filled_bands"] = ((den > 0) & ~seen_valid).sum(axis=0, dtype=np.uint8).reshape(h, w)
-    tm["backplanes_s"] = time.perf_counter() - t0
+    proj.run(out, _workers(workers))
+    tm.update(proj.totals())
+    if out.peak > 0:  # relative to the largest single-band sum of weights
+        out.weight /= np.float32(out.peak)
+    backplanes["weight"] = out.weight
+    backplanes["n_samples"] = out.n_samples
+    backplanes["filled_bands"] = out.filled
+    mid = n_frames // 2
     sidecar = {
         "map": grid.to_dict(),
         "product_id": meta.product_id,
@@ -809,64 +1280,14 @@ def project(
             "blending": "w = smoothstep(d_edge_px / feather_px) * cos(emission) "
                         "* (1 / resolution_km_per_px) ** k; value = sum(w v) / sum(w)",
             "feather_px": feather_px, "resolution_exponent_k": resolution_exponent,
-            "backplanes_state": f"mid-time frame {n_frames // 2} (et {mid_state.et:.3f})",
+            "mapping": f"exact on a lattice every {LATTICE_STEP_PX} output px, bilinear between, "
+                       f"exact per pixel where that errs by more than {max_interp_error_px} framelet px",
+            "backplanes_state": f"mid-time frame {mid} (et {geometry.states[mid].et:.3f})",
             "attitude": dict(geometry.attitude_description),
         },
     }
     tm["total_s"] = time.perf_counter() - clock
-    return LinearMap(data_out, tuple(meta.filters), backplanes, sidecar)
-
-
-def _backplanes(geometry: ImageGeometry, grid: MapGrid, pos: tuple[np.ndarray, np.ndarray, np.ndarray],
-                normal: tuple[np.ndarray, np.ndarray, np.ndarray], hit_grid: np.ndarray,
-                seen: np.ndarray, state: FrameState) -> dict[str, np.ndarray]:
-    """Backplanes (float32) at the grid's surface points seen from the mid-time frame state.
-
-    ``pos`` and ``normal`` (unit) are flat x, y, z arrays over the grid. Coordinates are given
-    wherever the grid meets the target; angles, range and resolution only where ``seen``. Geometric (not
-    aberration-corrected) directions to the observer and the Sun at the centre's epoch:
-    differences from SPICE's ``ilumin`` are < 0.02 deg.
-    """
-    h, w = hit_grid.shape
-    out = {name: np.full(h * w, np.nan, np.float32) for name in BACKPLANE_NAMES}
-    if grid.projection == "equirectangular":  # separable: one row and one column
-        row_pts = np.stack([c.reshape(h, w)[:, 0] for c in pos], axis=-1)
-        col_pts = np.stack([c.reshape(h, w)[0, :] for c in pos], axis=-1)
-        lat_row = lonlat_from_body(row_pts, grid.target)
-        lon_col = lonlat_from_body(col_pts, grid.target)
-        for name in ("lat_centric_deg", "lat_graphic_deg"):
-            out[name].reshape(h, w)[:] = lat_row[name][:, None]
-        for name in ("lon_east_deg", "lon_west_deg"):
-            out[name].reshape(h, w)[:] = lon_col[name][None, :]
-    else:
-        sel = np.flatnonzero(hit_grid.reshape(-1))
-        for name, v in lonlat_from_body(np.stack([c[sel] for c in pos], axis=-1), grid.target).items():
-            out[name][sel] = v
-    seen_idx = np.flatnonzero(seen.reshape(-1))  # angles only where the map has data
-    ifov = geometry.ifov_rad(geometry.meta.filters[0])
-    for part in range(0, len(seen_idx), _BACKPLANE_CHUNK):  # chunks bound the temporaries
-        sel = seen_idx[part:part + _BACKPLANE_CHUNK]
-        x, y, z = (c[sel].astype(np.float64) for c in pos)
-        n = [c[sel] for c in normal]
-        o = [c - p for c, p in zip(state.observer_pos_body_km, (x, y, z), strict=True)]
-        rng = np.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2])
-        o = [c / rng for c in o]
-        s = [c - p for c, p in zip(state.sun_pos_body_km, (x, y, z), strict=True)]
-        s_len = np.sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2])
-        s = [c / s_len for c in s]
-        cos_e = n[0] * o[0] + n[1] * o[1] + n[2] * o[2]
-        vis = cos_e > 0
-        sv = sel[vis]
-
-        def angle(dot: np.ndarray, vis: np.ndarray = vis) -> np.ndarray:
-            return np.degrees(np.arccos(np.clip(dot[vis], -1.0, 1.0)))
-
-        out["emission_deg"][sv] = angle(cos_e)
-        out["incidence_deg"][sv] = angle(n[0] * s[0] + n[1] * s[1] + n[2] * s[2])
-        out["phase_deg"][sv] = angle(o[0] * s[0] + o[1] * s[1] + o[2] * s[2])
-        out["range_km"][sv] = rng[vis]
-        out["resolution_km_per_px"][sv] = rng[vis] * ifov
-    return {name: v.reshape(h, w) for name, v in out.items()}
+    return LinearMap(out.data, tuple(meta.filters), backplanes, sidecar)
 
 
 # ---------------------------------------------------------------------------------------
