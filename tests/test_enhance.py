@@ -607,3 +607,144 @@ def test_enhance_params_dataclass_validation() -> None:
         EnhanceParams(saturation=-1)
     with pytest.raises(EnhanceError, match="colormap='rainbowz'"):
         EnhanceParams(colormap="rainbowz")
+
+
+# --------------------------------------------------------------------------- terminator, night side
+
+
+def _reddening_disc(n: int = 200, seed: int = 7, night_noise: float = 0.004) -> LinearMap:
+    """A lit disc whose blue and green shares fall towards the terminator (as Jupiter's do:
+    at PJ44 the blue share halves over the last few degrees; here over the last 20 so that
+    the drift shows where the disc is still bright), with read noise and horizontal streaks
+    on the night side, in R, G, B order with backplanes."""
+    lm = _disc(n, seed=seed, sun=(0.95, 0.0, 0.3))
+    inc = lm.backplanes["incidence_deg"]
+    mu0 = np.cos(np.radians(inc.astype(np.float64)))
+    t = np.clip(mu0 / 0.35, 0, 1)
+    fade = np.where(np.isfinite(mu0), t * t * (3 - 2 * t), 1.0)
+    data = lm.data.astype(np.float64).copy()
+    data[..., 2] *= 0.5 + 0.5 * fade  # BLUE
+    data[..., 1] *= 0.8 + 0.2 * fade  # GREEN
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, night_noise, data.shape)
+    noise += rng.normal(0, 2 * night_noise, (n, 1, 1)) * (rng.random((n, 1, 1)) < 0.1)  # streaks
+    data += noise
+    data[~np.isfinite(lm.data)] = np.nan
+    return LinearMap(data.astype(np.float32), lm.band_names, lm.backplanes, lm.sidecar)
+
+
+def _lab(c16: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(c16.astype(np.float32) / 65535, cv2.COLOR_RGB2Lab)
+
+
+def test_fit_terminator_colour_recovers_the_drift() -> None:
+    from junoproc.enhance import fit_terminator_colour, terminator_colour_gain
+
+    rng = np.random.default_rng(8)
+    mu0 = rng.uniform(-0.4, 1.0, 200_000)
+    t = np.clip(mu0 / 0.15, 0, 1)
+    share_b = 0.2 * (0.5 + 0.5 * t * t * (3 - 2 * t))
+    lum = np.clip(mu0, 0, None) * rng.uniform(0.8, 1.2, mu0.size)
+    x = np.stack([lum * (0.8 - share_b), lum * 0.2, lum * share_b], axis=1)
+    x += rng.normal(0, 1e-4, x.shape)  # night side: noise only
+    table, info = fit_terminator_colour(x, mu0)
+    assert table.shape == (1, 3, 2049) and info["bins"] > 40
+    inc = np.degrees(np.arccos(np.clip(mu0, -1, 1)))
+    g = terminator_colour_gain(inc, table)
+    corrected = x * g
+    lit = mu0 > 0.02
+    share = corrected[:, 2] / corrected.sum(axis=1)
+    for lo in np.arange(0.02, 1.0, 0.01):  # the blue share restored in every bin of mu0
+        sel = (mu0 >= lo) & (mu0 < lo + 0.01)
+        assert abs(np.median(share[sel]) - 0.2) < 0.002, (lo, np.median(share[sel]))
+    assert abs(np.median(x[mu0 < 0.02, 2] / x[mu0 < 0.02].sum(axis=1)) - 0.2) > 0.05  # (it was lost)
+    np.testing.assert_allclose(corrected[lit].sum(axis=1), x[lit].sum(axis=1), rtol=0.02)  # band sum kept
+    np.testing.assert_allclose(g[mu0 < -0.032], 1.0, atol=1e-6)  # night side untouched
+    # 2-D (remap) and 1-D (interp) lookups agree; NaN incidence gives 1
+    img = inc[:40_000].reshape(200, 200).astype(np.float32)
+    img[0, 0] = np.nan
+    g2 = terminator_colour_gain(img, table)
+    np.testing.assert_allclose(g2.reshape(-1, 3)[1:], g[1:40_000], rtol=1e-4)
+    assert np.all(g2[0, 0] == 1.0)
+    # latitude zones: the blue share halves at 10 deg but falls by a quarter only at 70 deg;
+    # one global table would over-correct the pole (the violet polar terminator at PJ44)
+    lat = np.where(rng.random(mu0.size) < 0.5, 10.0, 70.0)
+    drop = np.where(lat > 40, 0.25, 0.5)
+    share_b = 0.2 * (1 - drop + drop * t * t * (3 - 2 * t))
+    x = np.stack([lum * (0.8 - share_b), lum * 0.2, lum * share_b], axis=1)
+    tables, info = fit_terminator_colour(x, mu0, lat)
+    assert tables.shape == (9, 3, 2049) and {0.0, 20.0, 60.0, 80.0} <= set(info["zones_fitted_deg"])
+    y = x * terminator_colour_gain(inc, tables, lat)
+    with np.errstate(invalid="ignore", divide="ignore"):  # night-side noise sums to ~0
+        share = y[:, 2] / y.sum(axis=1)
+    for zone in (10.0, 70.0):
+        for lo in np.arange(0.02, 1.0, 0.02):
+            sel = (lat == zone) & (mu0 >= lo) & (mu0 < lo + 0.02)
+            assert abs(np.median(share[sel]) - 0.2) < 0.003, (zone, lo, np.median(share[sel]))
+    with pytest.raises(EnhanceError, match="lat_deg"):
+        terminator_colour_gain(inc, tables)
+
+
+def test_enhanced_terminator_keeps_its_colour() -> None:
+    """The yellow band along the terminator: flattening the brightness of a reddening
+    terminator and doubling the chroma made it; photometry.colour removes the drift."""
+    lm = _reddening_disc()
+    inc = lm.backplanes["incidence_deg"]
+
+    def drift(c) -> float:
+        """Largest change of a 3-deg incidence bin's mean chromaticity (each display
+        channel's share of R + G + B, which does not depend on lightness) from the disc
+        centre's, over the bins still brighter than a tenth of white."""
+        rgb = c.rgb16.astype(np.float64)
+        share = rgb / np.maximum(rgb.sum(axis=2, keepdims=True), 1.0)
+        ref = share[c.alpha & (inc < 50)].mean(axis=0)
+        out = 0.0
+        for lo in range(50, 88, 3):
+            sel = c.alpha & (inc >= lo) & (inc < lo + 3) & (rgb.max(axis=2) > 6554)
+            if sel.sum() > 50:
+                out = max(out, float(np.abs(share[sel].mean(axis=0) - ref).max()))
+        return out
+
+    fixed = enhance(lm, preset="enhanced")
+    before = enhance(lm, preset="enhanced", overrides=["photometry.colour=0"])
+    assert fixed.stats["terminator_colour"]["bins"] > 10
+    # measured: 0.13 without the correction, 0.02 with it (what is left comes from CLAHE
+    # changing lightness under fixed CIELAB a, b)
+    assert drift(before) > 0.1  # the defect, reproduced
+    assert drift(fixed) < 0.035
+    assert fixed.stats["clipped_high_fraction"] < 0.005
+
+
+@pytest.mark.parametrize("bands", [("RED", "GREEN", "BLUE"), ("METHANE",)])
+def test_enhanced_keeps_the_night_side_black(bands: tuple[str, ...]) -> None:
+    """Night-side read noise and streaks: the black level sits above them (the 99.5th
+    percentile of incidence > 100 deg), so the gamma and CLAHE cannot lift them into texture."""
+    lm = _reddening_disc()
+    if bands == ("METHANE",):
+        lm = LinearMap(lm.data[..., 1:2].copy(), bands, lm.backplanes, lm.sidecar)
+    night = np.isfinite(lm.data).all(axis=-1) & (lm.backplanes["incidence_deg"] > 100)
+    assert night.sum() > 5000
+
+    def night_level(c) -> float:
+        return float(np.percentile(_lum(c.rgb16)[night], 99.5))
+
+    fixed = enhance(lm, preset="enhanced")
+    before = enhance(lm, preset="enhanced", overrides=["stretch.night_pct=none"])
+    assert night_level(before) > 0.15  # the defect: noise lifted to a grey texture
+    assert night_level(fixed) < 0.02
+    lit = fixed.alpha & (lm.backplanes["incidence_deg"] < 60)
+    assert np.median(_lum(fixed.rgb16)[lit]) > 0.4  # the lit side is not darkened for it
+
+
+def test_clahe_keeps_bright_spots_bright() -> None:
+    """Lightness above 100 once wrapped round in CLAHE's 16-bit shift: bright methane storms
+    came out with black cores."""
+    lm = _disc(160, seed=9)
+    data = lm.data[..., 1:2].copy()
+    data[70:80, 70:80] *= 4.0  # far above the white level
+    c = enhance(LinearMap(data, ("METHANE",), lm.backplanes, lm.sidecar), preset="enhanced")
+    spot = _lum(c.rgb16)[72:78, 72:78]
+    # measured: min 0.65, mean 0.87 (before the fix: min 0.0, mean 0.66)
+    assert spot.min() > 0.5 and spot.mean() > 0.8

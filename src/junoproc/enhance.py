@@ -255,15 +255,59 @@ _MU0_GRID = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0)
 _COLOUR_EDGES = np.concatenate([np.arange(0.0, 0.2, 0.005), np.arange(0.2, 1.0001, 0.025)])
 
 
+#: Latitude zones of the terminator colour fit: centres every 20 deg, each fitted on the
+#: samples within +-20 deg of its centre (the drift differs: at PJ44 the blue share near
+#: the terminator halves at mid-latitudes but drops by a quarter only near the pole).
+_COLOUR_ZONE_DEG = 20.0
+
+
 def fit_terminator_colour(
     bands: np.ndarray,
     mu0: np.ndarray,
+    lat_deg: np.ndarray | None = None,
     *,
     strength: float = 1.0,
     min_samples: int = 40,
     max_gain: float = 2.5,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-band gains, as a function of cos(incidence), that remove the image's colour drift.
+    """Per-band gains in (cos(incidence), latitude) that remove the image's terminator
+    colour drift: ``(Z, C, 2049)`` tables, one per latitude zone (centres
+    ``info["zones_deg"]``, every 20 deg; a single zone without ``lat_deg``), on mu0 = -1 .. 1
+    (step 0.001). A zone with too few samples of its own, or none where the sun is high,
+    takes the nearest fitted zone's table. See :func:`_fit_colour_zone` for the fit.
+    """
+    x = np.asarray(bands, np.float64)
+    m0 = np.asarray(mu0, np.float64).ravel()
+    kw = {"strength": strength, "min_samples": min_samples, "max_gain": max_gain}
+    table, info = _fit_colour_zone(x, m0, **kw)
+    if lat_deg is None or not info["bins"]:
+        return table[None], {**info, "zones_deg": [0.0]}
+    lat = np.asarray(lat_deg, np.float64).ravel()
+    centres = np.arange(-90.0 + _COLOUR_ZONE_DEG / 2, 90.0, _COLOUR_ZONE_DEG)
+    fitted: dict[int, np.ndarray] = {}
+    for z, c in enumerate(centres):
+        sel = np.abs(lat - c) < _COLOUR_ZONE_DEG
+        if sel.sum() >= 20 * min_samples:
+            zt, zi = _fit_colour_zone(x[sel], m0[sel], **kw)
+            if zi["bins"] and zi["ref_mu0"] >= 0.2:
+                fitted[z] = zt
+    if not fitted:
+        return table[None], {**info, "zones_deg": [0.0]}
+    # a zone without a fit of its own takes the nearest fitted zone's table
+    tables = [fitted[min(fitted, key=lambda k: abs(k - z))] for z in range(len(centres))]
+    own = [round(float(centres[z]), 1) for z in sorted(fitted)]
+    return np.stack(tables), {**info, "zones_deg": centres.tolist(), "zones_fitted_deg": own}
+
+
+def _fit_colour_zone(
+    x: np.ndarray,
+    m0: np.ndarray,
+    *,
+    strength: float = 1.0,
+    min_samples: int = 40,
+    max_gain: float = 2.5,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-band gains, as a function of cos(incidence), that remove the colour drift.
 
     ``bands``: ``(N, C)`` linear samples, ``mu0``: ``(N,)`` their cos(incidence). In bins of
     mu0 (0.005 wide below 0.2) the chromaticity ``c_b = median(x_b / sum x)`` is compared
@@ -275,8 +319,6 @@ def fit_terminator_colour(
     (night side untouched). Returns ``(C, 2049)`` gains on mu0 = -1 .. 1 (step 0.001),
     clamped to ``[1/max_gain, max_gain]``, and fit statistics.
     """
-    x = np.asarray(bands, np.float64)
-    m0 = np.asarray(mu0, np.float64).ravel()
     nb = x.shape[1]
     ones = np.ones((nb, _GAIN_TABLE_MU0))
     ok = np.isfinite(x).all(axis=1) & np.isfinite(m0)
@@ -320,6 +362,7 @@ def fit_terminator_colour(
     table *= t * t * (3.0 - 2.0 * t)  # fades to no correction on the night side
     info = {
         "bins": len(centres),
+        "ref_mu0": round(ref_lo, 4),
         "mu0_range": [round(centres[0], 4), round(centres[-1], 4)],
         "reference_chromaticity": [round(float(v), 4) for v in ref],
         "gain_min": [round(float(v), 4) for v in np.exp(lg.min(axis=1))],
@@ -328,12 +371,34 @@ def fit_terminator_colour(
     return np.exp(table), info
 
 
-def terminator_colour_gain(incidence_deg: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Per-band gains ``(..., C)`` of a :func:`fit_terminator_colour` table at each pixel
-    (linear in cos(incidence); 1 where the incidence is NaN)."""
-    table = np.asarray(table, _F32).reshape(-1, _GAIN_TABLE_MU0)
-    nb = table.shape[0]
+def terminator_colour_gain(
+    incidence_deg: np.ndarray, table: np.ndarray, lat_deg: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-band gains ``(..., C)`` of a :func:`fit_terminator_colour` table at each pixel:
+    linear in cos(incidence) and, between the centres of latitude zones, in latitude
+    (``lat_deg`` is needed when there is more than one zone); 1 where the incidence is NaN."""
+    tables = np.asarray(table, _F32)
+    tables = tables.reshape(-1, tables.shape[-2], _GAIN_TABLE_MU0)
     inc = np.asarray(incidence_deg, _F32)
+    if tables.shape[0] == 1:
+        return _colour_lookup(inc, tables[0])
+    if lat_deg is None:
+        raise EnhanceError("a terminator colour table with latitude zones needs lat_deg")
+    pos = (np.asarray(lat_deg, np.float64) + 90.0) / _COLOUR_ZONE_DEG - 0.5  # zone index
+    pos = np.clip(np.nan_to_num(pos, nan=0.0), 0, tables.shape[0] - 1)
+    i0 = np.minimum(pos.astype(np.int64), tables.shape[0] - 2)
+    frac = (pos - i0).astype(_F32)
+    out = np.zeros((*inc.shape, tables.shape[1]), _F32)
+    for z in range(tables.shape[0]):
+        for sel, w in ((i0 == z, 1 - frac), (i0 + 1 == z, frac)):
+            if np.any(sel):
+                out[sel] += _colour_lookup(inc[sel], tables[z]) * w[sel][:, None]
+    return out
+
+
+def _colour_lookup(inc: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """One zone's gains ``(..., C)`` at each incidence (1 where NaN)."""
+    nb = table.shape[0]
     if inc.ndim != 2 or max(inc.shape) >= 32767 or nb > 4:  # samples: np.interp per band
         mu0 = np.nan_to_num(_cos_deg(inc), nan=-10.0)
         grid = _MU0_GRID.astype(_F32)
@@ -626,20 +691,22 @@ class BalanceParams:
 class StretchParams:
     """Linear levels. ``black_pct``: percentile of luminance mapped to 0 (``none``: true
     zero); ``white_pct``: percentile of the brightest channel mapped to 1. ``linked``: one
-    level for all bands (keeps the balance) or one per band. ``night_sigma``: with a
-    ``black_pct`` and an incidence backplane, the black level is at least the night side's
-    median + ``night_sigma`` robust sigmas (per band, the largest when linked), so the
-    unlit side's read noise and streaks map to black instead of being lifted by the
-    gamma and local contrast (0 = off; the night side here is incidence > 100 deg)."""
+    level for all bands (keeps the balance) or one per band. ``night_pct``: with a
+    ``black_pct`` and an incidence backplane, the black level is at least this percentile
+    of the night side (incidence > 100 deg; per band, the largest when linked), so the
+    unlit side's read noise and readout streaks map to black instead of being lifted by
+    the gamma and local contrast (``none`` = off). A percentile, not median + k sigma:
+    streaks are whole rows of outliers that a robust sigma does not see."""
 
     black_pct: float | None = None
     white_pct: float = 99.8
     linked: bool = True
-    night_sigma: float = 3.0
+    night_pct: float | None = 99.5
 
     def __post_init__(self) -> None:
         _check_range("stretch.white_pct", self.white_pct, 50.0, 100.0)
-        _check_range("stretch.night_sigma", self.night_sigma, 0.0, 20.0)
+        if self.night_pct is not None:
+            _check_range("stretch.night_pct", self.night_pct, 50.0, 100.0)
         if self.black_pct is not None:
             _check_range("stretch.black_pct", self.black_pct, 0.0, 50.0)
 
@@ -1531,27 +1598,34 @@ def _prepare(
         with timer("photometry"):
             s = (slice(None, None, stride), slice(None, None, stride))
             v = valid[s]
+            lat = backplanes.get("lat_centric_deg")
             colour, cinfo = fit_terminator_colour(
                 data[s][v][:, list(plan.channels)],
                 _cos_deg(np.asarray(inc[s]))[v],
+                None if lat is None else np.asarray(lat[s])[v],
                 strength=params.photometry.colour,
             )
             stats["terminator_colour"] = cinfo
-            colour = _colour_map(np.asarray(inc), colour) if cinfo["bins"] else None
+            colour = (
+                _colour_map(np.asarray(inc), None if lat is None else np.asarray(lat), colour)
+                if cinfo["bins"]
+                else None
+            )
     return _Prepared(gain, stats, notes, colour)
 
 
-def _colour_map(incidence_deg: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Terminator colour gains ``(H, W, C)`` of every pixel. The gains are a smooth function
-    of cos(incidence), so above 1024 px they are evaluated on a grid of 1/f the size (pixels
-    without incidence take their neighbours' gains) and brought to full size bilinearly:
-    several times cheaper than a per-pixel lookup."""
+def _colour_map(incidence_deg: np.ndarray, lat_deg: np.ndarray | None, table: np.ndarray) -> np.ndarray:
+    """Terminator colour gains ``(H, W, C)`` of every pixel. The gains are smooth functions
+    of cos(incidence) and latitude, so above 1024 px they are evaluated on a grid of 1/f the
+    size (pixels without incidence take their neighbours' gains) and brought to full size
+    bilinearly: several times cheaper than a per-pixel lookup."""
     h, w = incidence_deg.shape
     f = max(1, math.ceil(max(h, w) / 1024))
     if f == 1:
-        return terminator_colour_gain(incidence_deg, table)
+        return terminator_colour_gain(incidence_deg, table, lat_deg)
     inc_low = np.ascontiguousarray(incidence_deg[f // 2 :: f, f // 2 :: f])
-    low = terminator_colour_gain(inc_low, table)
+    lat_low = None if lat_deg is None else np.ascontiguousarray(lat_deg[f // 2 :: f, f // 2 :: f])
+    low = terminator_colour_gain(inc_low, table, lat_low)
     seen = np.isfinite(inc_low)
     if not seen.all() and seen.any():  # normalised convolution fills the unseen cells
         m = seen.astype(_F32)
@@ -1597,15 +1671,12 @@ def _sample(
     return raw, g, night
 
 
-def _night_black(gained_raw: np.ndarray, night: np.ndarray | None, n_sigma: float) -> np.ndarray | None:
-    """Per band: median + ``n_sigma`` robust sigmas of the night-side samples (None when
+def _night_black(gained_raw: np.ndarray, night: np.ndarray | None, pct: float | None) -> np.ndarray | None:
+    """Per band: the ``pct`` percentile of the night-side samples (None when off or when
     there are fewer than 500 of them)."""
-    if night is None or n_sigma <= 0 or np.count_nonzero(night) < 500:
+    if night is None or pct is None or np.count_nonzero(night) < 500:
         return None
-    z = gained_raw[night].astype(np.float64)
-    med = np.median(z, axis=0)
-    sigma = 1.4826 * np.median(np.abs(z - med), axis=0)
-    return np.asarray(med + n_sigma * sigma)
+    return np.asarray(np.percentile(gained_raw[night], pct, axis=0))
 
 
 def _measure_balance(
@@ -1652,7 +1723,7 @@ def _measure_balance(
     else:
         black = np.percentile(gained_raw, st.black_pct, axis=0)
     if st.black_pct is not None:
-        night_black = _night_black(gained_raw, night, st.night_sigma)
+        night_black = _night_black(gained_raw, night, st.night_pct)
         if night_black is not None:
             black = np.maximum(black, night_black.max() if st.linked else night_black)
     lit = (gained_raw - black) * g
@@ -1927,11 +1998,18 @@ def enhance(
 
     nb = len(plan.channels)
     with timer("linear"):
-        # one fused pass: reorder by name, band gain, black, white; zeros where invalid
+        # one fused pass: reorder by name, band gain, black, white; zeros where invalid.
+        # One black level for R, G, B is taken off the luminance, every channel scaled
+        # by the same factor max(0, 1 - black / Y): subtracting it channel by channel
+        # would turn colours red where the signal is a few times the black level
+        # (towards the terminator the blue is the weakest band)
+        levels = [(bal.black[b] / bal.white[b]) for b in plan.out_names]
+        hue_black = nb == 3 and levels[0] > 0 and len({*levels, *(bal.white[b] for b in plan.out_names)}) == 2
         m = np.zeros((nb, data.shape[2] + 1), _F32)
         for row, (c, band) in enumerate(zip(plan.channels, plan.out_names, strict=True)):
             m[row, c] = bal.gains[band] / bal.white[band]
-            m[row, -1] = -bal.black[band] / bal.white[band]
+            m[row, -1] = 0.0 if hue_black else -bal.black[band] / bal.white[band]
+        luma_m = np.asarray([LUMA_RGB], _F32)
         x = np.empty((h, w, nb), _F32)
         gain3 = None if prep.gain is None else prep.gain.reshape(h, w, -1)
         rows = max(1, min(h, (1 << 20) // max(w, 1)))
@@ -1942,6 +2020,13 @@ def enhance(
                 cv2.transform(data[r0:r1], m, dst=xs)
             else:
                 xs[...] = cv2.transform(data[r0:r1], m).reshape(xs.shape)
+            if hue_black:
+                y = cv2.transform(xs, luma_m)
+                np.maximum(y, _F32(1e-30), out=y)  # Y <= 0 (night noise): factor 0
+                f = cv2.divide(levels[0], y)  # black / Y (NaN where unseen)
+                np.subtract(_F32(1), f, out=f)
+                np.maximum(f, _F32(0), out=f)  # NaN -> 0 as well
+                np.multiply(xs, f[:, :, None], out=xs)
             if gain3 is not None:
                 np.multiply(xs, gain3[r0:r1], out=xs)
             cg = prep.colour_gain(slice(r0, r1))
