@@ -407,6 +407,23 @@ def detect_limb(
                       strength=cat("st", np.float64))
 
 
+def _no_limb_reason(image: Any, min_blob_px: int = 400) -> tuple[str, str]:
+    """Why :func:`detect_limb` found nothing: (reason, hint) for the refusal's message."""
+    _, data, _ = _image_arrays(image)
+    lo, hi = float(np.percentile(data, 2)), float(np.percentile(data, 99.99))
+    lit = data > lo + 0.3 * (hi - lo) if hi > lo else np.zeros(data.shape, bool)
+    per_framelet = lit.mean(axis=(2, 3))
+    if hi <= lo or not lit.any():
+        return "nothing brighter than the sky", "check the product's pointing and exposure; a CK is needed"
+    if per_framelet.min() > 0.5:
+        return (f"the target fills every framelet (>= {100 * per_framelet.min():.0f} % lit)",
+                "a CK is needed for this image")
+    if lit.sum(axis=(2, 3)).max() < min_blob_px:
+        return (f"only bright spots under {min_blob_px} px (a small moon, a star or a distant target), "
+                "never taken for a limb", "a CK is needed for this image")
+    return "no sharp edge from the lit target to dark sky", "a CK is needed for this image"
+
+
 def _last_crossing(level: np.ndarray, s: np.ndarray, value: float) -> np.ndarray:
     """Per row, the s where ``level`` last falls through ``value`` before the sky (linear)."""
     above = level >= value
@@ -430,6 +447,7 @@ class _LimbModel:
     """Everything the residuals need that does not depend on the attitude parameters."""
 
     frame: np.ndarray            # (n,)
+    band: np.ndarray             # (n,) index into the product's bands
     ray_cam: np.ndarray          # (n, 3) unit
     ifov_rad: np.ndarray         # (n,)
     beta_j2000: np.ndarray       # (n_frames, 3)
@@ -438,13 +456,15 @@ class _LimbModel:
     radii_km: np.ndarray
 
     def subset(self, keep: np.ndarray) -> _LimbModel:
-        return replace(self, frame=self.frame[keep], ray_cam=self.ray_cam[keep], ifov_rad=self.ifov_rad[keep])
+        return replace(self, frame=self.frame[keep], band=self.band[keep], ray_cam=self.ray_cam[keep],
+                       ifov_rad=self.ifov_rad[keep])
 
-    def residuals_px(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float = 0.0) -> np.ndarray:
+    def residuals_px(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0) -> np.ndarray:
         """Signed angular distance of each limb ray from the limb (px; + = sky side).
 
         The limb is that of the ellipsoid ``radii + limb_alt_km`` (the visible haze limb
-        lies above the 1-bar ellipsoid of the PCK).
+        lies above the 1-bar ellipsoid of the PCK); ``limb_alt_km`` is one altitude or
+        one per band (indexed by :attr:`band`): the haze limb is higher in blue light.
         """
         f = self.frame
         u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)  # cam -> J2000
@@ -453,9 +473,10 @@ class _LimbModel:
         k = ub + np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
         u_geo = k[:, None] * u - beta
         u_body = np.einsum("nij,nj->ni", self.rot_j2000_to_body[f], u_geo)
-        radii = self.radii_km + limb_alt_km
+        alt = np.asarray(limb_alt_km, dtype=np.float64)
+        radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
         d = u_body / radii
-        o = (self.obs_body_km / radii)[f]
+        o = self.obs_body_km[f] / radii
         d_norm = np.linalg.norm(d, axis=1)
         o_norm = np.linalg.norm(o, axis=1)
         cos_ang = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
@@ -477,7 +498,7 @@ def _limb_model(points: LimbPoints, meta: ProductMeta, states: Sequence[FrameSta
         rays[sel] = r / np.linalg.norm(r, axis=1, keepdims=True)
         ifov[sel] = cam.sampling_factor / cam.focal_px
     return _LimbModel(
-        frame=points.frame.astype(np.intp), ray_cam=rays, ifov_rad=ifov,
+        frame=points.frame.astype(np.intp), band=points.band.astype(np.intp), ray_cam=rays, ifov_rad=ifov,
         beta_j2000=np.stack([s.beta_j2000 for s in states]),
         rot_j2000_to_body=np.stack([s.rot_j2000_to_body for s in states]),
         obs_body_km=np.stack([s.observer_pos_body_km for s in states]),
@@ -514,6 +535,8 @@ class PointingSolution:
     #: the framelets' rows with the spin: without it the bands misregister across the
     #: sweep by ~twist x band separation (155 px per band step).
     camera_twist_rad: float = 0.0
+    #: Fitted limb altitude per band (km); ``limb_alt_km`` is their mean weighted by points.
+    limb_alt_km_by_band: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def rms_px(self) -> float:
@@ -548,7 +571,8 @@ class PointingSolution:
             "n_rejected": self.n_rejected, "solve_time_s": self.solve_time_s,
             "fixed_parameters": list(self.fixed_parameters),
             "parameter_sigma": dict(self.parameter_sigma), "notes": list(self.notes),
-            "limb_alt_km": self.limb_alt_km, "axis": dict(self.axis),
+            "limb_alt_km": self.limb_alt_km, "limb_alt_km_by_band": dict(self.limb_alt_km_by_band),
+            "axis": dict(self.axis),
             "camera_twist_mrad": 1e3 * self.camera_twist_rad,
         }
 
@@ -566,7 +590,8 @@ class PointingSolution:
                 lines.append(f"  {k}: {v}")
         lines.append(f"  timing: start offset {1e3 * self.timing.start_offset_s:+.2f} ms, "
                      f"interframe correction {1e3 * self.timing.interframe_correction_s:+.3f} ms")
-        lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km")
+        lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km"
+                     + "".join(f", {b} {h:.1f}" for b, h in self.limb_alt_km_by_band.items()))
         lines.append(f"  camera twist about the boresight: {1e3 * self.camera_twist_rad:+.2f} mrad")
         for k, v in self.axis.items():
             lines.append(f"  axis {k}: {v:.3g}" if isinstance(v, float) else f"  axis {k}: {v}")
@@ -619,6 +644,7 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         fixed_parameters=tuple(d.get("fixed_parameters", ())),
         parameter_sigma=d.get("parameter_sigma", {}), notes=tuple(d.get("notes", ())),
         limb_alt_km=float(d.get("limb_alt_km", 0.0)), axis=d.get("axis", {}),
+        limb_alt_km_by_band={k: float(v) for k, v in d.get("limb_alt_km_by_band", {}).items()},
         camera_twist_rad=1e-3 * float(d.get("camera_twist_mrad", 0.0)),
     )
 
@@ -912,7 +938,7 @@ def solve_pointing(
     min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0, seed: int = 0,
     refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
     allow_prior_dependent: bool = True, fit_limb_altitude: bool = True, fit_camera_twist: bool = True,
-    fit_interframe_correction: bool = False,
+    fit_interframe_correction: bool = False, per_band_limb_altitude: bool = False,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
@@ -942,8 +968,9 @@ def solve_pointing(
                 n_points_by_band={b: 0 for b in meta.filters}, max_abs_residual_px=float("nan"),
                 n_rejected=0, solve_time_s=time.perf_counter() - t_start,
                 notes=("no limb visible: CK attitude with the IK's timing, not refined",))
-        raise NoLimbError(f"{meta.product_id}: no limb of {target.name} against sky in any framelet",
-                          hint="the target fills every framelet; a CK is needed for this image")
+        why, hint = _no_limb_reason(image)
+        raise NoLimbError(f"{meta.product_id}: no limb of {target.name} against sky in any framelet ({why})",
+                          hint=hint)
     _check_coverage(points, meta, min_points)
     states = [frame_state(target, float(et)) for et in ets]
     model = _limb_model(points, meta, states, target)
@@ -951,7 +978,18 @@ def solve_pointing(
     notes: list[str] = []
     axis_info: dict[str, Any] = {}
     lo_h, hi_h = LIMB_ALT_BOUNDS_KM if fit_limb_altitude else (-1e-6, 1e-6)
-    held = np.zeros(6, bool)  # parameters held at their start value
+    # x[5] is the limb altitude of the first band with limb points, x[6:] the altitude of
+    # each further band relative to it (the haze limb is higher in blue than in red)
+    alt_bands = [i for i in range(len(points.bands)) if np.any(points.band == i)]
+    n_extra = len(alt_bands) - 1 if fit_limb_altitude and per_band_limb_altitude else 0
+    extra_idx = np.array(alt_bands[1:1 + n_extra], dtype=np.intp)
+
+    def alts(x: np.ndarray) -> np.ndarray:
+        v = np.full(len(points.bands), float(x[5]))
+        v[extra_idx] += x[6:6 + n_extra]
+        return v
+
+    held = np.zeros(6 + n_extra, bool)  # parameters held at their start value
     camera_twist = 0.0
     if ck is None:
         mid = n_frames // 2
@@ -996,10 +1034,12 @@ def solve_pointing(
         x0 = refined[0][1]
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[5])
+            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), alts(x))
 
-        x, inl = _fit_robust(fun, x0, n, extra=prior_res if prior is not None else None,
-                             x_scale=x_scale, bounds=bounds)
+        x, inl = _fit_robust(fun, np.r_[x0, np.zeros(n_extra)], n,
+                             extra=prior_res if prior is not None else None,
+                             x_scale=np.r_[x_scale, np.full(n_extra, 10.0)],
+                             bounds=(bounds[0] + [-300.0] * n_extra, bounds[1] + [300.0] * n_extra))
         axis = _radec_to_vec(x[0], x[1])
         for cost, xr in refined[1:]:
             sep = _angle_deg(axis, _radec_to_vec(xr[0], xr[1]))
@@ -1009,9 +1049,8 @@ def solve_pointing(
         attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, _twisted(sc_to_cam, x[4]))
         timing_fit = timing0
         fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
-        steps = np.array([1e-5, 1e-5, 1e-5, 1e-7, 1e-5, 1.0])
+        steps = np.r_[1e-5, 1e-5, 1e-5, 1e-7, 1e-5, np.ones(1 + n_extra)]
         method = "spin"
-        limb_alt = float(x[5])
     else:
         # The CK fixes the spin axis, so a start offset and a rotation about that axis are
         # the same thing: the rotation's component along the spin is held at the CK's value
@@ -1036,23 +1075,24 @@ def solve_pointing(
             return _small_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(rotations(x), x[5])
+            return model.residuals_px(rotations(x), alts(x))
 
         rotations(np.zeros(6))  # checks the CK's coverage before fitting
         prior = None
         held[1], held[2] = not fit_interframe_correction, True
         free = ~held
 
-        units = np.array([1e-3, 1e-6, 1e-3, 1e-3, 1e-3, 1.0])  # optimised in ms, us, mrad, km
+        units = np.r_[1e-3, 1e-6, 1e-3, 1e-3, 1e-3, np.ones(1 + n_extra)]  # in ms, us, mrad, km
 
         def full(xf: np.ndarray) -> np.ndarray:
-            xx = np.zeros(6)
+            xx = np.zeros(6 + n_extra)
             xx[free] = xf
             return xx * units
 
-        lo_b, hi_b = np.array([-np.inf] * 5 + [lo_h]), np.array([np.inf] * 5 + [hi_h])
+        lo_b = np.r_[[-np.inf] * 5, lo_h, np.full(n_extra, -300.0)]
+        hi_b = np.r_[[np.inf] * 5, hi_h, np.full(n_extra, 300.0)]
         xf, inl = _fit_robust(lambda xf: fun(full(xf)), np.zeros(int(free.sum())), n,
-                              x_scale=np.array([1.0, 10.0, 0.1, 0.1, 0.1, 10.0])[free],
+                              x_scale=np.r_[1.0, 10.0, 0.1, 0.1, 0.1, np.full(1 + n_extra, 10.0)][free],
                               bounds=(lo_b[free], hi_b[free]))
         x = full(xf)
         delta = basis_delta @ x[2:5]
@@ -1061,18 +1101,20 @@ def solve_pointing(
                                           timing0.interframe_correction_s + float(x[1]))
         fixed = ("rotation about the spin axis (the CK's; the start offset takes it)",) + (
             () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
-        steps = np.array([1e-5, 1e-7, 1e-6, 1e-6, 1e-6, 1.0])
+        steps = np.r_[1e-5, 1e-7, 1e-6, 1e-6, 1e-6, np.ones(1 + n_extra)]
         method = "ck-refined"
-        limb_alt = float(x[5])
     r = fun(x)
     rms_band, cnt_band = _band_stats(points, r, inl)
+    alt_by_band = {points.bands[i]: float(alts(x)[i]) for i in alt_bands}
+    limb_alt = float(np.average([alt_by_band[points.bands[i]] for i in alt_bands],
+                                weights=[max(cnt_band[points.bands[i]], 1) for i in alt_bands]))
     n_in = int(inl.sum())
     rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
     # covariance: limb rows weighted by the fit's RMS, the prior's rows in sigmas
     jac = _numeric_jacobian(lambda p: fun(p)[inl], x, steps) / max(rms_all, 1e-3)
     jac[:, held] = 0.0  # parameters held at a value are not uncertain
     if not fit_limb_altitude:
-        jac = jac[:, :-1]
+        jac = jac[:, :5]
     info_limb = jac.T @ jac
     info = info_limb.copy()
     if prior is not None:
@@ -1103,7 +1145,9 @@ def solve_pointing(
                  "delta_e2_rad")
         sigma = {k: float(v) for k, v, h in zip(names, sd, held, strict=False) if not h}
     if fit_limb_altitude:
-        sigma["limb_alt_km"] = float(sd[-1])
+        sigma["limb_alt_km"] = float(sd[5])
+        for j, i in enumerate(extra_idx):
+            sigma[f"limb_alt_{points.bands[i]}_minus_{points.bands[alt_bands[0]]}_km"] = float(sd[6 + j])
     # the limb alone would not pass the axis gate: the roll rests on the prior
     prior_dependent = prior is not None and axis_sigma_limb >= max_axis_sigma_deg
     axis_info["prior_dependent_roll"] = bool(prior_dependent)
@@ -1141,6 +1185,7 @@ def solve_pointing(
         max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
         n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
         parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
+        limb_alt_km_by_band=alt_by_band,
         camera_twist_rad=camera_twist,
     )
 
@@ -1159,12 +1204,13 @@ def predicted_limb_mask(meta: ProductMeta, sol: PointingSolution, band: str, *,
     out = np.zeros((meta.n_frames, rows, samples), bool)
     for f, et in enumerate(ets):
         st = frame_state(target, float(et))
-        m = _LimbModel(frame=np.zeros(len(rays), np.intp), ray_cam=rays,
+        m = _LimbModel(frame=np.zeros(len(rays), np.intp), band=np.zeros(len(rays), np.intp), ray_cam=rays,
                        ifov_rad=np.full(len(rays), 1.0 / cam.focal_px),
                        beta_j2000=st.beta_j2000[None], rot_j2000_to_body=st.rot_j2000_to_body[None],
                        obs_body_km=st.observer_pos_body_km[None], radii_km=np.asarray(target.radii, float))
         rot = sol.attitude.rot_j2000_to_cam(float(et))[None]
-        out[f] = (m.residuals_px(rot, sol.limb_alt_km) < 0).reshape(rows, samples)
+        alt = sol.limb_alt_km_by_band.get(band, sol.limb_alt_km)
+        out[f] = (m.residuals_px(rot, alt) < 0).reshape(rows, samples)
     return out
 
 
