@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from junoproc import pipeline
 from junoproc.cli import main
 from junoproc.errors import JunoprocError
+from junoproc.geometry import Target
+from junoproc.io import LinearMap
 from junoproc.products import find_products
 
 PRODUCT = "JNCE_2022229_44C00032_V01"
@@ -36,7 +45,7 @@ def batch(tmp_path_factory, data_dir: Path):
 
 
 def test_good_product_is_built_with_its_sidecar(batch):
-    _, out, _, report = batch
+    _, out, options, report = batch
     by_id = {r.product_id: r for r in report.results}
     good = by_id[PRODUCT]
     assert good.status == "done", good.message
@@ -52,6 +61,23 @@ def test_good_product_is_built_with_its_sidecar(batch):
     assert set(sidecar["stage_seconds"]) >= {"decode", "calibrate", "pointing", "write"}
     # no hidden partial folders left behind
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    # the map is on the perijove lattice: edges on whole pixels of 1/10 deg
+    grid = sidecar["maps"]["equirectangular"]["map"]
+    for key in ("lon_left_east_deg", "lat_top_deg", "lat_bottom_deg"):
+        assert abs(grid[key] * 10 - round(grid[key] * 10)) < 1e-6, (key, grid[key])
+    assert set(sidecar["stage_cpu_seconds"]) == set(pipeline.product_stages(options))
+
+
+def test_folder_gets_contact_sheet_and_mosaics(batch):
+    _, out, _, report = batch
+    names = sorted(Path(p).name for p in report.extras)
+    assert names == ["contact-sheet.png", "mosaic-RGB-equirectangular.png",
+                     "mosaic-RGB-polar-north.png"], names  # 44C00032 looks at the north pole
+    from junoproc import io
+
+    polar = io.read_linear_map(out / "mosaic-RGB-polar-north-linear.tif")
+    assert polar.sidecar["map"]["projection"] == "polar" and polar.band_names == ("BLUE", "GREEN", "RED")
+    assert 0.2 < np.isfinite(polar.data).all(axis=2).mean() < 0.9
 
 
 def test_one_bad_product_does_not_stop_the_batch(batch):
@@ -80,10 +106,13 @@ def test_interrupted_product_is_redone(batch):
     final = out / PRODUCT
     partial = out / f".{PRODUCT}.partial-99999"
     final.rename(partial)  # as if killed before the final rename
+    stages: list[str] = []
+    options = replace(options, projections=("perspective",))  # what is redone does not matter here
     result = pipeline.process_product(
         next(e for e in find_products(folder) if e.product_id == PRODUCT),
-        options)
+        options, on_stage=lambda pid, stage, step, total: stages.append(stage))
     assert result.status == "done"
+    assert tuple(stages) == pipeline.product_stages(options)  # the per-image progress bar's steps
     assert (final / f"{PRODUCT}.json").is_file()
     shutil.rmtree(partial)
 
@@ -118,3 +147,144 @@ def test_contact_sheet_tiles_images(tmp_path):
     sheet = pipeline.contact_sheet(paths, tile_px=100, columns=2)
     assert sheet.shape == (200, 200, 3)
     assert sheet[50, 50].tolist() == [60, 60, 60] and sheet[50, 150].tolist() == [120, 120, 120]
+
+
+def _grid_dict(ppd: float, lon_left_east: float, lat_top: float, rows: int, cols: int) -> dict:
+    return {"projection": "equirectangular", "rows": rows, "columns": cols, "target": "JUPITER",
+            "target_naif_id": 599, "body_frame": "IAU_JUPITER", "radii_km": [71492.0, 71492.0, 66854.0],
+            "longitude": "System III west", "latitude": "planetocentric", "px_per_deg": ppd,
+            "lon_left_east_deg": lon_left_east, "lat_top_deg": lat_top,
+            "lat_bottom_deg": lat_top - rows / ppd}
+
+
+def test_maps_on_one_lattice_paste_onto_their_common_extent():
+    """Two cropped maps (one across longitude 0) land on the right pixels of the union grid."""
+    ppd = 2.0
+    a = LinearMap(np.full((4, 6, 1), 1.0, np.float32), ("METHANE",),
+                  {"weight": np.ones((4, 6), np.float32)},
+                  {"map": _grid_dict(ppd, 358.0, 10.0, 4, 6)})  # lon 358..1 E, lat 10..8
+    b = LinearMap(np.full((2, 2, 1), 2.0, np.float32), ("METHANE",), {},
+                  {"map": _grid_dict(ppd, 90.0, 7.0, 2, 2)})  # lon 90..91 E, lat 7..6
+    pa, pb = pipeline._on_common_extent([a, b])
+    assert pa.data.shape == (8, 720, 1) and pa.sidecar["map"] == pb.sidecar["map"]
+    assert pa.sidecar["map"]["lat_top_deg"] == 10.0 and pa.sidecar["map"]["lat_bottom_deg"] == 6.0
+    seen_a = np.argwhere(np.isfinite(pa.data[..., 0]))
+    assert sorted(set(seen_a[:, 1])) == [0, 1, 716, 717, 718, 719]
+    assert sorted(set(seen_a[:, 0])) == [0, 1, 2, 3]
+    assert np.argwhere(np.isfinite(pb.data[..., 0])).tolist() == [[6, 180], [6, 181], [7, 180], [7, 181]]
+    assert pa.backplanes["weight"][0, 0] == 1.0 and pa.backplanes["weight"][0, 5] == 0.0
+
+
+def test_polar_resampling_puts_every_latitude_and_longitude_where_projection_says():
+    """Resample a map whose bands ARE planetocentric latitude and cos/sin of longitude:
+    every polar pixel must read back projection's own lat/lon of that pixel."""
+    from junoproc.geometry import lonlat_from_body
+    from junoproc.projection import MapGrid, grid_surface_points
+
+    ppd = 4.0
+    rows, cols = int(70 * ppd), int(360 * ppd)  # north of 20 S
+    lat = 90.0 - (np.arange(rows) + 0.5) / ppd
+    lon = (np.arange(cols) + 0.5) / ppd
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    data = np.stack([lat2, np.cos(np.radians(lon2)), np.sin(np.radians(lon2))], axis=-1).astype(np.float32)
+    data[lat2 < 30.0] = np.nan  # seen down to 30 N
+    m = LinearMap(data, ("LAT", "COS", "SIN"), {}, {"map": _grid_dict(ppd, 0.0, 90.0, rows, cols)})
+    assert pipeline._pole_seen_most(m) == "north"
+    polar = pipeline._polar_from_equirectangular(m, "north")
+    g = polar.sidecar["map"]
+    assert g["pole"] == "north" and g["radius_deg"] == 60.0 and polar.data.shape[:2] == (480, 480)
+    target = Target("JUPITER", 599, "IAU_JUPITER", (71492.0, 71492.0, 66854.0))
+    grid = MapGrid("polar", polar.data.shape[:2], target, "west", "centric",
+                   {k: g[k] for k in ("px_per_deg", "pole", "kind", "radius_deg")})
+    pos, hit = grid_surface_points(grid)
+    ll = lonlat_from_body(pos[hit], target)
+    got = polar.data[hit]
+    ok = np.isfinite(got).all(axis=1)
+    inside = ll["lat_centric_deg"] > 30.5
+    assert ok[inside].all() and not ok[ll["lat_centric_deg"] < 29.5].any()
+    assert np.abs(got[ok, 0] - ll["lat_centric_deg"][ok]).max() < 1e-3
+    dlon = np.degrees(np.arctan2(got[ok, 2], got[ok, 1])) - ll["lon_east_deg"][ok]
+    assert np.abs((dlon + 180) % 360 - 180)[ll["lat_centric_deg"][ok] < 89].max() < 0.05
+
+
+def _threads_in_worker() -> tuple[str | None, str | None, int]:
+    import cv2
+
+    return os.environ.get("JUNOPROC_THREADS"), os.environ.get("OMP_NUM_THREADS"), cv2.getNumThreads()
+
+
+def test_workers_use_their_share_of_the_cores():
+    with pipeline._worker_pool(os.cpu_count() or 1) as (pool, _):
+        assert pool.submit(_threads_in_worker).result(timeout=60) == ("1", "1", 1)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 180.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"build exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > t_end:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_killed_build_resumes_without_redoing_or_corrupting(tmp_path, data_dir: Path, kernel_dir: Path):
+    """Real `junoproc build` processes on two PJ43 products: SIGINT after the first product,
+    SIGKILL of the build (not its workers) during the second, then a full run."""
+    folder = tmp_path / "pj43"
+    folder.mkdir()
+    shutil.copytree(data_dir / "perijove43" / "13537-ImageSet", folder / "13537-ImageSet")
+    for name in ("13540-ImageSet.zip", "13540-Data.zip"):
+        (folder / name).symlink_to(data_dir / "perijove43" / name)
+    ids = sorted(e.product_id for e in find_products(folder))
+    assert len(ids) == 2
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "junoproc.cli", "build", str(folder), "-o", str(out), "--kernels",
+           str(kernel_dir), "--projection", "perspective", "--no-mosaic", "--no-progress"]
+
+    def start(jobs: int) -> subprocess.Popen:
+        return subprocess.Popen([*cmd, "-j", str(jobs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+
+    def finished() -> list[str]:
+        return [i for i in ids if (out / i / f"{i}.json").is_file()]
+
+    def visible() -> set[str]:  # product folders
+        return {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+    # 1. Ctrl-C (SIGINT) once the first product is complete, in-process (-j 1)
+    proc = start(1)
+    _wait_for(lambda: len(finished()) == 1, proc, "the first product")
+    first = finished()[0]
+    second = next(i for i in ids if i != first)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert visible() == {first}
+    assert not list(out.glob(".*")), "the interrupted product left a partial folder"
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / first).iterdir()}
+
+    # 2. SIGKILL of the build while a worker (-j 2) writes the second product
+    proc = start(2)
+    _wait_for(lambda: any(out.glob(f".{second}.partial-*")), proc, "the second product's worker")
+    partial = next(out.glob(f".{second}.partial-*"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    worker = int(partial.name.rsplit("-", 1)[1])
+    t_end = time.monotonic() + 30
+    while pipeline._alive(worker) and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert not pipeline._alive(worker), "the worker outlived the killed build"
+    assert visible() == {first}  # what the kill left is hidden, not a product
+
+    # 3. run again: the first product untouched, the second built, nothing hidden left
+    proc = start(2)
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert visible() == {first, second} and not list(out.glob(".*"))
+    assert (out / "contact-sheet.png").is_file()
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / first).iterdir()} == kept
+    rows = {line.split()[0]: line.split()[1] for line in stdout.splitlines() if line.startswith("JNCE")}
+    assert rows == {first: "skipped", second: "done"}
+    assert json.loads((out / second / f"{second}.json").read_text())["product_id"] == second

@@ -474,13 +474,17 @@ def _drain(events: Any, progress: _Progress) -> None:
 
 @contextmanager
 def _worker_pool(jobs: int) -> Iterator[tuple[ProcessPoolExecutor, Any]]:
-    """Processes (forked where the platform allows: the parent imports nothing heavy
-    before), with a progress queue and each worker's share of the cores."""
+    """Fresh (spawned) worker processes with a progress queue, each limited to its share
+    of the cores. Spawned, not forked: a fork copies the parent's thread pools (OpenCV,
+    BLAS) in whatever locked state they are, and a worker can hang on its first call."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    ctx = mp.get_context("spawn")
     events = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    # the libraries read these when a worker imports them, before the initializer runs
+    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+    os.environ.update({var: str(threads) for var in THREAD_ENV_VARS})
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                initargs=(events, threads))
     try:
@@ -488,6 +492,11 @@ def _worker_pool(jobs: int) -> Iterator[tuple[ProcessPoolExecutor, Any]]:
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         events.close()
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 # ---------------------------------------------------------------------------------------
