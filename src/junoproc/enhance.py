@@ -1596,7 +1596,8 @@ def _prepare(
         and inc is not None
     ):
         with timer("photometry"):
-            s = (slice(None, None, stride), slice(None, None, stride))
+            cs = max(stride, int(math.sqrt(h * w / 100_000)))  # ~100k samples: medians per bin
+            s = (slice(None, None, cs), slice(None, None, cs))
             v = valid[s]
             lat = backplanes.get("lat_centric_deg")
             colour, cinfo = fit_terminator_colour(
@@ -2214,7 +2215,10 @@ def colour_balance_from(
     """ONE colour balance (band gains, black/white levels, lift softening) for several maps.
 
     Samples of every map (after its own photometric and flatten gains) are pooled and the
-    preset's balance and stretch rules are applied to the pool. Pass the result as
+    preset's balance and stretch rules are applied to the pool, except the white level:
+    that is the largest of the maps' own ``white_pct`` levels (under the pooled gains and
+    black), so no map clips more than its own percentile and the brightest sets the
+    scale for all. Pass the result as
     ``balance=`` to :func:`enhance` for each map so all share one colour and tone scale;
     it is recorded in each composite's sidecar and can be read back with
     :meth:`ColourBalance.from_dict`.
@@ -2264,7 +2268,20 @@ def colour_balance_from(
         np.concatenate(regions) if regions else None,
         np.concatenate(nights),
     )
-    return dataclasses.replace(bal, n_images=len(raws))
+    gains = np.array([bal.gains[n] for n in plan0.out_names])
+    black = np.array([bal.black[n] for n in plan0.out_names])
+    whites = []
+    for raw, g in zip(raws, gs, strict=True):
+        lit = (raw * gains - black) * g
+        if params.stretch.linked:
+            whites.append(np.full(len(gains), np.percentile(lit.max(axis=1), params.stretch.white_pct)))
+        else:
+            whites.append(np.percentile(lit, params.stretch.white_pct, axis=0))
+    white = np.max(whites, axis=0)
+    white = np.where(white > 0, white, [bal.white[n] for n in plan0.out_names])
+    return dataclasses.replace(
+        bal, white=dict(zip(plan0.out_names, white.tolist(), strict=True)), n_images=len(raws)
+    )
 
 
 # --------------------------------------------------------------------------- files
