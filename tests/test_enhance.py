@@ -851,7 +851,8 @@ def test_simulated_io_jupitershine_end_to_end(tmp_path: Path, kernel_dir: Path) 
 
     Measured while the simulator and projection changed under it: night-side correlation
     0.83-0.91 (natural 0.74-0.87, raw green 0.68-0.82), the value following their
-    revisions; the brightness check (natural too dark to see) is the stable part. The > 0.9 of issue #7 holds on the scene of
+    revisions; the brightness check (natural too dark to see) is the stable part.
+    The > 0.9 of issue #7 holds on the scene of
     test_jupitershine_reveals_the_night_side (per-pixel SNR ~5), not at this one's (~1:
     1 % of sunlight, shot + read + companding noise)."""
     import cv2
