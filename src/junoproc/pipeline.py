@@ -740,9 +740,9 @@ def _polar_from_equirectangular(m: Any, pole: str) -> Any:
     import cv2
     import numpy as np
 
-    from .geometry import Target, lonlat_from_body
+    from .geometry import Target
     from .io import LinearMap
-    from .projection import MapGrid, grid_surface_points
+    from .projection import MapGrid
 
     g = m.sidecar["map"]
     ppd, _, n_lon, row0, n_rows = _lattice(g)
@@ -759,13 +759,20 @@ def _polar_from_equirectangular(m: Any, pole: str) -> Any:
                    {"px_per_deg": ppd, "native_px_per_deg": g.get("native_px_per_deg", ppd),
                     "pole": pole, "kind": "equidistant", "radius_deg": radius,
                     "latitude_used": "planetocentric colatitude"})
-    pos, hit = grid_surface_points(grid)
-    ll = lonlat_from_body(pos[hit], target)
-    map_x = np.full((side, side), -10.0, np.float32)
-    map_y = np.full((side, side), -10.0, np.float32)
+    # projection's polar equidistant grid, in latitude/longitude directly (the test checks
+    # it against projection.grid_surface_points; going through body positions costs 1 s)
+    centre = (np.arange(side) + 0.5 - side / 2.0) / ppd
+    x, y = centre[None, :], centre[:, None]
+    colat = np.hypot(x, y)
+    if pole == "north":
+        lat, lon_e = 90.0 - colat, np.degrees(np.arctan2(x, y))
+    else:
+        lat, lon_e = colat - 90.0, -np.degrees(np.arctan2(x, -y))
+    hit = colat <= radius
     # +1: the source gets one wrapped column on each side (longitude is periodic)
-    map_x[hit] = ((ll["lon_east_deg"] - float(g["lon_left_east_deg"])) % 360.0) * ppd - 0.5 + 1
-    map_y[hit] = (90.0 - ll["lat_centric_deg"]) * ppd - row0 - 0.5
+    map_x = np.where(hit, ((lon_e - float(g["lon_left_east_deg"])) % 360.0) * ppd - 0.5 + 1, -10.0)
+    map_y = np.where(hit, (90.0 - lat) * ppd - row0 - 0.5, -10.0)
+    map_x, map_y = map_x.astype(np.float32), map_y.astype(np.float32)
 
     def resample(plane: Any, fill: float) -> Any:
         src = np.concatenate([plane[:, -1:], plane, plane[:, :1]], axis=1).astype(np.float32)
