@@ -47,6 +47,8 @@ PARTIAL_TAG = ".partial-"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: A footprint whose longitudes leave a gap narrower than this (deg) spans all of them.
 FULL_CIRCLE_GAP_DEG = 20.0
+#: Mosaics leave out what an image saw closer to the limb than this (emission angle, deg).
+MOSAIC_MAX_EMISSION_DEG = 75.0
 
 
 @dataclass(frozen=True)
@@ -693,8 +695,9 @@ def _lattice(grid: Mapping[str, Any]) -> tuple[float, int, int, int, int]:
 
 def _on_common_extent(maps: Sequence[Any]) -> list[Any]:
     """Equirectangular maps on one lattice -> the same maps on their union's grid: all
-    longitudes, the latitudes any of them covers (data NaN elsewhere, weight 0). Only the
-    backplanes the mosaic uses (weight, incidence) are kept."""
+    longitudes, the latitudes any of them covers (data NaN elsewhere, weight 0), without
+    what each saw at emission > :data:`MOSAIC_MAX_EMISSION_DEG`. Only the backplanes the
+    mosaic uses (weight, incidence) are kept."""
     import numpy as np
 
     from .io import LinearMap
@@ -715,6 +718,10 @@ def _on_common_extent(maps: Sequence[Any]) -> list[Any]:
         rows = slice(row0 - top, row0 - top + n_rows)
         data = np.full((bottom - top, n_lon, m.data.shape[2]), np.nan, np.float32)
         data[rows, cols] = m.data
+        if "emission_deg" in m.backplanes:  # the limb smears into long streaks on a map
+            grazing = np.zeros(data.shape[:2], bool)
+            grazing[rows, cols] = ~(np.asarray(m.backplanes["emission_deg"]) <= MOSAIC_MAX_EMISSION_DEG)
+            data[grazing] = np.nan
         planes = {}
         for name in ("weight", "incidence_deg"):
             if name in m.backplanes:
