@@ -44,6 +44,11 @@ def main(out: str = "example-output") -> int:
           f"(limb residual {result.limb_rms_px:.2f} px)")
     for name in result.outputs:
         print(f"  {Path(out) / result.product_id / name}")
+    picture = Path(out) / result.product_id / f"{result.product_id}-perspective.png"
+    print(f"junoproc example: the composite (the README's picture when the data is real): {picture}")
+    if "SIMULATED" in source:
+        print("junoproc example: note: the simulator does not model JunoCam's weak blue response, which "
+              "the per-perijove colour weights correct, so the simulated composite looks blue")
     return 0
 
 
