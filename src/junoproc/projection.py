@@ -110,8 +110,9 @@ MAX_INTERP_ERROR_PX = 0.02
 #: Output rows per strip and columns per tile of the dense sampling (bound the temporaries).
 STRIP_ROWS = 128
 TILE_COLS = 256
-#: Backplane angles whose interpolated cosine exceeds this (< 2.6 deg) are computed exactly.
-NEAR_ZERO_COS = 0.999
+#: Backplane angles whose interpolated cosine exceeds this (< 8.1 deg) are computed exactly
+#: (arccos amplifies the ~1e-5 interpolation error of the cosine near 0 deg).
+NEAR_ZERO_COS = 0.99
 
 
 # ---------------------------------------------------------------------------------------
