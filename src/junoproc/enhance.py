@@ -464,7 +464,7 @@ def photometric_gain(
         mu_raw = None if emission_deg is None else _cos_deg(emission_deg)
         return _gain_exact(method, _cos_deg(inc), mu_raw, **kwargs)
     # table of the exact function, then one bilinear lookup per pixel
-    grid0 = np.linspace(-1.0, 1.0, _GAIN_TABLE_MU0, dtype=_F32)[None, :]
+    grid0 = _MU0_GRID.astype(_F32)[None, :]
     if emission_deg is None:
         table = np.repeat(_gain_exact(method, grid0, None, **kwargs), 2, axis=0)
     else:
