@@ -85,6 +85,8 @@ __all__ = [
     "grid_surface_points",
     "grid_xy_from_body",
     "make_grid",
+    "map_coordinates",
+    "map_grid_from_dict",
     "mosaic",
     "project",
 ]
@@ -154,6 +156,41 @@ class MapGrid:
             "pixel_convention": "pixel [r, c] covers its cell; centres at index + 0.5 from the edges",
             **params,
         }
+
+
+def map_grid_from_dict(definition: Mapping[str, Any]) -> MapGrid:
+    """The :class:`MapGrid` of a ``MapGrid.to_dict()`` definition (a sidecar's ``map``)."""
+    d = dict(definition)
+    try:
+        target = Target(str(d.pop("target")), int(d.pop("target_naif_id")), str(d.pop("body_frame")),
+                        tuple(float(r) for r in d.pop("radii_km")))  # type: ignore[arg-type]
+        projection = str(d.pop("projection"))
+        shape = (int(d.pop("rows")), int(d.pop("columns")))
+        lon = "west" if str(d.pop("longitude")).startswith("System III") else "east"
+        lat = "graphic" if d.pop("latitude") == "planetographic" else "centric"
+    except (KeyError, TypeError, ValueError) as err:
+        raise ProjectionError(f"incomplete map definition ({err})",
+                              hint="write it with MapGrid.to_dict()") from None
+    d.pop("pixel_convention", None)
+    return MapGrid(projection, shape, target, lon, lat, d)
+
+
+def map_coordinates(grid: MapGrid) -> dict[str, np.ndarray]:
+    """Exact ``lat_centric_deg``, ``lat_graphic_deg``, ``lon_east_deg``, ``lon_west_deg`` (H, W)
+    float32 of an equirectangular grid: read-only broadcasts of one column and one row (the
+    map definition gives them; map files need not store them)."""
+    if grid.projection != "equirectangular":
+        raise ProjectionError(f"{grid.projection} coordinates are not separable",
+                              hint="read them from the backplanes")
+    h, w = grid.shape
+    rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
+    lat_col = lonlat_from_body(grid_points_at(grid, rows, np.zeros(h))[0], grid.target)
+    lon_row = lonlat_from_body(grid_points_at(grid, np.zeros(w), cols)[0], grid.target)
+    out = {name: np.broadcast_to(lat_col[name].astype(np.float32)[:, None], (h, w))
+           for name in ("lat_centric_deg", "lat_graphic_deg")}
+    out.update({name: np.broadcast_to(lon_row[name].astype(np.float32)[None, :], (h, w))
+                for name in ("lon_east_deg", "lon_west_deg")})
+    return out
 
 
 def _centric_to_graphic_deg(lat_centric_deg: np.ndarray, target: Target) -> np.ndarray:
@@ -1278,15 +1315,8 @@ def project(
                       feather_px=feather_px, resolution_exponent=resolution_exponent,
                       fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order)
     backplanes: dict[str, np.ndarray] = {}
-    if grid.projection == "equirectangular":  # separable and exact: one row, one column, broadcast
-        pts = grid_points_at(grid, np.arange(h, dtype=np.float64), np.zeros(h))[0]
-        lat_row = lonlat_from_body(pts, grid.target)
-        pts = grid_points_at(grid, np.zeros(w), np.arange(w, dtype=np.float64))[0]
-        lon_col = lonlat_from_body(pts, grid.target)
-        for name in ("lat_centric_deg", "lat_graphic_deg"):
-            backplanes[name] = np.broadcast_to(lat_row[name].astype(np.float32)[:, None], (h, w))
-        for name in ("lon_east_deg", "lon_west_deg"):
-            backplanes[name] = np.broadcast_to(lon_col[name].astype(np.float32)[None, :], (h, w))
+    if grid.projection == "equirectangular":
+        backplanes.update(map_coordinates(grid))
     for name in BACKPLANE_NAMES:  # every strip writes all its rows
         if name not in backplanes:
             backplanes[name] = np.empty((h, w), np.float32)
