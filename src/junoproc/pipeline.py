@@ -439,11 +439,11 @@ class _Progress:
             slot = self.free.pop(0) if self.free else len(self.bars) + 1
             bar = self._tqdm(total=total, desc=product_id, unit="stage", file=sys.stderr,
                              position=slot, leave=False, dynamic_ncols=True,
-                             bar_format="{desc} {bar} {n_fmt}/{total_fmt} {postfix} [{elapsed}]")
+                             bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
             bar.slot = slot
             self.bars[product_id] = bar
         bar.n = step
-        bar.set_postfix_str(stage, refresh=False)
+        bar.set_description_str(f"{product_id} {stage:<24}", refresh=False)
         bar.refresh()
 
     def finished(self, result: ProductResult) -> None:
