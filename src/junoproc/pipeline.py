@@ -510,7 +510,9 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
 
     ``progress``: tqdm bars on stderr (when it is a terminal). Ctrl-C stops the workers
     (each removes its unfinished product) and raises KeyboardInterrupt; finished products
-    stay and the next run skips them.
+    stay and the next run skips them. With more than one job the workers are spawned
+    processes, so a script calling ``build`` must do it under
+    ``if __name__ == "__main__":`` (Python's rule for spawned processes).
     """
     from . import products
 
