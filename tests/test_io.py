@@ -231,3 +231,83 @@ def test_sidecar_errors(tmp_path: Path) -> None:
         read_sidecar(tmp_path / "bad.json")
     with pytest.raises(OutputError, match="cannot write object"):
         to_jsonable({"x": object()})
+
+
+def _equirect_map(tmp_path: Path, graphic: bool = False) -> LinearMap:
+    """A small equirectangular map on Jupiter's PCK radii with data in a corner only."""
+    h, w = 40, 90
+    data = np.full((h, w, 3), np.nan, np.float32)
+    data[5:20, 30:60] = np.random.default_rng(3).random((15, 30, 3), dtype=np.float32)
+    seen = np.isfinite(data).all(axis=2)
+    emission = np.where(seen, np.float32(33.0), np.float32(np.nan))
+    definition = {"projection": "equirectangular", "rows": h, "columns": w, "target": "JUPITER",
+                  "target_naif_id": 599, "body_frame": "IAU_JUPITER",
+                  "radii_km": [71492.0, 71492.0, 66854.0], "longitude": "System III west",
+                  "latitude": "planetographic" if graphic else "planetocentric",
+                  "px_per_deg": 2.0, "lon_left_east_deg": 300.0, "lat_top_deg": 10.0,
+                  "lat_bottom_deg": -10.0}
+    from junoproc.projection import map_coordinates, map_grid_from_dict
+
+    planes = {**map_coordinates(map_grid_from_dict(definition)), "emission_deg": emission,
+              "weight": seen.astype(np.float32), "n_samples": (seen * 2).astype(np.uint16)}
+    return LinearMap(data, ("BLUE", "GREEN", "RED"), planes, {"map": definition})
+
+
+def test_backplanes_cropped_compressed_and_coordinates_derived(tmp_path: Path) -> None:
+    import tifffile
+
+    lm = _equirect_map(tmp_path)
+    write_linear_map(tmp_path / "m.tif", lm)
+    with tifffile.TiffFile(backplanes_path(tmp_path / "m.tif")) as tif:
+        page = tif.pages.first
+        desc = json.loads(page.description)
+        assert page.predictor == 3 and page.compression == 8  # deflate + floating-point predictor
+        assert desc["crop"] == {"row": 5, "column": 30, "rows": 15, "columns": 30}
+        assert desc["plane_names"] == ["emission_deg", "weight", "n_samples"]
+        assert set(desc["derived_planes"]) == {"lat_centric_deg", "lat_graphic_deg", "lon_east_deg",
+                                               "lon_west_deg"}
+    back = read_linear_map(tmp_path / "m.tif")
+    np.testing.assert_array_equal(back.data, lm.data)
+    assert set(back.backplanes) == set(lm.backplanes)
+    for name, plane in lm.backplanes.items():
+        assert back.backplanes[name].dtype == plane.dtype, name
+        np.testing.assert_array_equal(back.backplanes[name], plane)
+    # pixel [0, 0] centre: 0.25 deg in from the top-left corner (300 E = 60 W, 10 N)
+    assert back.backplanes["lon_west_deg"][0, 0] == pytest.approx(59.75)
+    assert back.backplanes["lat_centric_deg"][0, 0] == pytest.approx(9.75)
+    (tmp_path / "m.json").unlink()  # the coordinates need the map definition
+    with pytest.raises(OutputError, match="map definition"):
+        read_linear_map(tmp_path / "m.tif")
+
+
+def test_floating_point_predictor_is_libtiffs(tmp_path: Path) -> None:
+    """Pillow decodes with libtiff: our predictor-3 encoding must read back bit-exact."""
+    image = pytest.importorskip("PIL.Image")
+    plane = (np.random.default_rng(5).random((50, 77)) * 1e3).astype(np.float32)
+    write_tiff(tmp_path / "p.tif", plane, compression="deflate")
+    np.testing.assert_array_equal(np.asarray(image.open(tmp_path / "p.tif")), plane)
+
+
+@pytest.mark.parametrize("graphic", [False, True])
+def test_geotiff_tags_place_the_map(tmp_path: Path, graphic: bool) -> None:
+    import tifffile
+
+    lm = _equirect_map(tmp_path, graphic)
+    write_linear_map(tmp_path / "g.tif", lm)
+    with tifffile.TiffFile(tmp_path / "g.tif") as tif:
+        tags = tif.pages.first.tags
+        assert tags["ModelPixelScaleTag"].value == (0.5, 0.5, 0.0)
+        assert tags["ModelTiepointTag"].value == (0.0, 0.0, 0.0, 300.0, 10.0, 0.0)
+        keys = tags["GeoKeyDirectoryTag"].value
+        entries = {keys[i]: keys[i + 1:i + 4] for i in range(4, len(keys), 4)}
+        assert entries[1024][2] == 2 and entries[2048][2] == 32767 and entries[2054][2] == 9102
+        minor = 66854e3 if graphic else 71492e3
+        assert tags["GeoDoubleParamsTag"].value == (71492e3, minor)
+        assert "JUPITER".title() in tags["GeoAsciiParamsTag"].value
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(tmp_path / "g.tif") as ds:
+        assert ds.transform.c == pytest.approx(300.0) and ds.transform.f == pytest.approx(10.0)
+        assert ds.transform.a == pytest.approx(0.5) and ds.crs.is_geographic
+        wkt = ds.crs.to_wkt()
+    pyproj = pytest.importorskip("pyproj")
+    assert pyproj.CRS.from_wkt(wkt).ellipsoid.semi_minor_metre == pytest.approx(minor)
