@@ -9,6 +9,12 @@ distortion recipe, whose FOV corners are computed for pixel centres (23.5, 0.5) 
 Ray convention (``cam``): vectors in the JUNO_JUNOCAM frame, +z along the optical axis,
 scaled so that z equals the focal length in pixels.
 
+Per-band boresight correction (``boresight_rad``): a small rotation vector (rad) of the
+frame rotation from JUNO_JUNOCAM to the band's own camera axes, measured by the pointing
+stage from the image texture (the filter strips need not sit exactly where the IK's
+per-band DISTORTION_X/Y put them). ``px_to_cam`` and ``cam_to_px`` apply it, so every
+consumer of the model (rays, backplanes, inverse mapping) uses it without knowing.
+
 The distortion model is the IK's: ``(x - cx, y - cy)`` are distorted coordinates;
 undistorted ``u`` relate by ``d = u (1 + k1 |u|^2 + k2 |u|^4)``. The IK inverts it with
 five fixed-point iterations; here it is inverted with Newton's method on the radius to
@@ -55,6 +61,28 @@ TILE_ROWS = 32
 TILE_COLUMN_SPLIT = 2
 
 
+def frame_rotation(rotvec_rad: tuple[float, float, float] | np.ndarray) -> np.ndarray:
+    """The frame rotation of rotation vector ``rotvec_rad`` (Rodrigues; SPICE's sense:
+    a frame turned by +a about z sees a fixed vector turned by -a)."""
+    v = np.asarray(rotvec_rad, dtype=np.float64)
+    theta = float(np.linalg.norm(v))
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    if theta < 1e-12:
+        return np.eye(3) - k
+    k /= theta
+    return np.eye(3) - np.sin(theta) * k + (1 - np.cos(theta)) * (k @ k)
+
+
+def boresight_of(attitude: object, band: str) -> tuple[float, float, float] | None:
+    """The per-band boresight correction an attitude carries (``band_boresight_rad``:
+    pairs (band, rotation vector)), or None."""
+    pairs = getattr(attitude, "band_boresight_rad", None) or ()
+    for name, rotvec in pairs:
+        if name == band.upper():
+            return (float(rotvec[0]), float(rotvec[1]), float(rotvec[2]))
+    return None
+
+
 @dataclass(frozen=True)
 class RayTile:
     """A rectangle of a framelet and the unit rays (3, n) of its pixel centres, row-major."""
@@ -78,6 +106,14 @@ class CameraModel:
     sampling_factor: int = 1
     #: Keys that were overridden from the label (e.g. DISTORTION_Y from RATIONALE_DESC).
     overrides: Mapping[str, float] = field(default_factory=dict)
+    #: Rotation vector (rad) of the frame rotation JUNO_JUNOCAM -> this band's camera axes.
+    boresight_rad: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @cached_property
+    def _rot_cam_to_band(self) -> np.ndarray | None:
+        if not any(self.boresight_rad):
+            return None
+        return frame_rotation(self.boresight_rad)
 
     @classmethod
     def from_pool(
@@ -105,12 +141,27 @@ class CameraModel:
         )
 
     @classmethod
-    def for_product(cls, meta: ProductMeta, band: str) -> CameraModel:
-        """The model of ``band`` with the label's overrides and summing applied."""
-        return cls.from_pool(
+    def for_product(cls, meta: ProductMeta, band: str, *, attitude: object | None = None,
+                    boresight_rad: tuple[float, float, float] | None = None) -> CameraModel:
+        """The model of ``band`` with the label's overrides and summing applied.
+
+        The band's boresight correction is ``boresight_rad`` or, when not given, the one
+        ``attitude`` carries (a pointing solution's, see :func:`boresight_of`).
+        """
+        model = cls.from_pool(
             band, distortion_y_override=meta.distortion_y_overrides.get(band.upper()),
             sampling_factor=meta.sampling_factor,
         )
+        if boresight_rad is None and attitude is not None:
+            boresight_rad = boresight_of(attitude, band)
+        return model.with_boresight(boresight_rad) if boresight_rad is not None else model
+
+    def with_boresight(self, boresight_rad: tuple[float, float, float] | np.ndarray) -> CameraModel:
+        """This model with the band's boresight correction replaced."""
+        from dataclasses import replace
+
+        b = tuple(float(v) for v in boresight_rad)
+        return replace(self, boresight_rad=(b[0], b[1], b[2]))
 
     # -- distortion --------------------------------------------------------------
     def _radial_factor(self, r2: np.ndarray) -> np.ndarray:
@@ -138,13 +189,16 @@ class CameraModel:
     def px_to_cam(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Framelet pixel coordinates (product pixels) -> rays in JUNO_JUNOCAM, shape (..., 3).
 
-        The rays are not normalised: z is the focal length in pixels.
+        The rays are not normalised: their length is that of ``(xu, yu, focal_px)`` (z
+        is the focal length in pixels when there is no boresight correction).
         """
         sf = self.sampling_factor
         x = np.asarray(x_px, dtype=np.float64) * sf - self.cx_px
         y = np.asarray(y_px, dtype=np.float64) * sf - self.cy_px
         xu, yu = self.undistort(x, y)
-        return np.stack([xu, yu, np.full_like(xu, self.focal_px)], axis=-1)
+        ray = np.stack([xu, yu, np.full_like(xu, self.focal_px)], axis=-1)
+        rot = self._rot_cam_to_band
+        return ray if rot is None else ray @ rot  # band -> cam: rot.T @ ray
 
     def cam_to_px(self, ray_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rays in JUNO_JUNOCAM (..., 3) -> framelet pixel coordinates (x_px, y_px).
@@ -152,6 +206,9 @@ class CameraModel:
         Rays pointing backwards (z <= 0) give NaN.
         """
         ray = np.asarray(ray_cam, dtype=np.float64)
+        rot = self._rot_cam_to_band
+        if rot is not None:
+            ray = ray @ rot.T
         z = ray[..., 2]
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = np.where(z > 0, self.focal_px / z, np.nan)
@@ -162,6 +219,10 @@ class CameraModel:
     def cam_to_px_xyz(self, x_cam: np.ndarray, y_cam: np.ndarray, z_cam: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`cam_to_px` for separate x, y, z arrays (any length; z <= 0 gives NaN)."""
+        rot = self._rot_cam_to_band
+        if rot is not None:
+            xb, yb, zb = [rot[i, 0] * x_cam + rot[i, 1] * y_cam + rot[i, 2] * z_cam for i in range(3)]
+            x_cam, y_cam, z_cam = xb, yb, zb
         z = np.asarray(z_cam, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = self.focal_px / np.where(z > 0, z, np.nan)

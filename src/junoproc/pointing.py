@@ -174,6 +174,10 @@ class SpinAttitude:
     rate_deg_s: float
     t_ref_et: float
     rot_sc_to_cam: tuple[tuple[float, ...], ...]
+    #: Per-band boresight corrections: pairs (band, rotation vector in rad) of the frame
+    #: rotation JUNO_JUNOCAM -> the band's camera axes (see :func:`align_bands`); the
+    #: camera models of :func:`camera.CameraModel.for_product` (``attitude=``) apply them.
+    band_boresight_rad: tuple[tuple[str, tuple[float, float, float]], ...] = ()
 
     @classmethod
     def from_params(cls, axis_j2000: np.ndarray, phase0_rad: float, rate_rad_s: float,
@@ -203,7 +207,7 @@ class SpinAttitude:
         return {"source": "spin", "spin_axis_ra_deg": self.spin_axis_ra_deg,
                 "spin_axis_dec_deg": self.spin_axis_dec_deg, "phase0_deg": self.phase0_deg,
                 "rate_deg_s": self.rate_deg_s, "t_ref_et": self.t_ref_et,
-                "t_ref_utc": _utc(self.t_ref_et)}
+                "t_ref_utc": _utc(self.t_ref_et), **_describe_boresight(self.band_boresight_rad)}
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ class RefinedCkAttitude:
 
     delta_cam_rad: tuple[float, float, float]
     frame: str = CAMERA_FRAME
+    #: Per-band boresight corrections, as :attr:`SpinAttitude.band_boresight_rad`.
+    band_boresight_rad: tuple[tuple[str, tuple[float, float, float]], ...] = ()
 
     @property
     def rot_delta(self) -> np.ndarray:
@@ -225,7 +231,21 @@ class RefinedCkAttitude:
 
     def describe(self) -> Mapping[str, object]:
         return {"source": "ck-refined", "frame": self.frame,
-                "delta_cam_mrad": [1e3 * d for d in self.delta_cam_rad]}
+                "delta_cam_mrad": [1e3 * d for d in self.delta_cam_rad],
+                **_describe_boresight(self.band_boresight_rad)}
+
+
+BandBoresight = tuple[tuple[str, tuple[float, float, float]], ...]
+
+
+def _describe_boresight(pairs: BandBoresight) -> dict[str, object]:
+    if not pairs:
+        return {}
+    return {"band_boresight_mrad": {b: [round(1e3 * v, 6) for v in w] for b, w in pairs}}
+
+
+def _boresight_pairs(by_band: Mapping[str, Sequence[float]]) -> BandBoresight:
+    return tuple((b.upper(), (float(w[0]), float(w[1]), float(w[2]))) for b, w in by_band.items())
 
 
 def _utc(et: float) -> str:
@@ -486,14 +506,14 @@ class _LimbModel:
 
 
 def _limb_model(points: LimbPoints, meta: ProductMeta, states: Sequence[FrameState],
-                target: Target) -> _LimbModel:
+                target: Target, boresight: BandBoresight = ()) -> _LimbModel:
     rays = np.zeros((len(points), 3))
     ifov = np.zeros(len(points))
     for i, band in enumerate(points.bands):
         sel = points.band == i
         if not sel.any():
             continue
-        cam = CameraModel.for_product(meta, band)
+        cam = CameraModel.for_product(meta, band, boresight_rad=dict(boresight).get(band))
         r = cam.px_to_cam(points.x_px[sel], points.y_px[sel])
         rays[sel] = r / np.linalg.norm(r, axis=1, keepdims=True)
         ifov[sel] = cam.sampling_factor / cam.focal_px
@@ -537,6 +557,9 @@ class PointingSolution:
     camera_twist_rad: float = 0.0
     #: Fitted limb altitude per band (km); ``limb_alt_km`` is their mean weighted by points.
     limb_alt_km_by_band: Mapping[str, float] = field(default_factory=dict)
+    #: The texture band-alignment stage's record (:meth:`BandAlignment.to_dict`); the
+    #: corrections themselves are in the attitude (``band_boresight_rad``).
+    band_alignment: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rms_px(self) -> float:
@@ -551,9 +574,11 @@ class PointingSolution:
         if isinstance(att, SpinAttitude):
             att_d: dict[str, Any] = {"model": "spin", **{k: getattr(att, k) for k in (
                 "spin_axis_ra_deg", "spin_axis_dec_deg", "phase0_deg", "rate_deg_s", "t_ref_et")},
-                "rot_sc_to_cam": [list(r) for r in att.rot_sc_to_cam], "t_ref_utc": _utc(att.t_ref_et)}
+                "rot_sc_to_cam": [list(r) for r in att.rot_sc_to_cam], "t_ref_utc": _utc(att.t_ref_et),
+                "band_boresight_rad": {b: list(w) for b, w in att.band_boresight_rad}}
         elif isinstance(att, RefinedCkAttitude):
-            att_d = {"model": "ck-refined", "delta_cam_rad": list(att.delta_cam_rad), "frame": att.frame}
+            att_d = {"model": "ck-refined", "delta_cam_rad": list(att.delta_cam_rad), "frame": att.frame,
+                     "band_boresight_rad": {b: list(w) for b, w in att.band_boresight_rad}}
         else:
             att_d = {"model": "ck", **dict(att.describe())}
         t = self.timing
@@ -574,6 +599,7 @@ class PointingSolution:
             "limb_alt_km": self.limb_alt_km, "limb_alt_km_by_band": dict(self.limb_alt_km_by_band),
             "axis": dict(self.axis),
             "camera_twist_mrad": 1e3 * self.camera_twist_rad,
+            "band_alignment": dict(self.band_alignment),
         }
 
     def to_json(self) -> str:
@@ -593,6 +619,11 @@ class PointingSolution:
         lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km"
                      + "".join(f", {b} {h:.1f}" for b, h in self.limb_alt_km_by_band.items()))
         lines.append(f"  camera twist about the boresight: {1e3 * self.camera_twist_rad:+.2f} mrad")
+        al = self.band_alignment
+        for pair, shift in al.get("shift_px_by_pair", {}).items():
+            lines.append(f"  band alignment {pair}: shift ({shift[0]:+.3f}, {shift[1]:+.3f}) px from "
+                         f"{al['n_windows_by_pair'][pair]} windows (peak {al['peak_by_pair'][pair]:.2f}), "
+                         f"held-out residual {al['check_px_by_pair'][pair]:.3f} px")
         for k, v in self.axis.items():
             lines.append(f"  axis {k}: {v:.3g}" if isinstance(v, float) else f"  axis {k}: {v}")
         for k, v in self.parameter_sigma.items():
@@ -628,12 +659,15 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         raise PointingError(f"solution is for {d.get('product_id')}, not {meta.product_id}", path=path)
     a = d["attitude"]
     att: Attitude
+    boresight = _boresight_pairs(a.get("band_boresight_rad", {}))
     if a["model"] == "spin":
         att = SpinAttitude(spin_axis_ra_deg=a["spin_axis_ra_deg"], spin_axis_dec_deg=a["spin_axis_dec_deg"],
                            phase0_deg=a["phase0_deg"], rate_deg_s=a["rate_deg_s"], t_ref_et=a["t_ref_et"],
-                           rot_sc_to_cam=tuple(tuple(float(x) for x in r) for r in a["rot_sc_to_cam"]))
+                           rot_sc_to_cam=tuple(tuple(float(x) for x in r) for r in a["rot_sc_to_cam"]),
+                           band_boresight_rad=boresight)
     elif a["model"] == "ck-refined":
-        att = RefinedCkAttitude(delta_cam_rad=tuple(a["delta_cam_rad"]), frame=a.get("frame", CAMERA_FRAME))
+        att = RefinedCkAttitude(delta_cam_rad=tuple(a["delta_cam_rad"]), frame=a.get("frame", CAMERA_FRAME),
+                                band_boresight_rad=boresight)
     else:
         att = CkAttitude(a.get("frame", CAMERA_FRAME))
     return PointingSolution(
@@ -646,7 +680,326 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         limb_alt_km=float(d.get("limb_alt_km", 0.0)), axis=d.get("axis", {}),
         limb_alt_km_by_band={k: float(v) for k, v in d.get("limb_alt_km_by_band", {}).items()},
         camera_twist_rad=1e-3 * float(d.get("camera_twist_mrad", 0.0)),
+        band_alignment=d.get("band_alignment", {}),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# band alignment from the texture
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BandAlignment:
+    """Per-band boresight corrections measured from the texture (see :func:`align_bands`).
+
+    Pairs are named ``"A-B"`` (A's content against B's, in A's framelet pixels).
+    ``shift_px_by_pair``: the mean shift (x, y) before the correction, on the windows of
+    the fit; ``check_px_by_pair``: the size of the mean shift left on the held-out windows
+    after it. ``boresight_rad_by_band``: the corrections (rotation vectors, rad), gauged
+    so that their mean weighted by limb points is zero (the limb keeps the absolute
+    pointing). ``peak_by_pair``: the median phase-correlation peak of the windows.
+    """
+
+    boresight_rad_by_band: Mapping[str, tuple[float, float, float]]
+    shift_px_by_pair: Mapping[str, tuple[float, float]]
+    n_windows_by_pair: Mapping[str, int]
+    peak_by_pair: Mapping[str, float]
+    spread_px_by_pair: Mapping[str, float]
+    check_px_by_pair: Mapping[str, float]
+    n_check_by_pair: Mapping[str, int]
+    time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"boresight_mrad_by_band": {b: [1e3 * v for v in w]
+                                           for b, w in self.boresight_rad_by_band.items()},
+                "shift_px_by_pair": {k: list(v) for k, v in self.shift_px_by_pair.items()},
+                "n_windows_by_pair": dict(self.n_windows_by_pair), "peak_by_pair": dict(self.peak_by_pair),
+                "spread_px_by_pair": dict(self.spread_px_by_pair),
+                "check_px_by_pair": dict(self.check_px_by_pair),
+                "n_check_by_pair": dict(self.n_check_by_pair), "time_s": self.time_s}
+
+
+#: Texture windows (band framelet pixels): side, margin around it, high-pass scale.
+ALIGN_WINDOW_PX = 48
+ALIGN_MARGIN_PX = 6
+ALIGN_HIGHPASS_SIGMA_PX = 3.0
+#: Windows whose phase-correlation peak is below this are not used.
+ALIGN_MIN_PEAK = 0.15
+#: At most this fraction of a window's pixels may be invalid (filled from their neighbours).
+ALIGN_MAX_INVALID = 0.02
+
+
+def _highpass(a: np.ndarray) -> np.ndarray:
+    a = np.sqrt(np.clip(a, 0.0, None)).astype(np.float32)  # ~photon-noise-flat, as the eye sees it
+    return a - cv2.GaussianBlur(a, (0, 0), ALIGN_HIGHPASS_SIGMA_PX)
+
+
+def _window_shift(a: np.ndarray, c_big: np.ndarray, m: int, hann: np.ndarray
+                  ) -> tuple[float, float, float]:
+    """(dx, dy, peak): ``a(x) ~ g c(x + d) + o`` for the (W, W) window ``a`` inside ``c_big``.
+
+    Phase correlation (gain-invariant) gives the start and its peak; Gauss-Newton on
+    gain, offset and shift (Lucas-Kanade) removes the sub-pixel bias of its centroid.
+    """
+    w = a.shape[0]
+    (dx, dy), peak = cv2.phaseCorrelate(a.astype(np.float64), c_big[m:m + w, m:m + w].astype(np.float64),
+                                        hann)
+    d = np.clip([dx, dy], -(m - 1.5), m - 1.5)
+    grid = np.arange(w, dtype=np.float32) + m
+    gx_big = cv2.Sobel(c_big, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy_big = cv2.Sobel(c_big, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    sw = np.sqrt(hann.astype(np.float32)).ravel()
+    av = a.ravel() * sw
+    for _ in range(5):
+        mx, my = np.meshgrid(grid + np.float32(d[0]), grid + np.float32(d[1]))
+        ck, gx, gy = (cv2.remap(v, mx, my, cv2.INTER_CUBIC) for v in (c_big, gx_big, gy_big))
+        design = np.stack([ck.ravel(), np.ones(ck.size, np.float32), gx.ravel(), gy.ravel()], axis=1)
+        design *= sw[:, None]
+        p = np.linalg.lstsq(design, av, rcond=None)[0]
+        if abs(p[0]) < 1e-6:
+            return float("nan"), float("nan"), 0.0
+        step = p[2:] / p[0]
+        d = d + step
+        if np.abs(d).max() > m - 1 or np.hypot(*step) < 1e-3:
+            break
+    if np.abs(d).max() > m - 1:
+        return float("nan"), float("nan"), 0.0
+    return float(d[0]), float(d[1]), float(peak)
+
+
+def _alignment_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str, lit_level: float,
+                       n_max: int, max_emission_deg: float = 75.0) -> list[tuple[float, int, int, int]]:
+    """The most textured windows (score, frame, y0, x0) of ``band``, best first: fully lit and
+    valid in the image, and, by the geometry of their corners, on the target and away
+    from the limb (emission < ``max_emission_deg``: foreshortened, and the haze differs
+    between bands; the limb's own edge would otherwise be the strongest "texture")."""
+    b = geo.meta.filters.index(band)
+    cols = geo.cameras[band].photoactive_columns()
+    w, m = ALIGN_WINDOW_PX, ALIGN_MARGIN_PX
+    n_frames, _, rows, _ = data.shape
+    big = w + 2 * m
+    out = []
+    ys = range(0, rows - big + 1, w // 2)
+    xs = range(cols.start, cols.stop - big + 1, w // 2)
+    for f in range(n_frames):
+        img = data[f, b]
+        lit = (img > lit_level).astype(np.float32)
+        hp = _highpass(img)
+        energy = cv2.boxFilter(hp * hp, -1, (w, w), normalize=True, borderType=cv2.BORDER_CONSTANT)
+        full = cv2.boxFilter(lit, -1, (big, big), normalize=True, borderType=cv2.BORDER_CONSTANT)
+        bad = cv2.boxFilter((~valid[f, b]).astype(np.float32), -1, (big, big), normalize=True,
+                            borderType=cv2.BORDER_CONSTANT)
+        for y0 in ys:
+            for x0 in xs:
+                yc, xc = y0 + big // 2, x0 + big // 2
+                if full[yc, xc] > 0.9999 and bad[yc, xc] <= ALIGN_MAX_INVALID:
+                    out.append((float(energy[y0 + m + w // 2, x0 + m + w // 2]), f, y0 + m, x0 + m))
+    out.sort(reverse=True)
+    chosen: list[tuple[float, int, int, int]] = []
+    for score, f, y0, x0 in out:
+        yy, xx = np.meshgrid([y0 - m + 0.5, y0 + w + m - 0.5], [x0 - m + 0.5, x0 + w + m - 0.5],
+                             indexing="ij")
+        bp = geo.framelet_backplanes(f, band, xx, yy)
+        if bp.hit.all() and np.all(bp.emission_deg < max_emission_deg):
+            chosen.append((score, f, y0, x0))
+            if len(chosen) >= n_max:
+                break
+    return chosen
+
+
+def _measure_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str, ref: str,
+                     windows: Sequence[tuple[float, int, int, int]]) -> np.ndarray:
+    """Per window (x_centre, y_centre, dx, dy, peak) of ``band`` against ``ref`` (rows of NaN
+    where the window is not usable): the reference band resampled onto the band's pixels
+    through the surface (the reference framelet that sees each pixel best)."""
+    w, m = ALIGN_WINDOW_PX, ALIGN_MARGIN_PX
+    big = w + 2 * m
+    filters = geo.meta.filters
+    b, r = filters.index(band), filters.index(ref)
+    n_frames, _, rows, _ = data.shape
+    cols = geo.cameras[ref].photoactive_columns()
+    hann = cv2.createHanningWindow((w, w), cv2.CV_64F)
+    out = np.full((len(windows), 5), np.nan)
+    for i, (_, f, y0, x0) in enumerate(windows):
+        out[i, :2] = x0 + 0.5 * w, y0 + 0.5 * w
+        yy, xx = np.mgrid[y0 - m:y0 + w + m, x0 - m:x0 + w + m].astype(np.float64) + 0.5
+        pts = geo.surface_points(f, band, xx, yy)
+        if not pts.hit.all():
+            continue
+        # the reference frame that sees the window's centre nearest its middle row, and its neighbours
+        centre = pts.pos_body_km[big // 2, big // 2]
+        cand = [(abs(float(geo.surface_to_px(f2, ref, centre)[1]) - rows / 2), f2)
+                for f2 in range(max(0, f - 4), min(n_frames, f + 5))]
+        f_best = min((c for c in cand if np.isfinite(c[0])), default=(np.inf, -1))[1]
+        if f_best < 0:
+            continue
+        sampled = np.full((big, big), np.nan, np.float32)
+        bad = np.zeros((big, big), bool)
+        depth = np.full((big, big), -np.inf)
+        for f2 in range(max(0, f_best - 1), min(n_frames, f_best + 2)):
+            x2, y2 = geo.surface_to_px(f2, ref, pts.pos_body_km)
+            inner = np.minimum(np.minimum(y2, rows - y2), np.minimum(x2 - cols.start, cols.stop - x2))
+            use = (inner > 2.0) & (inner > depth)
+            if not use.any():
+                continue
+            ix = np.clip(np.rint(x2 - 0.5).astype(int), 0, data.shape[3] - 1)
+            iy = np.clip(np.rint(y2 - 0.5).astype(int), 0, rows - 1)
+            v = cv2.remap(data[f2, r], (x2 - 0.5).astype(np.float32), (y2 - 0.5).astype(np.float32),
+                          cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+            sampled[use] = v[use]
+            bad[use] = ~valid[f2, r][iy, ix][use]
+            depth[use] = inner[use]
+        if not np.isfinite(sampled).all() or bad.mean() > ALIGN_MAX_INVALID:
+            continue
+        a = _highpass(data[f, b, y0 - m:y0 + w + m, x0 - m:x0 + w + m])[m:m + w, m:m + w]
+        out[i, 2:] = _window_shift(a, _highpass(sampled), m, hann)
+    return out
+
+
+def _shift_jacobian(cam: CameraModel, x_px: np.ndarray, y_px: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """d(x_px, y_px)/d(boresight rotation about cam x, y) of fixed rays at these pixels: (n, 2, 2)."""
+    rays = cam.px_to_cam(x_px, y_px)
+    jac = np.empty((len(x_px), 2, 2))
+    for k in range(2):
+        step = np.array(cam.boresight_rad, dtype=np.float64)
+        step[k] += eps
+        x1, y1 = cam.with_boresight(step).cam_to_px(rays)
+        jac[:, 0, k] = (x1 - x_px) / eps
+        jac[:, 1, k] = (y1 - y_px) / eps
+    return jac
+
+
+def _fit_boresight(cam: CameraModel, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The rotation (about cam x, y) that undoes the windows' shifts: (delta rad (3,), mean shift
+    (2,), used mask, robust spread px). A band pixel x sees what the model puts at x + d:
+    the corrected model must map the ray of x + d to x, ``J delta = -d``."""
+    ok = np.isfinite(meas).all(axis=1) & (meas[:, 4] >= ALIGN_MIN_PEAK)
+    if ok.sum() < 3:
+        return np.zeros(3), np.full(2, np.nan), ok, float("nan")
+    jac = _shift_jacobian(cam, meas[:, 0], meas[:, 1])
+    use = ok.copy()
+    delta2 = np.zeros(2)
+    spread = float("nan")
+    for _ in range(4):  # robust: drop windows > 3 sigma (floor 0.1 px) from the fit
+        wts = meas[use, 4]
+        a = (jac[use] * wts[:, None, None]).reshape(-1, 2)
+        rhs = (-meas[use, 2:4] * wts[:, None]).reshape(-1)
+        delta2 = np.linalg.lstsq(a, rhs, rcond=None)[0]
+        resid = np.hypot(*(meas[:, 2:4] + np.einsum("nij,j->ni", jac, delta2)).T)
+        spread = 1.4826 * float(np.median(resid[use]))
+        new = ok & (resid < max(3.0 * spread, 0.1))
+        if np.array_equal(new, use) or new.sum() < 3:
+            break
+        use = new
+    mean_shift = np.average(meas[use, 2:4], axis=0, weights=meas[use, 4])
+    return np.r_[delta2, 0.0], mean_shift, use, spread
+
+
+def align_bands(image: Any, sol: PointingSolution, *, n_windows: int = 12,
+                weights: Mapping[str, float] | None = None, target: Target | None = None) -> BandAlignment:
+    """Measure the bands' sub-pixel offsets against each other from the texture and turn
+    them into per-band boresight corrections (small rotations of each band's camera).
+
+    For every pair of bands (A, B) the image of B is resampled onto A's own framelet
+    pixels through the surface of the current solution, on A's most textured windows that
+    are fully lit, unsaturated in both and away from the limb (emission < 75 deg); per
+    window the shift comes from phase correlation refined by Gauss-Newton (gain, offset,
+    shift) on high-passed sqrt images. Per pair the rotation about the camera's x and y
+    axes that undoes the shifts is fitted robustly (the CCD is rigid: no per-band twist)
+    on every other window by texture rank; the windows in between measure what is left.
+    The pairs are combined by least squares into one rotation per band (a pair with no
+    usable windows, e.g. where one band is saturated, is bridged by the others), gauged
+    so that the mean weighted by ``weights`` (limb points per band) is zero: the bands'
+    relative offsets come from the texture, the absolute pointing stays the limb's.
+    Corrections already in ``sol.attitude`` are the starting point.
+    """
+    return _align_bands(image, sol.attitude, sol.timing, n_windows=n_windows, weights=weights, target=target)
+
+
+def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windows: int = 12,
+                 weights: Mapping[str, float] | None = None, target: Target | None = None) -> BandAlignment:
+    from .geometry import image_geometry
+
+    t0 = time.perf_counter()
+    meta, data, valid = _image_arrays(image)
+    if not valid.all():  # isolated bad pixels (hot, blemish, hits) take their neighbours' median
+        data = data.copy()
+        for f, b in zip(*np.nonzero(~valid.all(axis=(2, 3))), strict=True):
+            bad = ~valid[f, b]
+            data[f, b][bad] = cv2.medianBlur(data[f, b], 5)[bad]
+    filters = tuple(meta.filters)
+    target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
+    cams = {band: CameraModel.for_product(meta, band, attitude=attitude) for band in filters}
+    geo = replace(image_geometry(meta, attitude, timing=timing, target=target), cameras=cams)
+    cols = cams[filters[0]].photoactive_columns()
+    lit = data[:, :, :, cols]
+    sky, bright = float(np.percentile(lit, 2)), float(np.percentile(lit, 99.5))
+    lit_level = sky + 0.15 * (bright - sky)
+    # both ways round: windows of A against B, and of B against A (one may be saturated
+    # where the other has its texture)
+    pairs = [(a, b) for a in filters for b in filters if a != b]
+    windows = {band: _alignment_windows(geo, data, valid, band, lit_level, 2 * n_windows) for band in filters}
+    shift, n_used, peak, spread = {}, {}, {}, {}
+    rows_a: list[np.ndarray] = []
+    rows_b: list[float] = []
+    nb = len(filters)
+    for a, b in pairs:
+        name = f"{a}-{b}"
+        meas = _measure_windows(geo, data, valid, a, b, windows[a][0::2])
+        d, mean_shift, used, spr = _fit_boresight(cams[a], meas)
+        good = np.isfinite(meas[:, 4])
+        if filters.index(a) < filters.index(b):
+            shift[name] = (float(mean_shift[0]), float(mean_shift[1]))
+            n_used[name] = int(used.sum())
+            peak[name] = float(np.median(meas[good, 4])) if good.any() else float("nan")
+            spread[name] = spr
+        else:  # reported under "b-a", with the shift turned round
+            name = f"{b}-{a}"
+            n0 = n_used.get(name, 0)
+            n_used[name] = n0 + int(used.sum())
+            if used.sum() and (n0 == 0 or not np.isfinite(shift[name][0])):
+                shift[name] = (-float(mean_shift[0]), -float(mean_shift[1]))
+            elif used.sum():  # the two directions, weighted by their windows
+                both = (n0 * np.asarray(shift[name]) - used.sum() * mean_shift) / (n0 + used.sum())
+                shift[name] = (float(both[0]), float(both[1]))
+            if good.any():
+                peak[name] = float(np.nanmedian([peak[name], float(np.median(meas[good, 4]))]))
+            if np.isfinite(spr):
+                spread[name] = float(np.nanmedian([spread[name], spr]))
+        if used.sum() >= 3:  # omega_a - omega_b = d, weighted by its standard error
+            w = math.sqrt(used.sum()) / max(spr, 0.05)
+            for k in range(2):
+                row = np.zeros(2 * nb)
+                row[2 * filters.index(a) + k], row[2 * filters.index(b) + k] = w, -w
+                rows_a.append(row)
+                rows_b.append(w * float(d[k]) * cams[a].focal_px)  # in px: well scaled
+    wts = np.array([float((weights or {}).get(band, 1.0)) for band in filters])
+    wts = wts / max(float(wts.sum()), 1e-12)
+    for k in range(2):  # the gauge: sum of weights x omega = 0, and a weak pull to 0 (10 px)
+        row = np.zeros(2 * nb)
+        row[k::2] = 1e3 * wts
+        rows_a.append(row)
+        rows_b.append(0.0)
+    design = np.vstack(rows_a + [np.eye(2 * nb) * 0.1])
+    rhs = np.r_[rows_b, np.zeros(2 * nb)]
+    omega_px = np.linalg.lstsq(design, rhs, rcond=None)[0].reshape(nb, 2)
+    corrected = {band: np.asarray(cams[band].boresight_rad) + np.r_[omega_px[i] / cams[band].focal_px, 0.0]
+                 for i, band in enumerate(filters)}
+    geo2 = replace(geo, cameras={band: cams[band].with_boresight(corrected[band]) for band in filters})
+    left: dict[str, list[np.ndarray]] = {}
+    for a, b in pairs:
+        meas = _measure_windows(geo2, data, valid, a, b, windows[a][1::2])
+        ok = np.isfinite(meas).all(axis=1) & (meas[:, 4] >= ALIGN_MIN_PEAK)
+        if filters.index(a) < filters.index(b):
+            left.setdefault(f"{a}-{b}", []).append(meas[ok, 2:4])
+        else:
+            left.setdefault(f"{b}-{a}", []).append(-meas[ok, 2:4])
+    n_check = {k: int(sum(len(v) for v in vs)) for k, vs in left.items()}
+    check = {k: float(np.hypot(*np.median(np.concatenate(vs), axis=0))) if n_check[k] else float("nan")
+             for k, vs in left.items()}
+    return BandAlignment(
+        boresight_rad_by_band={b: (float(v[0]), float(v[1]), float(v[2])) for b, v in corrected.items()},
+        shift_px_by_pair=shift, n_windows_by_pair=n_used, peak_by_pair=peak, spread_px_by_pair=spread,
+        check_px_by_pair=check, n_check_by_pair=n_check, time_s=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -939,6 +1292,7 @@ def solve_pointing(
     refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
     allow_prior_dependent: bool = True, fit_limb_altitude: bool = True, fit_camera_twist: bool = True,
     fit_interframe_correction: bool = False, per_band_limb_altitude: bool = False,
+    band_alignment: bool = True,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
@@ -950,6 +1304,11 @@ def solve_pointing(
     trusted (too few points, a single frame, too small a span, RMS > ``max_rms_px``, an
     axis outside the prior's gate, an axis the limb leaves free beyond
     ``max_axis_sigma_deg`` without a prior or with ``allow_prior_dependent=False``).
+
+    ``band_alignment``: after the limb fit, measure the bands' relative offsets from the
+    texture (:func:`align_bands`) and carry them as per-band boresight corrections in the
+    attitude (``band_boresight_rad``; the limb residuals are then those of the corrected
+    cameras). Off, every band uses the IK's camera model as is.
     """
     t_start = time.perf_counter()
     meta = image.meta
@@ -1103,6 +1462,18 @@ def solve_pointing(
             () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
         steps = np.r_[1e-5, 1e-7, 1e-6, 1e-6, 1e-6, np.ones(1 + n_extra)]
         method = "ck-refined"
+    alignment: dict[str, Any] = {}
+    if band_alignment and len([i for i in range(len(points.bands)) if np.any(points.band == i)]) > 0 \
+            and meta.n_filters > 1:
+        _, counts = _band_stats(points, fun(x), inl)
+        found = _align_bands(image, attitude, timing_fit, weights=counts, target=target)
+        alignment = found.to_dict()
+        if any(n >= 3 for n in found.n_windows_by_pair.values()):
+            boresight = _boresight_pairs(found.boresight_rad_by_band)
+            attitude = replace(attitude, band_boresight_rad=boresight)  # type: ignore[type-var]
+            model = _limb_model(points, meta, states, target, boresight)  # fun() now uses it
+        else:
+            notes.append("band alignment: too few textured windows; the IK's band boresights kept")
     r = fun(x)
     rms_band, cnt_band = _band_stats(points, r, inl)
     alt_by_band = {points.bands[i]: float(alts(x)[i]) for i in alt_bands}
@@ -1186,7 +1557,7 @@ def solve_pointing(
         n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
         parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
         limb_alt_km_by_band=alt_by_band,
-        camera_twist_rad=camera_twist,
+        camera_twist_rad=camera_twist, band_alignment=alignment,
     )
 
 
@@ -1197,7 +1568,7 @@ def predicted_limb_mask(meta: ProductMeta, sol: PointingSolution, band: str, *,
                         target: Target | None = None) -> np.ndarray:
     """Bool (n_frames, rows, samples): pixels whose rays hit the target (the solution's view)."""
     target = target or Target.from_name(meta.target)
-    cam = CameraModel.for_product(meta, band)
+    cam = CameraModel.for_product(meta, band, attitude=sol.attitude)
     rows, samples = cam.shape
     rays = cam.framelet_rays_cam.reshape(-1, 3)
     ets = sol.timing.frame_et(np.arange(meta.n_frames))
@@ -1283,17 +1654,23 @@ def export_ck(sol: PointingSolution, path: str | Path, meta: ProductMeta, *, mar
                               w_skew[1, 0] - w_skew[0, 1]]) / 2
             avvs[i] = cmats[i].T @ w_ins
     t = sol.timing
+    att_desc = {k: v for k, v in att.describe().items() if k != "band_boresight_mrad"}
+    boresight = getattr(att, "band_boresight_rad", ())
     comments = [
         f"junoproc pointing CK for {sol.product_id}: JUNO_SPACECRAFT ({SPACECRAFT_CK_ID}) relative to J2000,",
         f"type 3 with angular velocity, every {step_s} s from {_utc(t0)} to {_utc(t1)} "
         f"(image +- {margin_s} s).",
         f"Solved from the image's limb: method {sol.method}, quality {sol.quality}, limb RMS "
         f"{sol.rms_px:.3f} px, limb altitude {sol.limb_alt_km:.1f} km.",
-        f"Attitude: {json.dumps({k: v for k, v in att.describe().items()}, default=str)[:900]}",
+        f"Attitude: {json.dumps(att_desc, default=str)[:240]}",
         "This CK holds attitude versus time only. The frame timing used with it in the fit",
         f"(start offset {1e3 * t.start_offset_s:+.3f} ms, interframe correction "
         f"{1e3 * t.interframe_correction_s:+.4f} ms on top of the label and IK timing) is NOT in this",
         "file: it stays in the junoproc solution JSON; use both together.",
+        *(["Nor are the per-band boresight corrections measured from the texture (rotation vectors",
+           "JUNO_JUNOCAM -> band, mrad), which also stay in the solution JSON:"]
+          + [f"  {b}: {', '.join(f'{1e3 * v:+.5f}' for v in w)}" for b, w in boresight]
+          if boresight else []),
         "Not a NAIF product.",
     ]
     tmp = path.with_name(path.name + ".tmp")
