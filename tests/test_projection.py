@@ -401,3 +401,35 @@ def test_lattice_interpolation_matches_exact_mapping(synthetic):
             a, b = fast.backplanes[name], exact.backplanes[name]
             ok = np.isfinite(a) & np.isfinite(b)
             assert np.abs(a - b)[ok].max() < tol, (projection, name)
+
+
+def test_saturated_pixels_are_used_as_they_are_and_marked(synthetic):
+    """A saturated patch (flag SATURATED only) keeps its clipped value: no neighbour fill
+    (colour fringes), no hole; ``saturated_bands`` marks where it was blended in."""
+    from junoproc.calibrate import FLAG_SATURATED
+    from junoproc.projection import project
+
+    geometry, image = synthetic
+    data = image.data.copy()
+    saturated = np.zeros(data.shape, bool)
+    saturated[:, 2, 30:100, 500:900] = True  # RED only, in every frame
+    data[saturated] = 0.9  # the clipped level, above the texture's 0.75
+    flags = np.where(saturated, FLAG_SATURATED, 0).astype(np.uint8)
+
+    @dataclasses.dataclass(frozen=True)
+    class Calibrated:
+        data: np.ndarray
+        valid: np.ndarray
+        saturated: np.ndarray
+        flags: np.ndarray
+
+    m = project(Calibrated(data, ~saturated, saturated, flags), geometry, projection="equirectangular",
+                bounds=_disk_box(geometry, 12.0), resolution_px_per_deg=12.0, lon="east")
+    marked = m.backplanes["saturated_bands"] > 0
+    assert marked.mean() > 0.05 and np.isfinite(m.data).all()
+    core = cv2.erode(marked.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert core.any()
+    np.testing.assert_allclose(m.data[..., 2][core], 0.9, atol=1e-5)  # the clipped value itself
+    truth = texture(m.backplanes["lat_centric_deg"], m.backplanes["lon_east_deg"])
+    assert np.abs(m.data[..., 0] - truth).max() < 0.01  # the other bands untouched
+    assert (m.backplanes["saturated_bands"] <= 1).all()

@@ -59,6 +59,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .calibrate import FLAG_SATURATED
 from .errors import ProjectionError
 from .geometry import (
     BACKPLANE_NAMES,
@@ -685,13 +686,22 @@ def _filled(data: np.ndarray, ok_px: np.ndarray, cols: slice) -> tuple[np.ndarra
     return filled, usable.astype(np.float32)
 
 
-def _image_arrays(image: Any) -> tuple[np.ndarray, np.ndarray]:
+def _image_arrays(image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(data, usable, saturated): saturated pixels with no other flag are usable as they are
+    (a lower bound of the signal, never replaced by a neighbour's value)."""
     data = np.asarray(image.data, dtype=np.float32)
-    valid = getattr(image, "valid", None)
-    valid = np.isfinite(data) if valid is None else np.asarray(valid, bool) & np.isfinite(data)
     if data.ndim != 4:
         raise ProjectionError(f"calibrated data must be (frames, filters, rows, samples), got {data.shape}")
-    return data, valid
+    valid = getattr(image, "valid", None)
+    valid = np.isfinite(data) if valid is None else np.asarray(valid, bool) & np.isfinite(data)
+    saturated = getattr(image, "saturated", None)
+    flags = getattr(image, "flags", None)
+    if saturated is None or not np.asarray(saturated).any():
+        return data, valid, None
+    saturated = np.asarray(saturated, bool) & np.isfinite(data)
+    if flags is not None:
+        saturated &= np.asarray(flags) == FLAG_SATURATED
+    return data, valid | saturated, saturated
 
 
 def _view_angles(pos: np.ndarray, radii: np.ndarray, observer: np.ndarray, sun: np.ndarray
@@ -747,6 +757,7 @@ class _Source:
     gate: np.ndarray
     has_invalid: bool
     usable: np.ndarray  # 1 where the filled value may serve as a fallback
+    saturated: np.ndarray | None = None  # float32 1 at saturated pixels (used as they are, marked)
     full: np.ndarray | None = None  # (rows, samples, 4) [value, eroded valid mask, usable fill, feather]
 
 
@@ -761,11 +772,13 @@ class _Projector:
     See :func:`project` for the model; this class holds what the strips share.
     """
 
-    def __init__(self, data: np.ndarray, valid: np.ndarray, geometry: ImageGeometry, grid: MapGrid,
+    def __init__(self, data: np.ndarray, valid: np.ndarray, saturated: np.ndarray | None,
+                 geometry: ImageGeometry, grid: MapGrid,
                  grid_state: FrameState | None, footprints: Sequence[Footprint], *, flag: int,
                  support: int, feather_px: float, resolution_exponent: float, fill_invalid: bool,
                  max_error_px: float, frame_order: Sequence[int]) -> None:
         self.data, self.valid, self.geometry, self.grid = data, valid, geometry, grid
+        self.saturated = saturated
         self.grid_state = grid_state
         self.flag, self.support, self.fill_invalid = flag, support, fill_invalid
         self.k_res = float(resolution_exponent)
@@ -888,7 +901,10 @@ class _Projector:
                 gate = np.where(band.mask > 0, band.feather, np.float32(-_GATE_INVALID)).astype(np.float32)
             gate[:, :band.cols.start] = -_GATE_OUTSIDE
             gate[:, band.cols.stop:] = -_GATE_OUTSIDE
-            src = _Source(value, gate, has_invalid, usable)
+            sat = None
+            if self.saturated is not None and self.saturated[frame, b][:, band.cols].any():
+                sat = self.saturated[frame, b].astype(np.float32)
+            src = _Source(value, gate, has_invalid, usable, sat)
             with self._lock:
                 src = self._sources.setdefault(key, src)
         return src
@@ -957,6 +973,7 @@ class _Projector:
         den = np.zeros((nb, sr, w), np.float32)
         count = np.zeros((sr, w), np.uint16)
         seen_valid = np.zeros((nb, sr, w), bool)
+        touched = np.zeros((nb, sr, w), bool)  # a saturated sample was blended in
         for frame in self.frame_order:
             cells = self.frame_cells.get(frame)
             if cells is None:
@@ -965,7 +982,7 @@ class _Projector:
             if not cand.any():
                 continue
             self._frame(frame, k0, cand, smooth_grid, exact_grid, ex_grid, pos_n, pos_c,
-                        (num, den, count, seen_valid))
+                        (num, den, count, seen_valid, touched))
 
         t0 = time.perf_counter()
         rows = slice(r0, r1)
@@ -977,6 +994,7 @@ class _Projector:
         peak = float(den.max()) if den.size else 0.0
         out.n_samples[rows] = count
         out.filled[rows] = (has & ~seen_valid).sum(axis=0, dtype=np.uint8)
+        out.saturated[rows] = touched.sum(axis=0, dtype=np.uint8)
         self.stats["samples"] += int(count.sum(dtype=np.int64))
         t1 = time.perf_counter()
         self.stats["output_s"] += t1 - t0
@@ -1149,12 +1167,15 @@ class _Projector:
                 fallback = np.nonzero(touch)
         wgt = np.maximum(gate, 0.0, out=gate)
         wgt *= vw
-        num, den, count, seen_valid = acc
+        num, den, count, seen_valid, touched = acc
         pos = wgt > 0
         num[b][box] += wgt * value
         den[b][box] += wgt
         count[box] += pos
         seen_valid[b][box] |= pos
+        if src.saturated is not None:
+            sat = cv2.remap(src.saturated, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            touched[b][box] |= pos & (sat > 0)
         if fallback is not None:
             self._fallback(frame, b, src, maps, vw, fallback, box, acc)
 
@@ -1180,7 +1201,7 @@ class _Projector:
         if not pos.any():
             return
         rr, cc = where[0][pos] + box[0].start, where[1][pos] + box[1].start
-        num, den, count, seen_valid = acc
+        num, den, count, seen_valid, _ = acc
         num[b][rr, cc] += wgt[pos] * value[pos]
         den[b][rr, cc] += wgt[pos]
         count[rr, cc] += 1
@@ -1265,6 +1286,7 @@ class _Outputs:
     weight: np.ndarray
     n_samples: np.ndarray
     filled: np.ndarray
+    saturated: np.ndarray
     backplanes: dict[str, np.ndarray]
     peak: float = 0.0
 
@@ -1294,7 +1316,7 @@ def project(
     """
     clock = time.perf_counter()
     tm = timings if timings is not None else {}
-    data, valid = _image_arrays(image)
+    data, valid, saturated = _image_arrays(image)
     meta = geometry.meta
     n_frames, n_bands = geometry.n_frames, meta.n_filters
     if data.shape[:2] != (n_frames, n_bands):
@@ -1311,7 +1333,8 @@ def project(
         grid_state = frame_state(geometry.target, float(grid.params["et"]))
     h, w = grid.shape
     order = list(range(n_frames)) if frame_order is None else [int(f) for f in frame_order]
-    proj = _Projector(data, valid, geometry, grid, grid_state, footprints, flag=flag, support=support,
+    proj = _Projector(data, valid, saturated, geometry, grid, grid_state, footprints, flag=flag,
+                      support=support,
                       feather_px=feather_px, resolution_exponent=resolution_exponent,
                       fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order)
     backplanes: dict[str, np.ndarray] = {}
@@ -1321,7 +1344,8 @@ def project(
         if name not in backplanes:
             backplanes[name] = np.empty((h, w), np.float32)
     out = _Outputs(np.empty((h, w, n_bands), np.float32), np.empty((h, w), np.float32),
-                   np.empty((h, w), np.uint16), np.empty((h, w), np.uint8), backplanes)
+                   np.empty((h, w), np.uint16), np.empty((h, w), np.uint8), np.empty((h, w), np.uint8),
+                   backplanes)
     tm["grid_s"] = time.perf_counter() - clock
     proj.run(out, _workers(workers))
     tm.update(proj.totals())
@@ -1330,6 +1354,7 @@ def project(
     backplanes["weight"] = out.weight
     backplanes["n_samples"] = out.n_samples
     backplanes["filled_bands"] = out.filled
+    backplanes["saturated_bands"] = out.saturated
     mid = n_frames // 2
     sidecar = {
         "map": grid.to_dict(),
