@@ -433,3 +433,38 @@ def test_saturated_pixels_are_used_as_they_are_and_marked(synthetic):
     truth = texture(m.backplanes["lat_centric_deg"], m.backplanes["lon_east_deg"])
     assert np.abs(m.data[..., 0] - truth).max() < 0.01  # the other bands untouched
     assert (m.backplanes["saturated_bands"] <= 1).all()
+
+
+def test_perijove_mosaics_group_by_filter_set(synthetic):
+    from junoproc.projection import make_grid, perijove_mosaics, project
+
+    geometry, image = synthetic
+    lon0, lon1, lat0, lat1 = (round(v * 4) / 4 for v in _disk_box(geometry, 12.0))
+    grid = make_grid(geometry, "equirectangular", bounds=(lon0, lon1, lat0, lat1), lon="east",
+                     resolution_px_per_deg=4.0)
+    half = N_FRAMES // 2
+    first = _Image(image.data, image.valid.copy())
+    first.valid[half + 3:] = False
+    second = _Image(image.data * 1.3, image.valid.copy())  # another exposure
+    second.valid[:half - 3] = False
+    a = project(first, geometry, grid=grid, fill_invalid=False)
+    b = project(second, geometry, grid=grid, fill_invalid=False)
+    methane = LinearMap(np.ascontiguousarray(a.data[..., 1:2]), ("METHANE",), a.backplanes, a.sidecar)
+    # the synthetic texture is unlit (no incidence to correct): exposure matching only
+    out = perijove_mosaics([a, methane, b], photometric="none", max_incidence_deg=180.0)  # mixed: grouped
+    pole = "north" if lat0 + lat1 > 0 else "south"
+    assert set(out) == {"RGB-equirectangular", f"RGB-polar-{pole}", "METHANE-equirectangular",
+                        f"METHANE-polar-{pole}"}
+    rgb = out["RGB-equirectangular"]
+    assert rgb.sidecar["map"]["columns"] == 360 * 4 and rgb.band_names == ("BLUE", "GREEN", "RED")
+    gains = np.asarray(rgb.sidecar["mosaic"]["gains"])
+    np.testing.assert_allclose(gains[1] / gains[0], 1 / 1.3, rtol=2e-3)  # exposures matched
+    seen = np.isfinite(rgb.data).all(axis=-1)
+    assert seen.sum() >= 0.95 * np.isfinite(a.data).all(axis=-1).sum()
+    # the polar map shows the same values at the same place
+    polar = out[f"RGB-polar-{pole}"]
+    r, c = np.argwhere(np.isfinite(polar.data).all(axis=-1))[len(polar.data) // 2]
+    lat, lon = polar.backplanes["lat_centric_deg"][r, c], polar.backplanes["lon_east_deg"][r, c]
+    row = int((rgb.sidecar["map"]["lat_top_deg"] - lat) * 4)
+    col = int(lon * 4) % (360 * 4)
+    np.testing.assert_allclose(polar.data[r, c], rgb.data[row, col], rtol=0.05)

@@ -89,6 +89,8 @@ __all__ = [
     "map_coordinates",
     "map_grid_from_dict",
     "mosaic",
+    "perijove_mosaics",
+    "filter_set",
     "project",
 ]
 
@@ -1418,7 +1420,7 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
         v = m.data.astype(np.float64)
         if photometric == "lambert" and "incidence_deg" in m.backplanes:
             mu0 = np.cos(np.radians(np.asarray(m.backplanes["incidence_deg"], np.float64)))
-            v = np.where(mu0 > 0.05, v / np.maximum(mu0, 0.05)[..., None], np.nan)
+            v = np.where((mu0 > 0.05)[..., None], v / np.maximum(mu0, 0.05)[..., None], np.nan)
         seen = np.isfinite(v).all(axis=-1)
         lit = seen.copy()  # where gains may be measured: lit, well above the dark level
         if "incidence_deg" in m.backplanes:
@@ -1478,3 +1480,146 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
         "bands": list(first.band_names),
     }
     return LinearMap(out, first.band_names, backplanes, sidecar)
+
+
+def filter_set(band_names: Sequence[str]) -> str:
+    """The name of a map's filter set: ``RGB`` (BLUE, GREEN, RED), ``METHANE``, else the
+    band names joined by ``+``."""
+    names = tuple(str(n).upper() for n in band_names)
+    if sorted(names) == ["BLUE", "GREEN", "RED"]:
+        return "RGB"
+    return "+".join(names)
+
+
+def _lattice_of(definition: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(first column east of longitude 0, columns, first row from the north pole, rows) of an
+    equirectangular map on the lattice of its px/deg; ProjectionError when it is off it."""
+    ppd = float(definition["px_per_deg"])
+    col = float(definition["lon_left_east_deg"]) * ppd
+    row = (90.0 - float(definition["lat_top_deg"])) * ppd
+    if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+        raise ProjectionError("maps are not on one lattice of their resolution",
+                              hint="give every image's grid edges on multiples of the pixel size "
+                                   "(the build does)")
+    return int(round(col)) % int(round(360 * ppd)), int(definition["columns"]), int(round(row)), \
+        int(definition["rows"])
+
+
+def _paste_global(maps: Sequence[LinearMap]) -> list[LinearMap]:
+    """Equirectangular maps of one lattice -> the same maps on their union's all-longitude grid
+    (data NaN and weight 0 elsewhere); the backplanes the mosaic needs only."""
+    defs = [dict(m.sidecar["map"]) for m in maps]
+    ppd = float(defs[0]["px_per_deg"])
+    n_lon = int(round(360 * ppd))
+    lattices = [_lattice_of(d) for d in defs]
+    top = min(r0 for _, _, r0, _ in lattices)
+    bottom = max(r0 + n for _, _, r0, n in lattices)
+    union = dict(defs[0])
+    union.update(rows=bottom - top, columns=n_lon, lon_left_east_deg=0.0, lat_top_deg=90.0 - top / ppd,
+                 lat_bottom_deg=90.0 - bottom / ppd)
+    west = str(union.get("longitude", "")).startswith("System III")
+    union.update(lon_left_deg=360.0 if west else 0.0, lon_right_deg=0.0 if west else 360.0)
+    out = []
+    for m, (col0, n_cols, row0, n_rows) in zip(maps, lattices, strict=True):
+        cols = (col0 + np.arange(n_cols)) % n_lon
+        rows = slice(row0 - top, row0 - top + n_rows)
+        data = np.full((bottom - top, n_lon, m.data.shape[2]), np.nan, np.float32)
+        data[rows, cols] = m.data
+        planes = {}
+        for name, fill in (("weight", 0.0), ("incidence_deg", np.nan), ("emission_deg", np.nan)):
+            if name in m.backplanes:
+                plane = np.full(data.shape[:2], fill, np.float32)
+                plane[rows, cols] = m.backplanes[name]
+                planes[name] = plane
+        out.append(LinearMap(data, m.band_names, planes, {**m.sidecar, "map": union}))
+    return out
+
+
+def _polar_from_global(m: LinearMap, pole: str) -> LinearMap:
+    """An all-longitude equirectangular map resampled (bilinear, wrapping in longitude) onto
+    the equidistant polar grid of the same px/deg, out to the covered latitude farthest from
+    the pole."""
+    grid = map_grid_from_dict(m.sidecar["map"])
+    ppd = float(grid.params["px_per_deg"])
+    h, w = grid.shape
+    lat_top = float(grid.params["lat_top_deg"])
+    seen_rows = np.flatnonzero(np.isfinite(m.data).any(axis=(1, 2)))
+    if not len(seen_rows):
+        raise ProjectionError("the mosaic is empty", hint="check the maps' footprints")
+    far_lat = lat_top - (seen_rows.max() + 1) / ppd if pole == "north" else lat_top - seen_rows.min() / ppd
+    radius = min(180.0, 90.0 - far_lat if pole == "north" else 90.0 + far_lat)
+    side = _grid_side(2 * radius * ppd, "the polar mosaic")
+    polar = MapGrid("polar", (side, side), grid.target, grid.lon_convention, grid.lat_convention,
+                    {"px_per_deg": ppd, "native_px_per_deg": grid.params.get("native_px_per_deg", ppd),
+                     "pole": pole, "kind": "equidistant", "radius_deg": radius,
+                     "latitude_used": "planetocentric colatitude"})
+    pos, hit = grid_surface_points(polar)
+    ll = lonlat_from_body(pos[hit], grid.target)
+    lat = ll["lat_graphic_deg" if grid.lat_convention == "graphic" else "lat_centric_deg"]
+    x = np.full((side, side), -1.0, np.float32)
+    y = np.full((side, side), -1.0, np.float32)
+    x[hit] = np.mod(ll["lon_east_deg"], 360.0) * ppd - 0.5 + 1  # +1: the wrap column padded left
+    y[hit] = (lat_top - lat) * ppd - 0.5
+
+    def resample(plane: np.ndarray, fill: float) -> np.ndarray:
+        padded = np.concatenate([plane[:, -1:], plane, plane[:, :1]], axis=1).astype(np.float32)
+        out = cv2.remap(padded, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        out[~hit] = fill
+        return out
+
+    data = np.stack([resample(m.data[..., b], np.nan) for b in range(m.data.shape[2])], axis=-1)
+    planes = {"weight": resample(np.asarray(m.backplanes["weight"]), 0.0)} if "weight" in m.backplanes else {}
+    for name, v in ll.items():
+        plane = np.full((side, side), np.nan, np.float32)
+        plane[hit] = v
+        planes[name] = plane
+    side_car = {**m.sidecar, "map": polar.to_dict(),
+                "resampled_from": "the equirectangular mosaic (bilinear, wrapping in longitude)"}
+    return LinearMap(data.astype(np.float32), m.band_names, planes, side_car)
+
+
+def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
+                     max_emission_deg: float = 75.0, **mosaic_options: Any) -> dict[str, LinearMap]:
+    """A perijove's equirectangular maps -> per filter set one all-longitude equirectangular
+    mosaic and one polar mosaic of the pole seen most (keys ``RGB-equirectangular``,
+    ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
+
+    Maps are grouped by filter set and grid lattice (mixed input is grouped, never
+    skipped); each must lie on the lattice of its px/deg (edges on multiples of the pixel
+    size: the build's grids). Samples seen at emission > ``max_emission_deg`` are dropped
+    (the limb smears into streaks on a map). Blending is :func:`mosaic`: exposure gains
+    matched on lit overlaps after the ``photometric`` correction (``"lambert"``: divided
+    by cos(incidence), so that images lit differently agree), each map weighted by its own
+    weight backplane (cos(emission) / resolution) feathered from its coverage edge.
+    ``mosaic_options`` go to :func:`mosaic`.
+    """
+    groups: dict[tuple[Any, ...], list[LinearMap]] = {}
+    for m in maps:
+        d = m.sidecar.get("map") or {}
+        if d.get("projection") != "equirectangular":
+            raise ProjectionError(f"{m.sidecar.get('product_id', 'a map')} is {d.get('projection')}, "
+                                  "not equirectangular", hint="mosaic the equirectangular maps")
+        key = (filter_set(m.band_names), tuple(m.band_names), float(d["px_per_deg"]), d.get("target"),
+               d.get("latitude"), d.get("longitude"))
+        groups.setdefault(key, []).append(m)
+    out: dict[str, LinearMap] = {}
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        name = key[0] if not any(k.startswith(key[0] + "-") for k in out) else f"{key[0]}-{key[2]:g}ppd"
+        pasted = []
+        for m in _paste_global(members):
+            if "emission_deg" in m.backplanes:
+                grazing = ~(np.asarray(m.backplanes["emission_deg"]) <= max_emission_deg)
+                data = m.data.copy()
+                data[grazing] = np.nan
+                m = LinearMap(data, m.band_names, m.backplanes, m.sidecar)
+            pasted.append(m)
+        blend = mosaic(pasted, photometric=photometric, **mosaic_options)
+        blend = LinearMap(blend.data, blend.band_names, blend.backplanes,
+                          {**blend.sidecar, "filter_set": key[0]})
+        out[f"{name}-equirectangular"] = blend
+        grid = map_grid_from_dict(blend.sidecar["map"])
+        lat = map_coordinates(grid)["lat_centric_deg"][:, 0]
+        area = np.isfinite(blend.data).all(axis=2).sum(axis=1) * np.cos(np.radians(lat))
+        pole = "north" if area[lat > 0].sum() >= area[lat < 0].sum() else "south"
+        out[f"{name}-polar-{pole}"] = _polar_from_global(blend, pole)
+    return out
