@@ -220,3 +220,36 @@ def test_missing_ik_names_the_ik(kernel_dir: Path) -> None:
 def test_unknown_band_is_refused() -> None:
     with pytest.raises(KernelMissingError, match="no JunoCam band 'UV'"):
         CameraModel.from_pool("UV")
+
+
+# ---------------------------------------------------------------------------------------
+# per-band boresight correction
+# ---------------------------------------------------------------------------------------
+def test_boresight_correction_turns_rays_and_round_trips(ik_only) -> None:
+    """A rotation about cam x moves pixels along y by angle x focal; px -> ray -> px stays exact."""
+    from types import SimpleNamespace
+
+    cam = CameraModel.from_pool("GREEN")
+    omega = (0.3 / cam.focal_px, -0.2 / cam.focal_px, 0.0)
+    turned = cam.with_boresight(omega)
+    x = np.array([100.5, 824.0, 1600.5])
+    y = np.array([0.5, 64.0, 127.5])
+    # a fixed ray, seen by the turned camera, lands (dx, dy) ~ (-0.2, +0.3) px away at the centre
+    xt, yt = turned.cam_to_px(cam.px_to_cam(x, y))
+    assert xt[1] - x[1] == pytest.approx(0.2, abs=2e-3) and yt[1] - y[1] == pytest.approx(0.3, abs=2e-3)
+    # a rotation, not a shift: ~(1 + tan^2) more at the framelet's ends (0.23-0.26 px there)
+    assert np.all(np.abs(xt - x - 0.2) < 0.06) and np.all(np.abs(yt - y - 0.3) < 0.02)
+    # round trip through the turned model, all three entry points
+    xb, yb = turned.cam_to_px(turned.px_to_cam(x, y))
+    assert np.abs(xb - x).max() < 1e-9 and np.abs(yb - y).max() < 1e-9
+    ray = turned.px_to_cam(x, y)
+    xs, ys = turned.cam_to_px_xyz(ray[:, 0], ray[:, 1], ray[:, 2])
+    assert np.abs(xs - x).max() < 1e-9 and np.abs(ys - y).max() < 1e-9
+    centre = turned.px_to_cam(np.array(824.5), np.array(64.5))  # array element [64, 824]
+    assert np.allclose(turned.framelet_rays_cam[64, 824], centre / np.linalg.norm(centre), atol=1e-12)
+    # a pointing solution's attitude hands the correction to for_product
+    meta = parse_metadata(_label())
+    att = SimpleNamespace(band_boresight_rad=(("GREEN", omega),))
+    assert CameraModel.for_product(meta, "GREEN", attitude=att).boresight_rad == pytest.approx(omega)
+    assert CameraModel.for_product(meta, "RED", attitude=att).boresight_rad == (0.0, 0.0, 0.0)
+    assert CameraModel.for_product(meta, "GREEN").boresight_rad == (0.0, 0.0, 0.0)

@@ -202,3 +202,13 @@ def test_offline_synthetic_kernels_round_trip(tmp_path, monkeypatch):
     assert truth["kernels"]["synthetic_text_kernels"] is True
     err = _pixel_errors(product, -0.02)
     assert err.size > 1000 and err.max() < 0.01
+
+
+def test_bad_band_boresight_is_refused(tmp_path, kernel_dir):
+    from junoproc.simulate import SimulationError
+
+    with pytest.raises(SimulationError, match="band boresight"):
+        simulate(tmp_path, kernel_dir=kernel_dir, filters=("GREEN",),
+                 band_boresight_rad={"RED": (0.0, 1e-4, 0.0)})
+    with pytest.raises(SimulationError, match="band boresight"):
+        simulate(tmp_path, kernel_dir=kernel_dir, filters=("GREEN",), band_boresight_rad={"GREEN": (1e-4,)})

@@ -733,14 +733,17 @@ def _highpass(a: np.ndarray) -> np.ndarray:
     return a - cv2.GaussianBlur(a, (0, 0), ALIGN_HIGHPASS_SIGMA_PX)
 
 
-def _window_shift(a: np.ndarray, c_big: np.ndarray, m: int, hann: np.ndarray
-                  ) -> tuple[float, float, float]:
-    """(dx, dy, peak): ``a(x) ~ g c(x + d) + o`` for the (W, W) window ``a`` inside ``c_big``.
+def _window_shift(a: np.ndarray, c_big: np.ndarray, m: int, hann: np.ndarray) -> np.ndarray:
+    """(dx, dy, peak, info_xx, info_xy, info_yy): ``a(x) ~ g c(x + d) + o`` for the (W, W)
+    window ``a`` inside ``c_big``; ``info`` is the inverse covariance of d (1/px^2).
 
     Phase correlation (gain-invariant) gives the start and its peak; Gauss-Newton on
-    gain, offset and shift (Lucas-Kanade) removes the sub-pixel bias of its centroid.
+    gain, offset and shift (Lucas-Kanade) removes the sub-pixel bias of its centroid. Its
+    normal matrix says which directions the texture fixes: belts running along x fix y
+    and leave x to the spots (the aperture problem), so windows are combined by it.
     """
     w = a.shape[0]
+    nan = np.full(6, np.nan)
     (dx, dy), peak = cv2.phaseCorrelate(a.astype(np.float64), c_big[m:m + w, m:m + w].astype(np.float64),
                                         hann)
     d = np.clip([dx, dy], -(m - 1.5), m - 1.5)
@@ -749,21 +752,29 @@ def _window_shift(a: np.ndarray, c_big: np.ndarray, m: int, hann: np.ndarray
     gy_big = cv2.Sobel(c_big, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     sw = np.sqrt(hann.astype(np.float32)).ravel()
     av = a.ravel() * sw
-    for _ in range(5):
+    for _ in range(6):
         mx, my = np.meshgrid(grid + np.float32(d[0]), grid + np.float32(d[1]))
         ck, gx, gy = (cv2.remap(v, mx, my, cv2.INTER_CUBIC) for v in (c_big, gx_big, gy_big))
         design = np.stack([ck.ravel(), np.ones(ck.size, np.float32), gx.ravel(), gy.ravel()], axis=1)
-        design *= sw[:, None]
-        p = np.linalg.lstsq(design, av, rcond=None)[0]
-        if abs(p[0]) < 1e-6:
-            return float("nan"), float("nan"), 0.0
+        design = design.astype(np.float64) * sw[:, None]
+        normal = design.T @ design
+        # a weak pull of the step to zero keeps a direction the texture does not fix in place
+        normal[2:, 2:] += 1e-3 * np.trace(normal[2:, 2:]) * np.eye(2)
+        p = np.linalg.solve(normal, design.T @ av)
+        if not p[0] > 1e-6:  # no correlation, or anti-correlated texture
+            return nan
         step = p[2:] / p[0]
-        d = d + step
-        if np.abs(d).max() > m - 1 or np.hypot(*step) < 1e-3:
+        d = d + np.clip(step, -1.0, 1.0)
+        if np.abs(d).max() > m - 1:
+            return nan
+        if np.hypot(*step) < 1e-3:
             break
-    if np.abs(d).max() > m - 1:
-        return float("nan"), float("nan"), 0.0
-    return float(d[0]), float(d[1]), float(peak)
+    resid = av - design @ p
+    sigma2 = float(resid @ resid) / max(av.size - 4, 1)
+    cov_p = sigma2 * np.linalg.inv(normal)
+    cov_d = cov_p[2:, 2:] / p[0] ** 2
+    info = np.linalg.inv(cov_d + 1e-8 * np.eye(2))
+    return np.array([d[0], d[1], peak, info[0, 0], info[0, 1], info[1, 1]])
 
 
 def _alignment_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str, lit_level: float,
@@ -808,7 +819,8 @@ def _alignment_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str,
 
 def _measure_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str, ref: str,
                      windows: Sequence[tuple[float, int, int, int]]) -> np.ndarray:
-    """Per window (x_centre, y_centre, dx, dy, peak) of ``band`` against ``ref`` (rows of NaN
+    """Per window (x_centre, y_centre, dx, dy, peak, info_xx, info_xy, info_yy) of ``band``
+    against ``ref`` (:func:`_window_shift`; rows of NaN
     where the window is not usable): the reference band resampled onto the band's pixels
     through the surface (the reference framelet that sees each pixel best)."""
     w, m = ALIGN_WINDOW_PX, ALIGN_MARGIN_PX
@@ -818,7 +830,7 @@ def _measure_windows(geo: Any, data: np.ndarray, valid: np.ndarray, band: str, r
     n_frames, _, rows, _ = data.shape
     cols = geo.cameras[ref].photoactive_columns()
     hann = cv2.createHanningWindow((w, w), cv2.CV_64F)
-    out = np.full((len(windows), 5), np.nan)
+    out = np.full((len(windows), 8), np.nan)
     for i, (_, f, y0, x0) in enumerate(windows):
         out[i, :2] = x0 + 0.5 * w, y0 + 0.5 * w
         yy, xx = np.mgrid[y0 - m:y0 + w + m, x0 - m:x0 + w + m].astype(np.float64) + 0.5
@@ -868,30 +880,67 @@ def _shift_jacobian(cam: CameraModel, x_px: np.ndarray, y_px: np.ndarray, eps: f
     return jac
 
 
-def _fit_boresight(cam: CameraModel, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The rotation (about cam x, y) that undoes the windows' shifts: (delta rad (3,), mean shift
-    (2,), used mask, robust spread px). A band pixel x sees what the model puts at x + d:
-    the corrected model must map the ray of x + d to x, ``J delta = -d``."""
-    ok = np.isfinite(meas).all(axis=1) & (meas[:, 4] >= ALIGN_MIN_PEAK)
+def _info(meas: np.ndarray) -> np.ndarray:
+    """The windows' 2x2 information matrices (n, 2, 2) from their rows."""
+    return np.stack([np.stack([meas[:, 5], meas[:, 6]], -1), np.stack([meas[:, 6], meas[:, 7]], -1)], -2)
+
+
+def _usable(meas: np.ndarray) -> np.ndarray:
+    return np.isfinite(meas).all(axis=1) & (meas[:, 4] >= ALIGN_MIN_PEAK)
+
+
+def _mean_shift(meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Information-weighted mean shift (2,) of windows and its covariance (2, 2), windows
+    more than 3 robust sigmas away dropped."""
+    ok = _usable(meas)
+    if not ok.any():
+        return np.full(2, np.nan), np.full((2, 2), np.nan)
+    info, d = _info(meas[ok]), meas[ok, 2:4]
+    use = np.ones(len(d), bool)
+    for _ in range(3):
+        total = info[use].sum(axis=0)
+        mean = np.linalg.solve(total, np.einsum("nij,nj->i", info[use], d[use]))
+        r = d - mean
+        chi = np.sqrt(np.einsum("ni,nij,nj->n", r, info, r))
+        scale = max(1.4826 * float(np.median(chi[use])), 1e-9)
+        new = chi < 3.0 * scale
+        if np.array_equal(new, use) or new.sum() < 1:
+            break
+        use = new
+    return mean, np.linalg.inv(total) * max(scale, 1.0) ** 2
+
+
+def _fit_boresight(cam: CameraModel, meas: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The rotation (about cam x, y, in px: rad x focal) that undoes the windows' shifts:
+    (omega_px (2,), its information matrix (2, 2), mean shift (2,), used mask, spread px).
+
+    A band pixel x sees what the model puts at x + d: the corrected model must map the
+    ray of x + d to x, ``J omega = -d``, solved with each window's information matrix
+    (robust: windows > 3 sigma dropped)."""
+    ok = _usable(meas)
     if ok.sum() < 3:
-        return np.zeros(3), np.full(2, np.nan), ok, float("nan")
-    jac = _shift_jacobian(cam, meas[:, 0], meas[:, 1])
+        return np.zeros(2), np.zeros((2, 2)), np.full(2, np.nan), ok, float("nan")
+    jac = _shift_jacobian(cam, meas[:, 0], meas[:, 1]) / cam.focal_px  # px per px of rotation
+    info = np.zeros((len(meas), 2, 2))
+    info[ok] = _info(meas[ok])
     use = ok.copy()
-    delta2 = np.zeros(2)
-    spread = float("nan")
-    for _ in range(4):  # robust: drop windows > 3 sigma (floor 0.1 px) from the fit
-        wts = meas[use, 4]
-        a = (jac[use] * wts[:, None, None]).reshape(-1, 2)
-        rhs = (-meas[use, 2:4] * wts[:, None]).reshape(-1)
-        delta2 = np.linalg.lstsq(a, rhs, rcond=None)[0]
-        resid = np.hypot(*(meas[:, 2:4] + np.einsum("nij,j->ni", jac, delta2)).T)
-        spread = 1.4826 * float(np.median(resid[use]))
-        new = ok & (resid < max(3.0 * spread, 0.1))
+    omega = np.zeros(2)
+    scale = 1.0
+    normal = np.eye(2)
+    for _ in range(4):
+        normal = np.einsum("nki,nkl,nlj->ij", jac[use], info[use], jac[use])
+        omega = np.linalg.solve(normal, -np.einsum("nki,nkl,nl->i", jac[use], info[use], meas[use, 2:4]))
+        r = meas[:, 2:4] + np.einsum("nij,j->ni", jac, omega)
+        chi = np.sqrt(np.abs(np.einsum("ni,nij,nj->n", r, info, r)))
+        scale = max(1.4826 * float(np.median(chi[use])), 1e-9)
+        new = ok & (chi < 3.0 * scale)
         if np.array_equal(new, use) or new.sum() < 3:
             break
         use = new
-    mean_shift = np.average(meas[use, 2:4], axis=0, weights=meas[use, 4])
-    return np.r_[delta2, 0.0], mean_shift, use, spread
+    spread = 1.4826 * float(np.median(np.hypot(*r[use].T)))
+    mean, _ = _mean_shift(np.where(use[:, None], meas, np.nan))
+    return omega, normal / max(scale, 1.0) ** 2, mean, use, spread
 
 
 def align_bands(image: Any, sol: PointingSolution, *, n_windows: int = 12,
@@ -939,13 +988,13 @@ def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windo
     pairs = [(a, b) for a in filters for b in filters if a != b]
     windows = {band: _alignment_windows(geo, data, valid, band, lit_level, 2 * n_windows) for band in filters}
     shift, n_used, peak, spread = {}, {}, {}, {}
-    rows_a: list[np.ndarray] = []
-    rows_b: list[float] = []
     nb = len(filters)
+    normal = np.zeros((2 * nb, 2 * nb))
+    rhs = np.zeros(2 * nb)
     for a, b in pairs:
         name = f"{a}-{b}"
         meas = _measure_windows(geo, data, valid, a, b, windows[a][0::2])
-        d, mean_shift, used, spr = _fit_boresight(cams[a], meas)
+        omega_px, info_pair, mean_shift, used, spr = _fit_boresight(cams[a], meas)
         good = np.isfinite(meas[:, 4])
         if filters.index(a) < filters.index(b):
             shift[name] = (float(mean_shift[0]), float(mean_shift[1]))
@@ -965,37 +1014,31 @@ def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windo
                 peak[name] = float(np.nanmedian([peak[name], float(np.median(meas[good, 4]))]))
             if np.isfinite(spr):
                 spread[name] = float(np.nanmedian([spread[name], spr]))
-        if used.sum() >= 3:  # omega_a - omega_b = d, weighted by its standard error
-            w = math.sqrt(used.sum()) / max(spr, 0.05)
-            for k in range(2):
-                row = np.zeros(2 * nb)
-                row[2 * filters.index(a) + k], row[2 * filters.index(b) + k] = w, -w
-                rows_a.append(row)
-                rows_b.append(w * float(d[k]) * cams[a].focal_px)  # in px: well scaled
+        if used.sum() >= 3:  # omega_a - omega_b = omega_px, with its information matrix
+            sel = np.zeros((2, 2 * nb))
+            sel[:, 2 * filters.index(a):2 * filters.index(a) + 2] = np.eye(2)
+            sel[:, 2 * filters.index(b):2 * filters.index(b) + 2] = -np.eye(2)
+            normal += sel.T @ info_pair @ sel
+            rhs += sel.T @ info_pair @ omega_px
     wts = np.array([float((weights or {}).get(band, 1.0)) for band in filters])
     wts = wts / max(float(wts.sum()), 1e-12)
-    for k in range(2):  # the gauge: sum of weights x omega = 0, and a weak pull to 0 (10 px)
-        row = np.zeros(2 * nb)
-        row[k::2] = 1e3 * wts
-        rows_a.append(row)
-        rows_b.append(0.0)
-    design = np.vstack(rows_a + [np.eye(2 * nb) * 0.1])
-    rhs = np.r_[rows_b, np.zeros(2 * nb)]
-    omega_px = np.linalg.lstsq(design, rhs, rcond=None)[0].reshape(nb, 2)
-    corrected = {band: np.asarray(cams[band].boresight_rad) + np.r_[omega_px[i] / cams[band].focal_px, 0.0]
+    gauge = np.zeros((2, 2 * nb))  # sum of weights x omega = 0
+    for k in range(2):
+        gauge[k, k::2] = wts
+    big_w = 1e3 * max(float(np.trace(normal)), 1.0)
+    normal += big_w * gauge.T @ gauge + 1e-2 * np.eye(2 * nb)  # and a weak pull to 0 (10 px)
+    omega_all = np.linalg.solve(normal, rhs).reshape(nb, 2)
+    corrected = {band: np.asarray(cams[band].boresight_rad) + np.r_[omega_all[i] / cams[band].focal_px, 0.0]
                  for i, band in enumerate(filters)}
     geo2 = replace(geo, cameras={band: cams[band].with_boresight(corrected[band]) for band in filters})
     left: dict[str, list[np.ndarray]] = {}
     for a, b in pairs:
         meas = _measure_windows(geo2, data, valid, a, b, windows[a][1::2])
-        ok = np.isfinite(meas).all(axis=1) & (meas[:, 4] >= ALIGN_MIN_PEAK)
-        if filters.index(a) < filters.index(b):
-            left.setdefault(f"{a}-{b}", []).append(meas[ok, 2:4])
-        else:
-            left.setdefault(f"{b}-{a}", []).append(-meas[ok, 2:4])
-    n_check = {k: int(sum(len(v) for v in vs)) for k, vs in left.items()}
-    check = {k: float(np.hypot(*np.median(np.concatenate(vs), axis=0))) if n_check[k] else float("nan")
-             for k, vs in left.items()}
+        if filters.index(b) < filters.index(a):
+            meas[:, 2:4] *= -1.0  # as b's shift against a
+        left.setdefault("-".join(sorted((a, b), key=filters.index)), []).append(meas)
+    n_check = {k: int(_usable(np.concatenate(vs)).sum()) for k, vs in left.items()}
+    check = {k: float(np.hypot(*_mean_shift(np.concatenate(vs))[0])) for k, vs in left.items()}
     return BandAlignment(
         boresight_rad_by_band={b: (float(v[0]), float(v[1]), float(v[2])) for b, v in corrected.items()},
         shift_px_by_pair=shift, n_windows_by_pair=n_used, peak_by_pair=peak, spread_px_by_pair=spread,

@@ -784,6 +784,7 @@ def simulate(
     n_particle_hits: int = 12,
     texture_width: int | None = None,
     synthetic_kernels: bool = False,
+    band_boresight_rad: Mapping[str, Sequence[float]] | None = None,
 ) -> SimulatedProduct:
     """Write a synthetic raw product, its kernels and its truth under ``out_dir``.
 
@@ -792,6 +793,9 @@ def simulate(
     lit and seen at normal incidence (per band scaled by the band's relative response).
     ``synthetic_kernels`` forces the self-contained synthetic text kernels even where
     real ones exist (they are used anyway when no local kernel folder is found).
+    ``band_boresight_rad``: per band, the true camera's rotation vector (rad) away from the
+    IK's model (JUNO_JUNOCAM -> band, see :class:`camera.CameraModel`): the bands then
+    misregister by it unless the pointing stage finds it (the CK holds the spacecraft only).
     """
     t_start = time.perf_counter()
     target = target.strip().upper()
@@ -843,7 +847,13 @@ def simulate(
 
     with _furnished(kernel_files):
         tgt = Target.from_name(target)
+        boresight = {b.upper(): tuple(float(v) for v in w) for b, w in (band_boresight_rad or {}).items()}
+        if set(boresight) - set(filters) or any(len(w) != 3 for w in boresight.values()):
+            raise SimulationError(f"bad band boresight {band_boresight_rad}",
+                                  hint=f"rotation vectors (3 values, rad) for bands of {list(filters)}")
         cameras = {band: CameraModel.from_pool(band) for band in filters}
+        cameras = {band: cam.with_boresight(boresight[band]) if band in boresight else cam
+                   for band, cam in cameras.items()}
         ik_prefix = f"INS{cameras[filters[0]].naif_id}_"
         label_timing = FrameTiming(
             start_et=float(spiceypy.str2et(start_time_utc)), interframe_delay_s=interframe_delay_s,
@@ -896,6 +906,7 @@ def simulate(
         attitude = SpinAttitude(
             spin_axis_ra_deg=ra, spin_axis_dec_deg=dec, phase0_deg=phase_deg, rate_deg_s=spin_rate_deg_s,
             t_ref_et=et_mid, rot_sc_to_cam=tuple(tuple(float(v) for v in row) for row in rot_sc_to_cam),
+            band_boresight_rad=tuple((b, (w[0], w[1], w[2])) for b, w in boresight.items()),
         )
 
         # --- SPK and CK ----------------------------------------------------------------
@@ -1083,7 +1094,10 @@ def simulate(
         "spin": {**attitude.describe(), "t_ref_utc": ref_utc,
                  "model": "junoproc.pointing.SpinAttitude: J2000->JUNO_SPACECRAFT = Rz(phase0 + "
                           "rate*(et-t_ref)) @ B(axis), B rows (e1, e2, axis), e1 = normalise(J2000 Z x axis)",
-                 "rot_sc_to_cam": [list(r) for r in attitude.rot_sc_to_cam]},
+                 "rot_sc_to_cam": [list(r) for r in attitude.rot_sc_to_cam],
+                 "band_boresight_rad": {b: list(w) for b, w in boresight.items()},
+                 "band_boresight_model": "true camera of the band = the IK's model turned by this rotation "
+                                         "vector (JUNO_JUNOCAM -> band frame); not in the CK"},
         "timing": {
             "time_offset_s": time_offset_s,
             "rule": "true frame et = str2et(START_TIME) + START_TIME_BIAS + n*(INTERFRAME_DELAY + "
