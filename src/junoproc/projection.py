@@ -21,12 +21,19 @@ shows (NaN where none):
   from :func:`geometry.intersect_rays` with the mid-time :class:`FrameState` (so the same
   light-time and aberration model as the framelets).
 
-Projection is inverse only: for each output pixel, each framelet that may see it (pruned by
-its footprint's bounding box in the output grid) is asked for the sub-pixel position
-(:func:`geometry.surface_to_cam` once per frame for all bands, then each band's camera
-model), the framelet is sampled with :func:`cv2.remap` (array index = px - 0.5), and samples
-that touch an invalid pixel are dropped (the validity mask is eroded by the interpolation
-kernel's support and remapped too).
+Projection is inverse only. For speed the surface -> framelet mapping is evaluated exactly
+(:meth:`ImageGeometry.surface_to_px_xyz`, light time and aberration included) on a lattice
+of output pixels, one node every ``step`` px (a power of two chosen so that a lattice cell
+spans at most :data:`LATTICE_CELL_PX` framelet pixels at the image's best resolution; half
+that for perspective grids), and interpolated bilinearly in between. Every cell is checked
+at its centre, where a bilinear error is largest: a cell whose interpolated framelet
+position errs by more than ``max_interp_error_px`` (0.02 px), or whose grid point does, or
+that straddles the edge of the grid's target, is computed exactly pixel by pixel. Framelets
+are pruned per lattice cell by their footprint's boxes and by the interpolated position;
+the output is processed in strips of rows (on threads) and column tiles, each framelet
+sampled with one :func:`cv2.remap` of its values and one of a validity "gate" (array index =
+px - 0.5); samples that touch an invalid pixel get the fallback rule (below), saturated
+pixels are used as they are and marked (``saturated_bands``).
 
 Blending weight of a sample (documented, order-independent, accumulated as
 ``sum(w v) / sum(w)``)::
@@ -422,6 +429,12 @@ def make_grid(
     fov_deg: Sequence[float] | None = None, footprints: Sequence[Footprint] | None = None,
 ) -> MapGrid:
     """The output grid of ``projection`` for an image (defaults cover the image at native scale).
+
+    Native scale: one output pixel per framelet pixel at the image's *best* ground
+    resolution, ``px_per_deg = (pi / 180) R_equatorial / min(range x IFOV)`` over the
+    footprint (so nothing is undersampled in latitude; everywhere else, and in longitude
+    towards a pole on an equirectangular map, the map oversamples the image). Perspective:
+    JunoCam's focal length (one output pixel per IFOV).
 
     ``bounds`` (equirectangular): ``(lon_min, lon_max, lat_min, lat_max)`` in the chosen
     conventions (``lon`` "west"/"east", ``lat`` "centric"/"graphic"; a longitude range may
