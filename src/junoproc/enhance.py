@@ -898,7 +898,7 @@ PRESETS: Mapping[str, EnhanceParams] = MappingProxyType(
                 scale=0.05,
             ),
             gamma=1.0,
-            denoise=DenoiseParams(strength=1.0, radius_px=2, chroma=1.0),
+            denoise=DenoiseParams(strength=0.7, radius_px=2, chroma=1.0),
             saturation=1.2,
             highlight=HighlightParams(knee=0.8),
         ),
@@ -1194,14 +1194,15 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
 
 
 def guided_filter(
-    image: np.ndarray, radius_px: int, eps: float, guide: np.ndarray | None = None
+    image: np.ndarray, radius_px: int, eps: float | np.ndarray, guide: np.ndarray | None = None
 ) -> np.ndarray:
     """Guided filter (He et al. 2010) of a float32 ``(H, W)`` image, O(1) per pixel.
 
     Where the guide's local variance is << ``eps`` the image is averaged over
     ``(2r+1)^2`` pixels; where it is >> ``eps`` (edges, texture) the image's structure is
-    kept. ``guide`` defaults to the image itself; a lightly smoothed copy of a noisy image
-    is a better guide (its variance measures structure, not noise).
+    kept. ``eps`` may be an ``(H, W)`` array (e.g. the local noise variance): each window
+    then uses its mean. ``guide`` defaults to the image itself; a lightly smoothed copy of
+    a noisy image is a better guide (its variance measures structure, not noise).
     """
     p = np.asarray(image, _F32)
     i = p if guide is None else np.asarray(guide, _F32)
@@ -1217,7 +1218,7 @@ def guided_filter(
     else:
         mean_p = box(p)
         cov = box(i * p) - mean_i * mean_p
-    a = cov / (var + _F32(eps))
+    a = cov / (var + (box(np.asarray(eps, _F32)) if np.ndim(eps) else _F32(eps)))
     b = mean_p - a * mean_i
     return box(a) * i + box(b)
 
@@ -1827,13 +1828,7 @@ def _valid_mask(data: np.ndarray) -> np.ndarray:
 
 
 def _lab_ops_needed(p: EnhanceParams) -> bool:
-    return (
-        p.clahe.clip > 0
-        or p.sharpen.amount > 0
-        or p.saturation != 1.0
-        or p.denoise.strength > 0
-        or p.denoise.chroma > 0
-    )
+    return p.clahe.clip > 0 or p.sharpen.amount > 0 or p.saturation != 1.0 or p.denoise.chroma > 0
 
 
 def _lightness_ops(
@@ -1850,21 +1845,6 @@ def _lightness_ops(
     if not valid.all():  # neutral fill so tiles and kernels at the edge see no black cliff
         fill = _F32(np.median(L[::3, ::3][valid[::3, ::3]])) if valid.any() else _F32(50)
         np.copyto(L, fill, where=~valid)
-    if p.denoise.strength > 0 and dark is not None:
-        with timer("denoise"):
-            k = 3
-            resid = L - cv2.blur(L, (k, k), borderType=cv2.BORDER_REFLECT)
-            sel = (dark > 0.5) & valid
-            sample = resid[sel][:: max(1, int(sel.sum() // 200_000))] if sel.any() else resid[valid][::97]
-            sigma = (
-                1.4826 * float(np.median(np.abs(sample))) / math.sqrt(1 - 1 / (k * k)) if sample.size else 0.0
-            )
-            stats["noise_sigma_L"] = round(sigma, 4)
-            if sigma > 0:
-                eps = (p.denoise.strength * sigma) ** 2
-                guide = cv2.GaussianBlur(L, (0, 0), 0.5 * p.denoise.radius_px, borderType=cv2.BORDER_REFLECT)
-                q = guided_filter(L, p.denoise.radius_px, eps, guide=guide)
-                L += dark * (q - L)
     if p.clahe.clip > 0:
         with timer("clahe"):
             h, w = L.shape
@@ -1930,6 +1910,249 @@ def _illumination_base(
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
         b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.exp(a * logy + b)
+
+
+#: Incidence (deg) over which the illumination level passes from the measured one (sunlit
+#: side) to the fitted light of the night side: no sunlight at all beyond 90 deg.
+_NIGHT_BLEND_DEG = (90.0, 100.0)
+#: Incidence (deg) beyond which pixels are used to fit the night side's light.
+_NIGHT_FIT_DEG = 92.0
+
+
+def _night_light(
+    y: np.ndarray, valid: np.ndarray, planes: Mapping[str, np.ndarray], stride: int
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The light on the side the Sun does not reach, as a smooth function of the surface
+    normal: ``I = n . v + c`` (Lambert from one distant source, Jupiter for its moons, of
+    unknown direction ``v``, plus an offset), fitted (robust least squares) to the
+    luminance ``y`` where the incidence is > 92 deg. ``n`` is the radial unit vector from
+    the ``lat_centric_deg`` / ``lon_east_deg`` backplanes. Returns ``I`` at full size
+    (smoothly floored at a tenth of its median on the fitted pixels) and fit statistics,
+    or None without those backplanes or with fewer than 400 night pixels.
+
+    Unlike a low-pass of the image, the model has no freedom at the scale of the surface
+    features (4 parameters for the whole night side), so dividing by it removes the fall-off
+    of the light without flattening the large albedo patterns it lit.
+    """
+    lat, lon, inc = (planes.get(k) for k in ("lat_centric_deg", "lon_east_deg", "incidence_deg"))
+    if lat is None or lon is None or inc is None:
+        return None
+    s = (slice(None, None, stride), slice(None, None, stride))
+    inc_s = np.asarray(inc[s], _F32)
+    with np.errstate(invalid="ignore"):
+        sel = (
+            valid[s]
+            & (inc_s > _NIGHT_FIT_DEG)
+            & np.isfinite(np.asarray(lat[s]))
+            & np.isfinite(np.asarray(lon[s]))
+        )
+    if np.count_nonzero(sel) < 400:
+        return None
+    la = np.radians(np.asarray(lat[s], np.float64)[sel])
+    lo = np.radians(np.asarray(lon[s], np.float64)[sel])
+    a = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la), np.ones_like(la)], axis=1)
+    b = np.asarray(y[s], np.float64)[sel]
+    keep = np.ones(b.shape, bool)
+    coef = np.zeros(4)
+    for _ in range(3):
+        coef = np.linalg.lstsq(a[keep], b[keep], rcond=None)[0]
+        resid = b - a @ coef
+        sigma = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1e-30
+        keep = np.abs(resid) < 3 * sigma
+    model = a @ coef
+    med = float(np.median(model))
+    if not med > 0:
+        return None
+    # full size: cos/sin of the angles with OpenCV (multithreaded), n . v + c
+    cl, sl = cv2.polarToCart(None, np.ascontiguousarray(lat, _F32), angleInDegrees=True)
+    nx, ny = cv2.polarToCart(cl, np.ascontiguousarray(lon, _F32), angleInDegrees=True)
+    light = cv2.addWeighted(nx, float(coef[0]), ny, float(coef[1]), float(coef[3]))
+    cv2.scaleAdd(sl, float(coef[2]), light, dst=light)
+    cv2.patchNaNs(light, med)
+    light = smooth_floor(light, 0.1 * med)
+    info = {
+        "night_light_coeffs": [round(float(c), 6) for c in coef],
+        "night_light_median": med,
+        "night_light_fit_rms": round(float(np.sqrt(np.mean(resid[keep] ** 2))), 6),
+        "night_light_samples": int(keep.sum()),
+    }
+    return light, info
+
+
+def _modelled_base(
+    y: np.ndarray,
+    valid: np.ndarray,
+    planes: Mapping[str, np.ndarray],
+    light: np.ndarray,
+    stride: int,
+    floor: float,
+    radius_frac: float,
+) -> np.ndarray | None:
+    """Illumination level from a model of the light times a low-pass of what the model
+    leaves: ``M = c mu0^k mu^(k-1) + I`` (Minnaert sunlight, k and c fitted on the lit
+    side, plus the night side's light ``I`` of :func:`_night_light`), ``R = y / M`` (the
+    albedo: it has no terminator edge, so its edge-preserving low-pass leaves no halo
+    there), and the level ``M lowpass(R)`` on the sunlit side, ``M median(R)`` beyond
+    100 deg of incidence (the night side keeps all its albedo patterns), blended over
+    90..100 deg. None without incidence/emission or lit pixels to fit."""
+    inc, emi = planes.get("incidence_deg"), planes.get("emission_deg")
+    if inc is None or emi is None:
+        return None
+    mu0 = _cos_deg(inc)
+    cv2.patchNaNs(mu0, 0.0)
+    mu = _cos_deg(emi)
+    cv2.patchNaNs(mu, 1.0)
+    np.clip(mu, _F32(0.1), _F32(1.0), out=mu)
+    s = (slice(None, None, stride), slice(None, None, stride))
+    lit = valid[s] & (mu0[s] > 0.3)
+    if np.count_nonzero(lit) < 100:
+        return None
+    try:
+        k = fit_minnaert_k(y[s][lit], mu0[s][lit], mu[s][lit], mu0_floor=0.3)
+    except EnhanceError:
+        k = 1.0
+    sun = np.maximum(mu0, _F32(0))
+    cv2.pow(sun, k, dst=sun)
+    if k != 1.0:
+        sun *= cv2.pow(mu, k - 1.0)
+    scale = float(np.median(y[s][lit] / np.maximum(sun[s][lit], _F32(1e-6))))
+    if not scale > 0:
+        return None
+    model = cv2.scaleAdd(sun, scale, light)
+    ratio = cv2.divide(y, model)
+    low = _illumination_base(ratio, valid, floor=floor / scale, radius_frac=radius_frac)
+    night = valid[s] & (np.nan_to_num(np.asarray(inc[s], _F32), nan=0.0) > _NIGHT_BLEND_DEG[1])
+    r_night = float(np.median(ratio[s][night])) if np.count_nonzero(night) >= 100 else None
+    if r_night is not None and r_night > 0:
+        w = _smoothstep(*_NIGHT_BLEND_DEG, np.asarray(inc, _F32))
+        cv2.patchNaNs(w, 0.0)
+        lg = cv2.log(cv2.divide(_F32(r_night), low))  # low^(1-w) r^w = low (r/low)^w
+        lg *= w
+        low *= cv2.exp(lg)
+    low *= model
+    return low
+
+
+def _lift_level(base: np.ndarray, soft: float, night_level: float | None, p: LiftParams) -> np.ndarray:
+    """The displayed illumination level of a pixel, a smooth, monotone function of its
+    illumination level ``base`` alone (so the sunlit side and the lifted night side join
+    without a seam): the larger (smoothly) of the sunlit curve ``c = asinh(base / soft) /
+    asinh(1 / soft)`` and the night curve ``n = (1 - flatten) dark_gain c + flatten t``,
+    ``t = dark_gain c(night_level)`` the night side's level. Both curves rise with
+    ``base``, so their smooth maximum does too."""
+    norm = _F32(1.0 / math.asinh(1.0 / soft))
+    c = np.arcsinh(base * _F32(1.0 / soft))
+    c *= norm
+    dg, f = p.dark_gain, p.flatten if night_level is not None else 0.0
+    if dg <= 1.0 and f <= 0.0:
+        return c
+    t = math.asinh((night_level or 0.0) / soft) * float(norm) * dg
+    n = cv2.addWeighted(c, (1.0 - f) * dg, c, 0.0, f * t)
+    # smooth maximum: 0.5 (c + n + sqrt((c - n)^2 + e^2)), e a fifth of the night level
+    e = _F32(0.2 * t) if t > 0 else _F32(0.05) * n
+    d = cv2.subtract(c, n)
+    d *= d
+    d += e * e
+    cv2.sqrt(d, dst=d)
+    d += c
+    d += n
+    d *= _F32(0.5)
+    return d
+
+
+def _denoise_dark(
+    x: np.ndarray,
+    y: np.ndarray,
+    base: np.ndarray,
+    dark: np.ndarray,
+    valid: np.ndarray,
+    p: DenoiseParams,
+    stats: dict[str, Any],
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Denoised luminance of the dark regions: ``(window, y_hat - y)`` on the bounding box of
+    ``dark > 0`` (None when there is none or no noise is measured).
+
+    1. Luminance from every band, each weighted by its measured signal-to-noise ratio
+       (inverse-variance; the luma weights put 72 % on green alone, but at night-side
+       levels every band carries the same texture and independent noise).
+    2. The texture ``T = Y / base`` (base: the illumination level) is filtered with a
+       guided filter whose ``eps`` is the *local* noise variance times ``strength^2``:
+       noise variance is modelled as ``alpha base + beta`` (shot + read noise), fitted
+       on the image, and becomes ``(alpha base + beta) / base^2`` in ``T``, so the filter
+       smooths hardest where the light is faintest.
+    """
+    h, w = y.shape
+    r = p.radius_px
+    sel_full = (dark > 0.02) & valid
+    rows = np.flatnonzero(cv2.reduce(sel_full.view(np.uint8), 1, cv2.REDUCE_MAX).ravel())
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(cv2.reduce(sel_full.view(np.uint8), 0, cv2.REDUCE_MAX).ravel())
+    m = 3 * r + 2
+    win = (
+        slice(max(0, rows[0] - m), min(h, rows[-1] + 1 + m)),
+        slice(max(0, cols[0] - m), min(w, cols[-1] + 1 + m)),
+    )
+    xs, ys, bs = x[win], y[win], base[win]
+    nb = xs.shape[2]
+    # noise samples: the darkest parts, up to ~1 Mpx of rows
+    hh = xs.shape[0]
+    step = max(1, math.ceil(hh * xs.shape[1] / 1_000_000))
+    take = slice(None, None, step) if step > 1 else slice(None)
+    dsel = ((dark[win] > 0.5) & valid[win])[take]
+    if np.count_nonzero(dsel) < 100:
+        return None
+    kappa = 1.4826 / math.sqrt(1.0 - 1.0 / 9.0)  # MAD of x - box3(x) -> sigma of x
+
+    def noise_resid(z: np.ndarray) -> np.ndarray:
+        return (z - cv2.blur(z, (3, 3), borderType=cv2.BORDER_REFLECT))[take]
+
+    yd = float(np.mean(ys[take][dsel]))
+    if nb > 1 and yd > 0:
+        share, sig = [], []
+        for b in range(nb):
+            xb = np.ascontiguousarray(xs[:, :, b])
+            share.append(float(np.mean(xb[take][dsel])) / yd)
+            sig.append(kappa * float(np.median(np.abs(noise_resid(xb)[dsel]))))
+        snr2 = np.array([(s / n) ** 2 if n > 0 and s > 0 else 0.0 for s, n in zip(share, sig, strict=True)])
+        if snr2.sum() > 0:
+            wts = snr2 / snr2.sum() / np.maximum(share, 1e-30)  # sum_b w_b x_b / share_b
+            yc = cv2.transform(xs, wts[None].astype(_F32))
+            stats["denoise_band_weights"] = [round(float(v), 3) for v in snr2 / snr2.sum()]
+        else:
+            yc = ys.copy()
+    else:
+        yc = ys.copy()
+    # noise variance against the illumination level: binned robust variances, a line
+    res = noise_resid(yc)[dsel]
+    lvl = bs[take][dsel]
+    edges = np.quantile(lvl, np.linspace(0, 1, 9))
+    centre, var = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inb = (lvl >= lo) & (lvl <= hi)
+        if np.count_nonzero(inb) >= 50:
+            centre.append(float(np.median(lvl[inb])))
+            var.append((kappa * float(np.median(np.abs(res[inb])))) ** 2)
+    if not var or max(var) <= 0:
+        return None
+    alpha, beta = 0.0, float(np.median(var))
+    if len(var) >= 3 and np.ptp(centre) > 0:
+        alpha, beta = (float(v) for v in np.polyfit(centre, var, 1))
+        if alpha < 0 or beta < 0:
+            alpha, beta = (
+                (0.0, float(np.median(var)))
+                if alpha < 0
+                else (float(np.dot(centre, var) / np.dot(centre, centre)), 0.0)
+            )
+    stats["denoise_noise_model"] = {"alpha": alpha, "beta": beta}
+    inv = cv2.divide(_F32(1), bs)
+    t = cv2.multiply(yc, inv)
+    eps = cv2.addWeighted(bs, alpha * p.strength**2, bs, 0.0, beta * p.strength**2)
+    eps = cv2.multiply(eps, cv2.multiply(inv, inv))
+    guide = cv2.GaussianBlur(t, (0, 0), 0.5 * r, borderType=cv2.BORDER_REFLECT)
+    that = guided_filter(t, r, eps, guide=guide)
+    yhat = cv2.multiply(that, bs)
+    return win, cv2.subtract(yhat, ys)
 
 
 def enhance(
@@ -2042,28 +2265,30 @@ def enhance(
     dark = None
     if params.lift.method == "asinh" or params.denoise.strength > 0 or params.denoise.chroma > 0:
         with timer("lift"):
-            # darkness-weighted gain: an asinh curve applied to the edge-preserving
-            # illumination level, multiplied onto every pixel, so texture keeps its
-            # relative contrast while dark regions are lifted (no halos at the terminator)
+            # the illumination level: edge-preserving low-pass of the luminance on the
+            # sunlit side; on the night side, where a moon is lit by Jupiter, a fitted
+            # model of that light (no freedom at the scale of surface features)
             y = x[:, :, 0].copy() if nb == 1 else cv2.transform(x, np.asarray([LUMA_RGB], _F32))
             level = params.lift.dark_level
             base = _illumination_base(y, valid, floor=max(level * 1e-4, 1e-9), radius_frac=params.lift.scale)
+            night_light = _night_light(y, valid, planes, stride) if params.lift.method == "asinh" else None
+            if night_light is not None:
+                stats.update(night_light[1])
+                modelled = _modelled_base(
+                    y, valid, planes, night_light[0], stride, max(level * 1e-4, 1e-9), params.lift.scale
+                )
+                if modelled is not None:
+                    base = modelled
             dark = _F32(1) - _smoothstep(0.5 * level, 2.0 * level, base)
             if params.lift.method == "asinh":
                 soft = float(bal.lift_soft or 0.01)
-                norm = 1.0 / math.asinh(1.0 / soft)
-                lifted = np.arcsinh(base * _F32(1.0 / soft)) * _F32(norm)
-                if params.lift.dark_gain > 1.0:
-                    lifted *= _F32(1) + _F32(params.lift.dark_gain - 1.0) * dark
-                night = dark > 0.9
-                if params.lift.flatten > 0 and np.count_nonzero(night & valid) > 16:
-                    # pull the dark regions' level towards one constant: what is left is
-                    # their texture (Y / base), not the fall-off of the light that lit them
-                    level = float(np.median(base[night & valid][::7]))
-                    target = math.asinh(level / soft) * norm * params.lift.dark_gain
-                    lifted += _F32(params.lift.flatten) * dark * (_F32(target) - lifted)
-                    stats["lift_night_level"] = level
-                gain = lifted / base
+                night = (dark > 0.9) & valid
+                night_level = None
+                if params.lift.flatten > 0 and np.count_nonzero(night) > 16:
+                    night_level = float(np.median(base[night][::7]))
+                    stats["lift_night_level"] = night_level
+                gain = _lift_level(base, soft, night_level, params.lift)
+                gain /= base
                 if bal.lift_white is None:  # texture rides on the lifted level: re-measure white
                     # on the lit part when there is one (lifted noise must not set the scale)
                     # (the sunlit area proper: base >= 0.25 of white; thin bright features on
@@ -2080,9 +2305,23 @@ def enhance(
                     white = float(np.percentile(top, params.stretch.white_pct)) if top.size else 1.0
                     bal = dataclasses.replace(bal, lift_white=max(white, 1e-6))
                 gain *= _F32(1.0 / (bal.lift_white or 1.0))
-                np.multiply(x, gain[..., None], out=x)
                 stats["lift_soft"] = soft
                 stats["lift_gain_max"] = round(float(np.max(gain[valid])), 3)
+        if params.denoise.strength > 0:
+            with timer("denoise"):
+                # luminance of the dark regions from every band and a noise-aware
+                # edge-preserving filter; put back as a grey shift (chroma untouched)
+                dn = _denoise_dark(x, y, base, dark, valid, params.denoise, stats)
+                if dn is not None:
+                    win, delta = dn
+                    delta *= dark[win]
+                    xw = x[win]
+                    for b in range(nb):
+                        xb = np.ascontiguousarray(xw[:, :, b])
+                        xb += delta
+                        xw[:, :, b] = xb
+        if params.lift.method == "asinh":
+            np.multiply(x, gain[..., None], out=x)
 
     use_lab = nb == 3 and _lab_ops_needed(params)
     rgb16: np.ndarray | None = None
