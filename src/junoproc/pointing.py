@@ -1335,7 +1335,7 @@ def solve_pointing(
     refuse_ambiguous: bool = True, axis_prior: AxisPrior | str | None = _AUTO,
     allow_prior_dependent: bool = True, fit_limb_altitude: bool = True, fit_camera_twist: bool = True,
     fit_interframe_correction: bool = False, per_band_limb_altitude: bool = False,
-    band_alignment: bool = True,
+    band_alignment: bool = True, hold_ck_roll: bool = True,
 ) -> PointingSolution:
     """Solve the spin attitude from the limb (no CK) or refine a CK's timing and rotation.
 
@@ -1470,7 +1470,15 @@ def solve_pointing(
         w_cam = np.stack([_rotation_vector(ck.rot_j2000_to_cam(float(e) + h_s) @ ck.rot_j2000_to_cam(
             float(e) - h_s).T) / (2 * h_s) for e in ets])
         spin_cam = np.mean(w_cam, axis=0)
-        basis_delta = spin_basis(spin_cam)[[2, 0, 1]].T  # columns: spin, e1, e2
+        # the small rotation in the basis (spin, across, line of sight): the line of sight to
+        # the target's centre at mid-image, made perpendicular to the spin
+        mid_f = n_frames // 2
+        los_cam = rot_ck[mid_f] @ (states[mid_f].target_pos_j2000_km
+                                   / np.linalg.norm(states[mid_f].target_pos_j2000_km))
+        u_spin = spin_cam / np.linalg.norm(spin_cam)
+        u_los = los_cam - (los_cam @ u_spin) * u_spin
+        u_los /= np.linalg.norm(u_los)
+        basis_delta = np.column_stack([u_spin, np.cross(u_los, u_spin), u_los])
 
         def rotations(x: np.ndarray) -> np.ndarray:
             dt = x[0] + frame_idx * x[1]
@@ -1481,7 +1489,7 @@ def solve_pointing(
 
         rotations(np.zeros(6))  # checks the CK's coverage before fitting
         prior = None
-        held[1], held[2] = not fit_interframe_correction, True
+        held[1], held[2], held[4] = not fit_interframe_correction, True, hold_ck_roll
         free = ~held
 
         units = np.r_[1e-3, 1e-6, 1e-3, 1e-3, 1e-3, np.ones(1 + n_extra)]  # in ms, us, mrad, km
@@ -1502,6 +1510,8 @@ def solve_pointing(
         timing_fit = timing0.with_offsets(timing0.start_offset_s + float(x[0]),
                                           timing0.interframe_correction_s + float(x[1]))
         fixed = ("rotation about the spin axis (the CK's; the start offset takes it)",) + (
+            ("rotation about the line of sight to the target (the CK's: the limb barely fixes it)",)
+            if hold_ck_roll else ()) + (
             () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
         steps = np.r_[1e-5, 1e-7, 1e-6, 1e-6, 1e-6, np.ones(1 + n_extra)]
         method = "ck-refined"
@@ -1555,8 +1565,8 @@ def solve_pointing(
                     f"{meta.product_id}: solved spin axis is more than {prior.gate_deg:.0f} deg from Earth "
                     "and the orbit normal", hint="the limb fit is wrong (mirror solution?); use a CK")
     else:
-        names = ("start_offset_s", "interframe_correction_s", "delta_spin_rad", "delta_e1_rad",
-                 "delta_e2_rad")
+        names = ("start_offset_s", "interframe_correction_s", "delta_spin_rad", "delta_across_rad",
+                 "delta_line_of_sight_rad")
         sigma = {k: float(v) for k, v, h in zip(names, sd, held, strict=False) if not h}
     if fit_limb_altitude:
         sigma["limb_alt_km"] = float(sd[5])
