@@ -280,6 +280,34 @@ def test_backplanes_cropped_compressed_and_coordinates_derived(tmp_path: Path) -
         read_linear_map(tmp_path / "m.tif")
 
 
+def test_backplane_selection_reads_only_the_named_planes_exactly(tmp_path: Path) -> None:
+    """``backplanes=``: the named planes only (several strips, cropped, one derived), each
+    bit-exact against reading everything; names the file lacks are left out."""
+    rng = np.random.default_rng(5)
+    h, w = 200, 70  # > 64 rows: several strips per plane
+    data = rng.random((h, w, 3), dtype=np.float32)
+    data[:7] = np.nan
+    seen = np.isfinite(data).all(axis=2)
+    planes = {name: np.where(seen, rng.random((h, w), dtype=np.float32) * 90, np.float32(np.nan))
+              for name in ("incidence_deg", "emission_deg", "phase_deg", "range_km")}
+    planes["n_samples"] = (seen * rng.integers(1, 4, (h, w))).astype(np.uint16)
+    write_linear_map(tmp_path / "p.tif", LinearMap(data, ("BLUE", "GREEN", "RED"), planes, {"a": 1}))
+    full = read_linear_map(tmp_path / "p.tif")
+    some = read_linear_map(tmp_path / "p.tif", backplanes=("n_samples", "emission_deg", "weight"))
+    assert set(some.backplanes) == {"n_samples", "emission_deg"}
+    for name, plane in some.backplanes.items():
+        assert plane.dtype == full.backplanes[name].dtype, name
+        np.testing.assert_array_equal(plane, full.backplanes[name])
+    np.testing.assert_array_equal(some.data, full.data)
+    assert read_linear_map(tmp_path / "p.tif", backplanes=()).backplanes == {}
+    lm = _equirect_map(tmp_path)
+    write_linear_map(tmp_path / "e.tif", lm)
+    eq = read_linear_map(tmp_path / "e.tif", backplanes=("lat_centric_deg", "weight"))
+    assert set(eq.backplanes) == {"lat_centric_deg", "weight"}
+    np.testing.assert_array_equal(eq.backplanes["lat_centric_deg"], lm.backplanes["lat_centric_deg"])
+    np.testing.assert_array_equal(eq.backplanes["weight"], lm.backplanes["weight"])
+
+
 def test_floating_point_predictor_is_libtiffs(tmp_path: Path) -> None:
     """Pillow decodes with libtiff: our predictor-3 encoding must read back bit-exact."""
     image = pytest.importorskip("PIL.Image")

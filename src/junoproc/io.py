@@ -535,8 +535,55 @@ def _parse_description(description: str | None, kind: str, path: Path) -> dict[s
     return meta
 
 
-def read_linear_map(path: str | os.PathLike[str]) -> LinearMap:
-    """Read ``FILE.tif`` and, when present, ``FILE-backplanes.tif`` and ``FILE.json``."""
+def _read_tiff_samples(path: Path, samples: Sequence[int]) -> np.ndarray:
+    """The sample planes ``samples`` of a planar float TIFF written by :func:`write_tiff`,
+    as ``(len(samples), H, W)``: only their strips are read and decoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _float_predictor_available()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            n_samples = int(page.samplesperpixel)
+            separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+            if not separate or n_samples < 2:  # one plane, or interleaved: read it all
+                array = tif.asarray(maxworkers=_io_workers())
+                array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+                return np.ascontiguousarray(array[list(samples)])
+            offsets, counts = page.dataoffsets, page.databytecounts
+            per_plane = len(offsets) // n_samples
+            height, width = (int(v) for v in page.shape[-2:])
+            out = np.empty((len(samples), height, width), page.dtype)
+            jobs = [(k, s * per_plane + i) for k, s in enumerate(samples) for i in range(per_plane)]
+            fh = tif.filehandle
+            blobs = []
+            for _, index in jobs:  # one sequential pass over the file
+                fh.seek(offsets[index])
+                blobs.append(fh.read(counts[index]))
+
+            def decode(job: int) -> None:
+                k, index = jobs[job]
+                segment, where, shape = page.decode(blobs[job], index)
+                row = int(where[2])
+                rows = min(int(shape[1]), height - row)
+                out[k, row:row + rows] = np.asarray(segment).reshape(shape[1], shape[2])[:rows]
+
+            with ThreadPoolExecutor(max_workers=_io_workers()) as pool:
+                list(pool.map(decode, range(len(jobs))))
+            return out
+    except FileNotFoundError:
+        raise OutputError("file not found", path=path) from None
+    except (tifffile.TiffFileError, ValueError, OSError) as err:
+        raise OutputError(f"not a readable TIFF ({err})", path=path) from err
+
+
+def read_linear_map(path: str | os.PathLike[str], *,
+                    backplanes: Sequence[str] | None = None) -> LinearMap:
+    """Read ``FILE.tif`` and, when present, ``FILE-backplanes.tif`` and ``FILE.json``.
+
+    ``backplanes``: the names of the planes wanted (those the file lacks are left out);
+    only their strips are read and decompressed. None: every plane.
+    """
     p = Path(path)
     array, description = read_tiff(p)
     meta = _parse_description(description, LINEAR_MAP_KIND, p)
@@ -546,10 +593,22 @@ def read_linear_map(path: str | os.PathLike[str]) -> LinearMap:
     spath = sidecar_path(p)
     side = read_sidecar(spath) if spath.is_file() else {}
     bpath = backplanes_path(p)
-    if bpath.is_file():
-        barray, bdesc = read_tiff(bpath)
+    wanted = None if backplanes is None else set(backplanes)
+    if bpath.is_file() and (wanted is None or wanted):
+        if wanted is None:
+            barray, bdesc = read_tiff(bpath)
+        else:
+            try:
+                with tifffile.TiffFile(bpath) as tif:
+                    bdesc = tif.pages.first.description or None
+            except (tifffile.TiffFileError, ValueError, OSError) as err:
+                raise OutputError(f"not a readable TIFF ({err})", path=bpath) from err
         bmeta = _parse_description(bdesc, BACKPLANES_KIND, bpath)
         names_b = bmeta["plane_names"]
+        stored = list(range(len(names_b)))
+        if wanted is not None:
+            stored = [i for i, name in enumerate(names_b) if name in wanted]
+            barray = np.moveaxis(_read_tiff_samples(bpath, stored), 0, 2)
         crop = bmeta.get("crop")
         h, w = (int(v) for v in bmeta["map_shape"][:2])
         if crop:
@@ -557,13 +616,14 @@ def read_linear_map(path: str | os.PathLike[str]) -> LinearMap:
             r0, c0 = int(crop["row"]), int(crop["column"])
         else:  # format 1 files: the whole map
             shape, r0, c0 = (h, w, len(names_b)), 0, 0
-        barray = np.asarray(barray, np.float32).reshape(shape)
+        barray = np.asarray(barray, np.float32).reshape(shape[:2] + (len(stored),))
         fills = bmeta.get("fills") or ["nan"] * len(names_b)
-        for i, (name, dtype, fill) in enumerate(zip(names_b, bmeta["dtypes"], fills, strict=True)):
+        for k, i in enumerate(stored):
+            name, dtype, fill = names_b[i], bmeta["dtypes"][i], fills[i]
             plane = np.full((h, w), np.nan if fill == "nan" else 0.0, np.float32)
-            plane[r0:r0 + shape[0], c0:c0 + shape[1]] = barray[:, :, i]
+            plane[r0:r0 + shape[0], c0:c0 + shape[1]] = barray[:, :, k]
             planes[name] = plane.astype(dtype) if dtype in _EXACT_IN_FLOAT32 else plane
-        derived = bmeta.get("derived_planes") or []
+        derived = [n for n in bmeta.get("derived_planes") or [] if wanted is None or n in wanted]
         if derived:
             if not isinstance(side.get("map"), Mapping):
                 raise OutputError("backplanes leave the coordinates to the map definition, but the sidecar "
