@@ -1123,7 +1123,7 @@ def image_geometry(
     """
     target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
     timing = timing or FrameTiming.for_product(meta)
-    cameras = {band: CameraModel.for_product(meta, band) for band in meta.filters}
+    cameras = {band: CameraModel.for_product(meta, band, attitude=attitude) for band in meta.filters}
     ets = timing.frame_et(np.arange(meta.n_frames))
     states = [frame_state(target, et) for et in ets]
     rotations = np.stack([attitude.rot_j2000_to_cam(float(et)) for et in ets])
@@ -1158,7 +1158,7 @@ def locate_pixels(
     band = _check_frame_band(meta, frame, band)
     target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
     timing = timing or FrameTiming.for_product(meta)
-    cam = CameraModel.for_product(meta, band)
+    cam = CameraModel.for_product(meta, band, attitude=attitude)
     et = float(timing.frame_et(int(frame)))
     state = frame_state(target, et)
     rot = attitude.rot_j2000_to_cam(et)
