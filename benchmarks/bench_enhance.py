@@ -58,10 +58,16 @@ def synthetic_map(size: int, seed: int = 0) -> LinearMap:
     data[~inside] = np.nan
     incidence[~inside] = np.nan
     emission[~inside] = np.nan
+    # planetocentric latitude / east longitude of the sphere (the night-side light model
+    # of the jupitershine preset needs them, as it gets them from `junoproc project`)
+    lat = np.degrees(np.arcsin(np.clip(ny, -1.0, 1.0))).astype(np.float32)
+    lon = np.mod(np.degrees(np.arctan2(nx, nz)), 360.0).astype(np.float32)
+    lat[~inside] = np.nan
+    lon[~inside] = np.nan
     return LinearMap(
         data,
         ("BLUE", "GREEN", "RED"),
-        {"incidence_deg": incidence, "emission_deg": emission},
+        {"incidence_deg": incidence, "emission_deg": emission, "lat_centric_deg": lat, "lon_east_deg": lon},
         {"perijove": 44},
     )
 

@@ -1878,6 +1878,27 @@ def _lightness_ops(
     return L
 
 
+def _blur_coarse_grid(z: np.ndarray, sigma: float, f: int) -> np.ndarray:
+    """Gaussian blur (``sigma`` px) of an image at 1/f of its size (area-averaged down),
+    to be read back with :func:`_upsample_rows`."""
+    h, w = z.shape[:2]
+    if f > 1 and min(h, w) >= 2 * f:  # whole cells only (the last < f rows/columns: border)
+        hc, wc = h // f, w // f
+        z = cv2.resize(z[: hc * f, : wc * f], (wc, hc), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(z, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+
+
+def _upsample_rows(low: np.ndarray, f: int, r0: int, rows: int, w: int) -> np.ndarray:
+    """Rows ``r0 .. r0 + rows`` of ``low`` (an image at 1/f of the size, cell ``i`` centred
+    on full-size pixel ``f i + (f - 1) / 2``) interpolated bilinearly to full size."""
+    if f == 1:
+        return np.array(low[r0 : r0 + rows], copy=True)
+    m = np.array([[1.0 / f, 0.0, 0.5 / f - 0.5], [0.0, 1.0 / f, (r0 + 0.5) / f - 0.5]])
+    return cv2.warpAffine(
+        low, m, (w, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
 def _illumination_base(
     y: np.ndarray, valid: np.ndarray, floor: float, radius_frac: float = 0.02
 ) -> np.ndarray:
@@ -1889,9 +1910,12 @@ def _illumination_base(
     guided filter": coefficients at <= 512 px, applied at full resolution.
     """
     h, w = y.shape
-    logy = cv2.log(np.maximum(y, _F32(floor)))
+    logy = cv2.log(cv2.max(y, floor))
     if not valid.all():
-        logy[~valid] = _F32(np.median(logy[valid][::7])) if valid.any() else _F32(math.log(floor))
+        sub = logy[::7, ::7][valid[::7, ::7]]
+        if sub.size == 0 and valid.any():
+            sub = logy[valid]
+        np.copyto(logy, _F32(np.median(sub)) if sub.size else _F32(math.log(floor)), where=~valid)
     factor = max(1, math.ceil(max(h, w) / 512))
     small = (
         logy
@@ -1909,14 +1933,52 @@ def _illumination_base(
     if factor > 1:
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
         b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.exp(a * logy + b)
+    cv2.multiply(a, logy, dst=a)
+    cv2.add(a, b, dst=a)
+    return cv2.exp(a, dst=a)
 
 
 #: Incidence (deg) over which the illumination level passes from the measured one (sunlit
 #: side) to the fitted light of the night side: no sunlight at all beyond 90 deg.
 _NIGHT_BLEND_DEG = (90.0, 100.0)
+#: The night-side model is used when the luminance is within this factor of its level on
+#: all but this fraction of the night side.
+_NIGHT_MODEL_RATIO = 4.0
+_NIGHT_MODEL_MAX_OUTSIDE = 0.02
 #: Incidence (deg) beyond which pixels are used to fit the night side's light.
 _NIGHT_FIT_DEG = 92.0
+
+
+#: Longest side of the grid the modelled illumination level is made on.
+_COARSE_PX = 1024
+
+
+def _coarse_grid(
+    y: np.ndarray, valid: np.ndarray, planes: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int] | None:
+    """``(y, valid, backplanes, factor)`` on a grid ``factor`` times coarser (longest side
+    <= 1024 px): ``y`` averaged over the valid part of each cell, a cell valid when more
+    than half of it is, backplanes sampled at the cells' centres (longitude wraps, so it
+    is not averaged). None without the backplanes the night-side model needs."""
+    keys = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg")
+    if any(k not in planes for k in keys):
+        return None
+    h, w = y.shape
+    factor = max(1, math.ceil(max(h, w) / _COARSE_PX))
+    if factor == 1:
+        return y, valid, {k: np.asarray(planes[k]) for k in keys}, 1
+    size = (max(1, w // factor), max(1, h // factor))
+    frac = cv2.resize(valid.view(np.uint8).astype(_F32), size, interpolation=cv2.INTER_AREA)
+    y_c = cv2.resize(y, size, interpolation=cv2.INTER_AREA)
+    y_c = cv2.divide(y_c, cv2.max(frac, 1e-6))
+    valid_c = frac > 0.5
+    y_c[~valid_c] = 0.0
+    o = factor // 2
+    planes_c = {
+        k: np.ascontiguousarray(np.asarray(planes[k])[o::factor, o::factor][: size[1], : size[0]], _F32)
+        for k in keys
+    }
+    return y_c, valid_c, planes_c, factor
 
 
 def _night_light(
@@ -1994,7 +2056,8 @@ def _modelled_base(
     albedo: it has no terminator edge, so its edge-preserving low-pass leaves no halo
     there), and the level ``M lowpass(R)`` on the sunlit side, ``M median(R)`` beyond
     100 deg of incidence (the night side keeps all its albedo patterns), blended over
-    90..100 deg. None without incidence/emission or lit pixels to fit."""
+    90..100 deg. None without incidence/emission or lit pixels to fit, or when the model
+    does not explain the night side (more than 2 % of it off by a factor > 4)."""
     inc, emi = planes.get("incidence_deg"), planes.get("emission_deg")
     if inc is None or emi is None:
         return None
@@ -2030,6 +2093,14 @@ def _modelled_base(
         lg *= w
         low *= cv2.exp(lg)
     low *= model
+    # the model must explain the night side: the luminance within a factor 4 of the level
+    # almost everywhere there (it is on an airless moon lit by Jupiter at a few times the
+    # noise; on Jupiter itself, twilight and noise put a quarter of the night outside)
+    if r_night is not None:
+        q = cv2.divide(y, low)[night]
+        outside = float(np.mean((q > _NIGHT_MODEL_RATIO) | (q < 1.0 / _NIGHT_MODEL_RATIO)))
+        if outside > _NIGHT_MODEL_MAX_OUTSIDE:
+            return None
     return low
 
 
@@ -2068,64 +2139,76 @@ def _denoise_dark(
     valid: np.ndarray,
     p: DenoiseParams,
     stats: dict[str, Any],
-) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """Denoised luminance of the dark regions: ``(window, y_hat - y)`` on the bounding box of
-    ``dark > 0`` (None when there is none or no noise is measured).
+) -> None:
+    """Denoise the luminance of the dark regions of ``x`` (linear, ``(H, W, C)``) in place,
+    weighted by ``dark``; the chroma is left alone (the change is added to every band).
 
     1. Luminance from every band, each weighted by its measured signal-to-noise ratio
-       (inverse-variance; the luma weights put 72 % on green alone, but at night-side
+       (inverse variance; the luma weights put 72 % on green alone, but at night-side
        levels every band carries the same texture and independent noise).
-    2. The texture ``T = Y / base`` (base: the illumination level) is filtered with a
+    2. The texture ``T = Y / base`` (``base``: the illumination level) goes through a
        guided filter whose ``eps`` is the *local* noise variance times ``strength^2``:
-       noise variance is modelled as ``alpha base + beta`` (shot + read noise), fitted
-       on the image, and becomes ``(alpha base + beta) / base^2`` in ``T``, so the filter
-       smooths hardest where the light is faintest.
+       the variance is modelled as ``alpha base + beta`` (shot + read noise; fitted on
+       the image, robust variances of ``Y - box3(Y)`` in bins of ``base``) and is
+       ``(alpha base + beta) / base^2`` in ``T``, so the filter smooths hardest where the
+       light is faintest. ``Y`` is then ``base`` times the filtered ``T``.
+
+    Works on the bounding box of ``dark > 0.02``, in strips of ~1 Mpx (small temporaries).
     """
     h, w = y.shape
     r = p.radius_px
-    sel_full = (dark > 0.02) & valid
-    rows = np.flatnonzero(cv2.reduce(sel_full.view(np.uint8), 1, cv2.REDUCE_MAX).ravel())
+    nb = x.shape[2]
+    sel = cv2.compare(dark, 0.02, cv2.CMP_GT)
+    sel &= valid.view(np.uint8)
+    rows = np.flatnonzero(cv2.reduce(sel, 1, cv2.REDUCE_MAX).ravel())
     if rows.size == 0:
-        return None
-    cols = np.flatnonzero(cv2.reduce(sel_full.view(np.uint8), 0, cv2.REDUCE_MAX).ravel())
-    m = 3 * r + 2
-    win = (
-        slice(max(0, rows[0] - m), min(h, rows[-1] + 1 + m)),
-        slice(max(0, cols[0] - m), min(w, cols[-1] + 1 + m)),
+        return
+    cols = np.flatnonzero(cv2.reduce(sel, 0, cv2.REDUCE_MAX).ravel())
+    halo = 4 * r + 2  # guided filter (2 r) + its guide's Gaussian (4 sigma = 2 r)
+    r0, r1 = max(0, int(rows[0]) - halo), min(h, int(rows[-1]) + 1 + halo)
+    c0, c1 = max(0, int(cols[0]) - halo), min(w, int(cols[-1]) + 1 + halo)
+    width = c1 - c0
+    # noise samples: strips of 16 rows spread over the box, ~1 Mpx in all; the first and
+    # last row of each strip are not used (their 3x3 neighbourhood crosses a join)
+    n_strips = max(1, (r1 - r0) // 16)
+    picks = np.unique(
+        np.linspace(0, n_strips - 1, min(n_strips, max(1, 1_000_000 // (16 * width)))).astype(int)
     )
-    xs, ys, bs = x[win], y[win], base[win]
-    nb = xs.shape[2]
-    # noise samples: the darkest parts, up to ~1 Mpx of rows
-    hh = xs.shape[0]
-    step = max(1, math.ceil(hh * xs.shape[1] / 1_000_000))
-    take = slice(None, None, step) if step > 1 else slice(None)
-    dsel = ((dark[win] > 0.5) & valid[win])[take]
+    strips = [slice(r0 + 16 * i, min(r1, r0 + 16 * i + 16)) for i in picks]
+
+    def stack(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[s, c0:c1] for s in strips])
+
+    keep_rows = np.concatenate(
+        [
+            (np.arange(s.stop - s.start) > 0) & (np.arange(s.stop - s.start) < s.stop - s.start - 1)
+            for s in strips
+        ]
+    )
+    dsel = (stack(dark) > 0.5) & stack(valid) & keep_rows[:, None]
     if np.count_nonzero(dsel) < 100:
-        return None
-    kappa = 1.4826 / math.sqrt(1.0 - 1.0 / 9.0)  # MAD of x - box3(x) -> sigma of x
+        return
+    kappa = 1.4826 / math.sqrt(1.0 - 1.0 / 9.0)  # MAD of z - box3(z) -> sigma of z
 
-    def noise_resid(z: np.ndarray) -> np.ndarray:
-        return (z - cv2.blur(z, (3, 3), borderType=cv2.BORDER_REFLECT))[take]
+    def resid(z: np.ndarray) -> np.ndarray:
+        return cv2.subtract(z, cv2.blur(z, (3, 3), borderType=cv2.BORDER_REFLECT))[dsel]
 
-    yd = float(np.mean(ys[take][dsel]))
+    xs, ys = stack(x), stack(y)
+    yd = float(np.mean(ys[dsel]))
+    wts = None
     if nb > 1 and yd > 0:
-        share, sig = [], []
-        for b in range(nb):
-            xb = np.ascontiguousarray(xs[:, :, b])
-            share.append(float(np.mean(xb[take][dsel])) / yd)
-            sig.append(kappa * float(np.median(np.abs(noise_resid(xb)[dsel]))))
-        snr2 = np.array([(s / n) ** 2 if n > 0 and s > 0 else 0.0 for s, n in zip(share, sig, strict=True)])
+        share = np.array([float(np.mean(xs[:, :, b][dsel])) / yd for b in range(nb)])
+        sig = np.array(
+            [kappa * float(np.median(np.abs(resid(np.ascontiguousarray(xs[:, :, b]))))) for b in range(nb)]
+        )
+        snr2 = np.where((sig > 0) & (share > 0), (share / np.maximum(sig, 1e-30)) ** 2, 0.0)
         if snr2.sum() > 0:
-            wts = snr2 / snr2.sum() / np.maximum(share, 1e-30)  # sum_b w_b x_b / share_b
-            yc = cv2.transform(xs, wts[None].astype(_F32))
+            wts = (snr2 / snr2.sum() / np.maximum(share, 1e-30)).astype(_F32)[None]  # sum_b w_b x_b / share_b
             stats["denoise_band_weights"] = [round(float(v), 3) for v in snr2 / snr2.sum()]
-        else:
-            yc = ys.copy()
-    else:
-        yc = ys.copy()
-    # noise variance against the illumination level: binned robust variances, a line
-    res = noise_resid(yc)[dsel]
-    lvl = bs[take][dsel]
+    yc = cv2.transform(xs, wts) if wts is not None else ys
+    # noise variance against the illumination level: robust variances in 8 bins, a line
+    res = resid(yc)
+    lvl = stack(base)[dsel]
     edges = np.quantile(lvl, np.linspace(0, 1, 9))
     centre, var = [], []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -2134,25 +2217,34 @@ def _denoise_dark(
             centre.append(float(np.median(lvl[inb])))
             var.append((kappa * float(np.median(np.abs(res[inb])))) ** 2)
     if not var or max(var) <= 0:
-        return None
+        return
     alpha, beta = 0.0, float(np.median(var))
     if len(var) >= 3 and np.ptp(centre) > 0:
         alpha, beta = (float(v) for v in np.polyfit(centre, var, 1))
-        if alpha < 0 or beta < 0:
-            alpha, beta = (
-                (0.0, float(np.median(var)))
-                if alpha < 0
-                else (float(np.dot(centre, var) / np.dot(centre, centre)), 0.0)
-            )
+        if alpha < 0:
+            alpha, beta = 0.0, float(np.median(var))
+        elif beta < 0:
+            alpha, beta = float(np.dot(centre, var) / np.dot(centre, centre)), 0.0
     stats["denoise_noise_model"] = {"alpha": alpha, "beta": beta}
-    inv = cv2.divide(_F32(1), bs)
-    t = cv2.multiply(yc, inv)
-    eps = cv2.addWeighted(bs, alpha * p.strength**2, bs, 0.0, beta * p.strength**2)
-    eps = cv2.multiply(eps, cv2.multiply(inv, inv))
-    guide = cv2.GaussianBlur(t, (0, 0), 0.5 * r, borderType=cv2.BORDER_REFLECT)
-    that = guided_filter(t, r, eps, guide=guide)
-    yhat = cv2.multiply(that, bs)
-    return win, cv2.subtract(yhat, ys)
+    k2 = p.strength**2
+    step = max(8, (1 << 20) // max(width, 1))
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        ha, hb = max(0, a - halo), min(h, b + halo)
+        bs = base[ha:hb, c0:c1]
+        yw = x[ha:hb, c0:c1]
+        yc = cv2.transform(yw, wts) if wts is not None else np.ascontiguousarray(y[ha:hb, c0:c1])
+        inv = cv2.divide(1.0, bs)
+        t = cv2.multiply(yc, inv)
+        eps = cv2.addWeighted(bs, alpha * k2, bs, 0.0, beta * k2)
+        cv2.multiply(eps, inv, dst=eps)
+        cv2.multiply(eps, inv, dst=eps)
+        guide = cv2.GaussianBlur(t, (0, 0), 0.5 * r, borderType=cv2.BORDER_REFLECT)
+        that = guided_filter(t, r, eps, guide=guide)[a - ha : b - ha]
+        cv2.multiply(that, bs[a - ha : b - ha], dst=that)
+        cv2.subtract(that, y[a:b, c0:c1], dst=that)  # the change of luminance
+        cv2.multiply(that, dark[a:b, c0:c1], dst=that)
+        x[a:b, c0:c1] += that[:, :, None]
 
 
 def enhance(
@@ -2270,25 +2362,42 @@ def enhance(
             # model of that light (no freedom at the scale of surface features)
             y = x[:, :, 0].copy() if nb == 1 else cv2.transform(x, np.asarray([LUMA_RGB], _F32))
             level = params.lift.dark_level
-            base = _illumination_base(y, valid, floor=max(level * 1e-4, 1e-9), radius_frac=params.lift.scale)
-            night_light = _night_light(y, valid, planes, stride) if params.lift.method == "asinh" else None
-            if night_light is not None:
-                stats.update(night_light[1])
-                modelled = _modelled_base(
-                    y, valid, planes, night_light[0], stride, max(level * 1e-4, 1e-9), params.lift.scale
-                )
-                if modelled is not None:
-                    base = modelled
+            floor = max(level * 1e-4, 1e-9)
+            base = None
+            # with the backplanes of a model, the level is smooth: made on a grid of
+            # <= 1024 px and interpolated (every full-size pass costs ~30 ms at 4000^2)
+            coarse = _coarse_grid(y, valid, planes) if params.lift.method == "asinh" else None
+            if coarse is not None:
+                y_c, valid_c, planes_c, factor = coarse
+                stride_c = max(1, int(math.sqrt(y_c.size / 250_000)))
+                night_light = _night_light(y_c, valid_c, planes_c, stride_c)
+                if night_light is not None:
+                    stats.update(night_light[1])
+                    base = _modelled_base(
+                        y_c, valid_c, planes_c, night_light[0], stride_c, floor, params.lift.scale
+                    )
+                    stats["night_light_used"] = base is not None
+            if base is None:
+                coarse = None
+                valid_c, factor = valid, 1
+                base = _illumination_base(y, valid, floor=floor, radius_frac=params.lift.scale)
             dark = _F32(1) - _smoothstep(0.5 * level, 2.0 * level, base)
             if params.lift.method == "asinh":
                 soft = float(bal.lift_soft or 0.01)
-                night = (dark > 0.9) & valid
+                night = (dark > 0.9) & valid_c
                 night_level = None
                 if params.lift.flatten > 0 and np.count_nonzero(night) > 16:
                     night_level = float(np.median(base[night][::7]))
                     stats["lift_night_level"] = night_level
                 gain = _lift_level(base, soft, night_level, params.lift)
                 gain /= base
+            if factor > 1:
+                size = (w, h)
+                base = cv2.resize(base, size, interpolation=cv2.INTER_LINEAR)
+                dark = cv2.resize(dark, size, interpolation=cv2.INTER_LINEAR)
+                if params.lift.method == "asinh":
+                    gain = cv2.resize(gain, size, interpolation=cv2.INTER_LINEAR)
+            if params.lift.method == "asinh":
                 if bal.lift_white is None:  # texture rides on the lifted level: re-measure white
                     # on the lit part when there is one (lifted noise must not set the scale)
                     # (the sunlit area proper: base >= 0.25 of white; thin bright features on
@@ -2306,20 +2415,12 @@ def enhance(
                     bal = dataclasses.replace(bal, lift_white=max(white, 1e-6))
                 gain *= _F32(1.0 / (bal.lift_white or 1.0))
                 stats["lift_soft"] = soft
-                stats["lift_gain_max"] = round(float(np.max(gain[valid])), 3)
+                stats["lift_gain_max"] = round(cv2.minMaxLoc(gain, valid.view(np.uint8))[1], 3)
         if params.denoise.strength > 0:
             with timer("denoise"):
                 # luminance of the dark regions from every band and a noise-aware
                 # edge-preserving filter; put back as a grey shift (chroma untouched)
-                dn = _denoise_dark(x, y, base, dark, valid, params.denoise, stats)
-                if dn is not None:
-                    win, delta = dn
-                    delta *= dark[win]
-                    xw = x[win]
-                    for b in range(nb):
-                        xb = np.ascontiguousarray(xw[:, :, b])
-                        xb += delta
-                        xw[:, :, b] = xb
+                _denoise_dark(x, y, base, dark, valid, params.denoise, stats)
         if params.lift.method == "asinh":
             np.multiply(x, gain[..., None], out=x)
 
@@ -2336,17 +2437,14 @@ def enhance(
                 l8 = cv2.convertScaleAbs(L, alpha=2.55)
                 lit = cv2.LUT(l8, _fade_lut(0.5 * params.dark_floor, 1.5 * params.dark_floor))
         L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
+        chroma_low = None
         if params.denoise.chroma > 0 and dark is not None:
-            with timer("denoise"):  # a neighbourhood operation: on whole a, b planes
-                sigma = 3.0 * params.denoise.radius_px
-                for ch in (1, 2):
-                    c = cv2.extractChannel(x, ch)
-                    cb = cv2.GaussianBlur(c, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-                    cb -= c
-                    cb *= dark
-                    cb *= _F32(params.denoise.chroma)
-                    c += cb
-                    cv2.insertChannel(c, x, ch)
+            with timer("denoise"):  # a wide blur of a, b: at 1/f of the size, interpolated
+                # back strip by strip in the finish loop (no full-size temporaries)
+                chroma_f = max(1, int(params.denoise.radius_px * 3 // 2))
+                if min(h, w) < 2 * chroma_f:
+                    chroma_f = 1
+                chroma_low = _blur_coarse_grid(x, 3.0 * params.denoise.radius_px, chroma_f)
     elif nb == 3:
         L = lit = l8 = None
     if nb == 3:
@@ -2366,6 +2464,13 @@ def enhance(
                 if use_lab:
                     assert L is not None
                     cv2.insertChannel(np.ascontiguousarray(L[r0:r1]), xs, 0)
+                    if chroma_low is not None and dark is not None:
+                        # a, b towards their wide blur where dark (the luminance stays)
+                        ab = _upsample_rows(chroma_low, chroma_f, r0, r1 - r0, w)
+                        cv2.subtract(ab, xs, dst=ab)
+                        d = dark[r0:r1] * _F32(params.denoise.chroma)
+                        cv2.multiply(ab, cv2.merge([np.zeros_like(d), d, d]), dst=ab)
+                        cv2.add(xs, ab, dst=xs)
                     gain_s: np.ndarray | None = None
                     if sat_lut is not None and l8 is not None:
                         gain_s = cv2.LUT(l8[r0:r1], sat_lut)
