@@ -29,6 +29,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime as _dt
 import enum
@@ -36,7 +37,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from types import MappingProxyType
@@ -226,6 +228,22 @@ def backplanes_path(path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- atomic writes
 
 
+#: False inside :func:`unsynced_writes`: files are not fsynced one by one.
+_FSYNC_EACH = contextvars.ContextVar("junoproc_io_fsync_each", default=True)
+
+
+@contextmanager
+def unsynced_writes() -> Iterator[None]:
+    """Writes in this block are still atomic (temporary name, rename) but not fsynced one
+    by one: for files in a hidden work folder that the caller renames into place whole
+    (the build's products), where a per-file fsync only waits for the disk."""
+    token = _FSYNC_EACH.set(False)
+    try:
+        yield
+    finally:
+        _FSYNC_EACH.reset(token)
+
+
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Run ``write(fh)`` on a temporary file beside ``path``, then rename it onto ``path``."""
     dest = Path(path)
@@ -238,7 +256,8 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obj
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if _FSYNC_EACH.get():
+                os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
