@@ -26,15 +26,24 @@ from junoproc.products import find_products
 PRODUCT = "JNCE_2022229_44C00032_V01"
 
 
+PRODUCT_2 = "JNCE_2022229_44C00029_V01"  # the other PJ44 colour image: one balance for both
+BAD = "JNCE_2022229_44M00040_V01"
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, data_dir: Path):
-    """A user's folder: one good image set, one truncated raw PNG with its metadata,
-    one metadata-only download; built once with 2 workers."""
+    """A user's folder: two good PJ44 colour image sets, one truncated raw PNG with its
+    metadata, one metadata-only download; built once with 2 workers."""
+    import zipfile
+
     folder = tmp_path_factory.mktemp("pj44")
-    shutil.copytree(data_dir / "perijove44" / "13544-ImageSet", folder / "13544-ImageSet")
+    for name in ("13541-ImageSet", "13544-ImageSet"):
+        shutil.copytree(data_dir / "perijove44" / name, folder / name)
     shutil.copy(data_dir / "perijove44" / "13547-Data.zip", folder)
-    bad = folder / "13541-ImageSet"
-    shutil.copytree(data_dir / "perijove44" / "13541-ImageSet", bad)
+    bad = folder / "13552-ImageSet"
+    for name in ("13552-ImageSet.zip", "13552-Data.zip"):
+        with zipfile.ZipFile(data_dir / "perijove44" / name) as zf:
+            zf.extractall(bad)
     png = next((bad / "ImageSet").glob("*-raw.png"))
     png.write_bytes(png.read_bytes()[: png.stat().st_size // 3])  # truncated download
     out = tmp_path_factory.mktemp("out")
@@ -83,12 +92,37 @@ def test_folder_gets_contact_sheet_and_mosaics(batch):
 def test_one_bad_product_does_not_stop_the_batch(batch):
     _, _, _, report = batch
     by_id = {r.product_id: r for r in report.results}
-    bad = by_id["JNCE_2022229_44C00029_V01"]
+    bad = by_id[BAD]
     assert bad.status == "failed"
     assert "\n" not in bad.message and "raw.png" in bad.message
     assert by_id["JNCE_2022229_44C00035_V01"].status == "incomplete"  # metadata only
     assert not report.ok
     assert "failed" in report.table() and PRODUCT in report.table()
+
+
+def test_one_colour_balance_per_perijove(batch):
+    """Both PJ44 colour images are enhanced with ONE balance measured over both, recorded
+    in both sidecars; the composite is exactly enhance(map, balance=that), and differs
+    from the image balanced alone."""
+    from junoproc import io
+    from junoproc.enhance import ColourBalance, colour_balance_from, enhance
+
+    _, out, options, report = batch
+    sides = {p: json.loads((out / p / f"{p}.json").read_text()) for p in (PRODUCT, PRODUCT_2)}
+    shared = [s["colour_balance"] for s in sides.values()]
+    assert shared[0]["balance"] is not None and shared[0] == shared[1]
+    assert shared[0]["products"] == sorted([PRODUCT, PRODUCT_2]) and shared[0]["balance"]["n_images"] == 2
+    assert (shared[0]["perijove"], shared[0]["filter_set"]) == (44, "RGB")
+    assert all(s["stage_cpu_seconds"]["balance"] > 0 for s in sides.values())
+    bal = ColourBalance.from_dict(shared[0]["balance"])
+    lm = io.read_linear_map(out / PRODUCT / f"{PRODUCT}-equirectangular-linear.tif",
+                            backplanes=pipeline.ENHANCE_BACKPLANES)
+    png = io.read_image(out / PRODUCT / f"{PRODUCT}-equirectangular.png")
+    again = enhance(lm, preset=options.preset, perijove=44, balance=bal)
+    assert np.array_equal(again.rgb8[..., :3], png[..., :3])
+    # 44C00032 alone would be stretched to its own, dimmer white (measured: 485 vs 645)
+    alone = colour_balance_from([lm], preset=options.preset, perijove=44)
+    assert alone.white["GREEN"] < 0.9 * bal.white["GREEN"]
 
 
 def test_rerun_skips_finished_products_and_force_redoes(batch, tmp_path):
@@ -98,6 +132,27 @@ def test_rerun_skips_finished_products_and_force_redoes(batch, tmp_path):
     again = pipeline.build(folder, options, progress=False)
     assert {r.product_id: r.status for r in again.results}[PRODUCT] == "skipped"
     assert sidecar.stat().st_mtime_ns == before
+
+
+def test_resumed_build_reuses_the_perijoves_balance(batch, monkeypatch):
+    """A product left half-built by a killed run is redone alone by the next run, with the
+    balance its perijove's built products recorded (one balance per perijove stays one)."""
+    folder, out, options, _ = batch
+    recorded = json.loads((out / PRODUCT / f"{PRODUCT}.json").read_text())["colour_balance"]
+    (out / PRODUCT_2).rename(out / f".{PRODUCT_2}.partial-99999")  # killed before the rename
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(pipeline._Progress, "stage",
+                        lambda self, pid, stage, step, total: seen.append((pid, stage)))
+    options = replace(options, projections=("perspective",), jobs=1, mosaic=False)
+    report = pipeline.build(folder, options, progress=False)
+    by_id = {r.product_id: r.status for r in report.results}
+    assert by_id[PRODUCT_2] == "done" and by_id[PRODUCT] == "skipped"
+    redone = json.loads((out / PRODUCT_2 / f"{PRODUCT_2}.json").read_text())["colour_balance"]
+    assert redone["balance"] == recorded["balance"] and redone["reused_for"] == [PRODUCT_2]
+    # the per-image bar's steps, in order (the balance is measured in the build process)
+    assert [st for pid, st in seen if pid == PRODUCT_2] == \
+        [st for st in pipeline.product_stages(options) if st != "balance"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_interrupted_product_is_redone(batch):
@@ -149,37 +204,12 @@ def test_contact_sheet_tiles_images(tmp_path):
     assert sheet[50, 50].tolist() == [60, 60, 60] and sheet[50, 150].tolist() == [120, 120, 120]
 
 
-def _grid_dict(ppd: float, lon_left_east: float, lat_top: float, rows: int, cols: int) -> dict:
-    return {"projection": "equirectangular", "rows": rows, "columns": cols, "target": "JUPITER",
-            "target_naif_id": 599, "body_frame": "IAU_JUPITER", "radii_km": [71492.0, 71492.0, 66854.0],
-            "longitude": "System III west", "latitude": "planetocentric", "px_per_deg": ppd,
-            "lon_left_east_deg": lon_left_east, "lat_top_deg": lat_top,
-            "lat_bottom_deg": lat_top - rows / ppd}
-
-
-def test_maps_on_one_lattice_paste_onto_their_common_extent():
-    """Two cropped maps (one across longitude 0) land on the right pixels of the union grid."""
-    ppd = 2.0
-    a = LinearMap(np.full((4, 6, 1), 1.0, np.float32), ("METHANE",),
-                  {"weight": np.ones((4, 6), np.float32)},
-                  {"map": _grid_dict(ppd, 358.0, 10.0, 4, 6)})  # lon 358..1 E, lat 10..8
-    b = LinearMap(np.full((2, 2, 1), 2.0, np.float32), ("METHANE",), {},
-                  {"map": _grid_dict(ppd, 90.0, 7.0, 2, 2)})  # lon 90..91 E, lat 7..6
-    pa, pb = pipeline._on_common_extent([a, b])
-    assert pa.data.shape == (8, 720, 1) and pa.sidecar["map"] == pb.sidecar["map"]
-    assert pa.sidecar["map"]["lat_top_deg"] == 10.0 and pa.sidecar["map"]["lat_bottom_deg"] == 6.0
-    seen_a = np.argwhere(np.isfinite(pa.data[..., 0]))
-    assert sorted(set(seen_a[:, 1])) == [0, 1, 716, 717, 718, 719]
-    assert sorted(set(seen_a[:, 0])) == [0, 1, 2, 3]
-    assert np.argwhere(np.isfinite(pb.data[..., 0])).tolist() == [[6, 180], [6, 181], [7, 180], [7, 181]]
-    assert pa.backplanes["weight"][0, 0] == 1.0 and pa.backplanes["weight"][0, 5] == 0.0
-
-
-def test_polar_resampling_puts_every_latitude_and_longitude_where_projection_says():
-    """Resample a map whose bands ARE planetocentric latitude and cos/sin of longitude:
-    every polar pixel must read back projection's own lat/lon of that pixel."""
+def test_polar_mosaic_puts_every_latitude_and_longitude_where_projection_says():
+    """The build's mosaics (projection.perijove_mosaics) of a map whose bands ARE
+    planetocentric latitude and cos/sin of longitude: every polar pixel must read back
+    projection's own lat/lon of that pixel."""
     from junoproc.geometry import lonlat_from_body
-    from junoproc.projection import MapGrid, grid_surface_points
+    from junoproc.projection import MapGrid, grid_surface_points, perijove_mosaics
 
     ppd = 4.0
     rows, cols = int(70 * ppd), int(360 * ppd)  # north of 20 S
@@ -188,15 +218,21 @@ def test_polar_resampling_puts_every_latitude_and_longitude_where_projection_say
     lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
     data = np.stack([lat2, np.cos(np.radians(lon2)), np.sin(np.radians(lon2))], axis=-1).astype(np.float32)
     data[lat2 < 30.0] = np.nan  # seen down to 30 N
-    m = LinearMap(data, ("LAT", "COS", "SIN"), {}, {"map": _grid_dict(ppd, 0.0, 90.0, rows, cols)})
-    assert pipeline._pole_seen_most(m) == "north"
-    polar = pipeline._polar_from_equirectangular(m, "north")
+    grid = {"projection": "equirectangular", "rows": rows, "columns": cols, "target": "JUPITER",
+            "target_naif_id": 599, "body_frame": "IAU_JUPITER", "radii_km": [71492.0, 71492.0, 66854.0],
+            "longitude": "System III west", "latitude": "planetocentric", "px_per_deg": ppd,
+            "lon_left_east_deg": 0.0, "lon_left_deg": 360.0, "lon_right_deg": 0.0, "lat_top_deg": 90.0,
+            "lat_bottom_deg": 90.0 - rows / ppd}
+    m = LinearMap(data, ("LAT", "COS", "SIN"), {"weight": np.ones((rows, cols), np.float32)}, {"map": grid})
+    mosaics = perijove_mosaics([m])
+    assert sorted(mosaics) == ["LAT+COS+SIN-equirectangular", "LAT+COS+SIN-polar-north"]
+    polar = mosaics["LAT+COS+SIN-polar-north"]
     g = polar.sidecar["map"]
     assert g["pole"] == "north" and g["radius_deg"] == 60.0 and polar.data.shape[:2] == (480, 480)
     target = Target("JUPITER", 599, "IAU_JUPITER", (71492.0, 71492.0, 66854.0))
-    grid = MapGrid("polar", polar.data.shape[:2], target, "west", "centric",
-                   {k: g[k] for k in ("px_per_deg", "pole", "kind", "radius_deg")})
-    pos, hit = grid_surface_points(grid)
+    pgrid = MapGrid("polar", polar.data.shape[:2], target, "west", "centric",
+                    {k: g[k] for k in ("px_per_deg", "pole", "kind", "radius_deg")})
+    pos, hit = grid_surface_points(pgrid)
     ll = lonlat_from_body(pos[hit], target)
     got = polar.data[hit]
     ok = np.isfinite(got).all(axis=1)

@@ -47,6 +47,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--projection", "projections", multiple=True,
               help="Projection(s) to make [perspective, equirectangular]; repeatable.")
 @click.option("--preset", default=None, help="Enhancement preset [enhanced].")
+@click.option("--set", "enhance_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change a preset parameter, as `enhance --set` (e.g. weights.BLUE=1.3); repeatable.")
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=None,
               help="Worker processes [0: number of cores].")
 @click.option("--force", is_flag=True, help="Redo products that are already built.")
@@ -55,12 +57,13 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 @click.pass_context
 def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str | None,
-              projections: tuple[str, ...], preset: str | None, jobs: int | None, force: bool,
-              no_mosaic: bool, no_progress: bool, as_json: bool) -> None:
+              projections: tuple[str, ...], preset: str | None, enhance_overrides: tuple[str, ...],
+              jobs: int | None, force: bool, no_mosaic: bool, no_progress: bool, as_json: bool) -> None:
     """Build every product in FOLDER: composites, maps, sidecars, mosaics, contact sheet.
 
     Finished products are skipped (--force redoes them); Ctrl-C or a kill leaves no
-    half-written product, and running the same command again builds the rest. Defaults
+    half-written product, and running the same command again builds the rest. All
+    images of a perijove and filter set share one colour balance. Defaults
     can come from FOLDER/junoproc.toml ([build] table); options given here win. Exit 0
     when every product with a raw image is built, 1 otherwise.
     """
@@ -69,7 +72,8 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
     from .pipeline import BuildOptions, build, load_config, options_with_config, report_json
 
     given = {"out_dir": out_dir, "kernels": kernels, "projections": projections or None,
-             "preset": preset, "jobs": jobs, "force": force or None,
+             "preset": preset, "enhance_overrides": enhance_overrides or None, "jobs": jobs,
+             "force": force or None,
              "mosaic": False if no_mosaic else None}
     explicit = {k for k, v in given.items() if v is not None}
     options = BuildOptions(debug=bool(ctx.obj.get("debug")))
@@ -77,6 +81,8 @@ def build_cmd(ctx: click.Context, folder: str, out_dir: str | None, kernels: str
     overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
     if projections:
         overrides["projections"] = tuple(projections)
+    if enhance_overrides:
+        overrides["enhance_overrides"] = tuple(enhance_overrides)
     options = replace(options, **overrides)  # type: ignore[arg-type]
     try:
         report = build(folder, options, progress=not no_progress)

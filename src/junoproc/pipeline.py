@@ -1,20 +1,23 @@
 """``build``: every product of a folder, end to end, in parallel processes.
 
-Per product: decode -> calibrate -> kernels -> pointing -> geometry -> projection(s)
--> enhancement -> write. Each product is written into a hidden temporary folder and
-renamed into place when complete, so an interrupted build leaves no half-written
-product and a second run skips what is finished (unless ``force``); hidden folders left
-by a killed run are removed by the next one. One failing product is reported and the
-others go on. SPICE is not thread-safe: workers are processes, each loading its own
-kernels and limited to its share of the cores (one thread each when there is one
-worker per core).
+Per product, in a worker: decode -> calibrate -> kernels -> pointing -> geometry ->
+projection(s) -> linear maps written. Then, in the build process, ONE colour balance per
+perijove and filter set (:func:`enhance.colour_balance_from` over those products' maps),
+so that all images of a perijove share one colour and tone scale. Then, in a worker
+again: enhancement with that balance -> composites and sidecar written (the balance
+recorded in it). Each product is written into a hidden temporary folder and renamed into
+place when its composites and sidecar are there, so an interrupted build leaves no
+half-written product and a second run skips what is finished (unless ``force``); hidden
+folders left by a killed run are removed by the next one. One failing product is
+reported and the others go on. SPICE is not thread-safe: workers are processes, each
+loading its own kernels and limited to its share of the cores (one thread each when
+there is one worker per core).
 
 Map projections other than ``perspective`` are made on one lattice per perijove (fixed
 pixels per degree, edges on multiples of the pixel size) and cropped to each image's
 footprint, so the per-folder mosaics only paste and blend. Per folder: a contact sheet of
 every composite and, per filter set (RGB, METHANE), one cylindrical (equirectangular)
-and one polar mosaic, the polar one resampled from the cylindrical one (same pixels per
-degree: no loss of resolution, no second projection of every image).
+and one polar mosaic (:func:`projection.perijove_mosaics`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +51,11 @@ PARTIAL_TAG = ".partial-"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: A footprint whose longitudes leave a gap narrower than this (deg) spans all of them.
 FULL_CIRCLE_GAP_DEG = 20.0
-#: Mosaics leave out what an image saw closer to the limb than this (emission angle, deg).
-MOSAIC_MAX_EMISSION_DEG = 75.0
+#: The backplanes enhancement reads (photometry, terminator colour): all a product's maps
+#: are read back with for its composites.
+ENHANCE_BACKPLANES = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg")
+#: The backplanes :func:`projection.perijove_mosaics` uses.
+MOSAIC_BACKPLANES = ("weight", "incidence_deg", "emission_deg")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class BuildOptions:
     kernels: str | None = None
     projections: tuple[str, ...] = DEFAULT_PROJECTIONS
     preset: str = "enhanced"
+    #: ``key=value`` changes to the preset (``enhance --set``), e.g. ``weights.BLUE=1.33``
+    enhance_overrides: tuple[str, ...] = ()
     jobs: int = 0  # 0: the number of cores
     force: bool = False
     mosaic: bool = True
@@ -107,7 +116,7 @@ def options_with_config(options: BuildOptions, config: Mapping[str, Any],
                                 hint=f"valid keys: {', '.join(sorted(known))}")
         if key in explicit:
             continue
-        updates[key] = tuple(value) if key == "projections" else value
+        updates[key] = tuple(value) if key in ("projections", "enhance_overrides") else value
     return replace(options, **updates)
 
 
@@ -175,19 +184,25 @@ StageCallback = Callable[[str, str, int, int], None]
 
 
 def product_stages(options: BuildOptions) -> tuple[str, ...]:
-    """The stage names of one product, in order (their timings are in the sidecar)."""
+    """The stage names of one product, in order (their timings are in the sidecar).
+
+    ``decode`` ... ``write_linear`` run in a worker; ``balance`` (one colour balance per
+    perijove and filter set) in the build process once every product is projected; then
+    ``read_linear`` ... ``write`` in a worker again (``read_linear`` takes no time when the
+    maps are still in memory: :func:`process_product`)."""
     return ("decode", "calibrate", "kernels", "pointing", "geometry",
-            *(f"project_{p}" for p in options.projections),
-            *(f"enhance_{p}" for p in options.projections), "write")
+            *(f"project_{p}" for p in options.projections), "write_linear", "balance",
+            "read_linear", *(f"enhance_{p}" for p in options.projections), "write")
 
 
 class _Stages:
     """Wall and CPU seconds per stage, and the progress callback."""
 
-    def __init__(self, product_id: str, names: Sequence[str], on_stage: StageCallback | None):
+    def __init__(self, product_id: str, names: Sequence[str], on_stage: StageCallback | None,
+                 wall: Mapping[str, float] | None = None, cpu: Mapping[str, float] | None = None):
         self.product_id, self.names, self.on_stage = product_id, tuple(names), on_stage
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = dict(wall or {})
+        self.cpu: dict[str, float] = dict(cpu or {})
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         if self.on_stage is not None:
@@ -231,29 +246,89 @@ def map_grid(geometry: Any, projection_name: str, options: BuildOptions) -> Any:
                                 resolution_px_per_deg=ppd)
 
 
-def process_product(entry: Any, options: BuildOptions, *,
-                    on_stage: StageCallback | None = None) -> ProductResult:
-    """Run every stage for one product and write ``OUT/<PRODUCT_ID>/`` atomically.
+@dataclass(frozen=True)
+class Projected:
+    """A product half built: its linear maps written into its hidden work folder, waiting
+    for the colour balance of its perijove and filter set (``group``)."""
 
-    The product goes to a hidden ``OUT/.<PRODUCT_ID>.partial-<pid>`` folder that is renamed
-    into place only when every file and the sidecar are written: a product folder without
-    the hidden prefix is always complete.
-    """
+    product_id: str
+    work_dir: str
+    group: tuple[int | None, str]
+    #: projection -> file name of its linear map in ``work_dir``
+    map_files: Mapping[str, str]
+    #: the sidecar so far (inputs, kernels, time model, pointing, maps, calibration)
+    sidecar: Mapping[str, Any]
+    limb_rms_px: float | None
+    stage_seconds: Mapping[str, float]
+    stage_cpu_seconds: Mapping[str, float]
+    peak_rss_mb: float | None
+    #: the maps the shared balance is measured on, decimated to the sampling stride that
+    #: enhancement measures levels at (~250,000 pixels each), as picklable
+    #: ``(data, band_names, backplanes, sidecar)``: see :meth:`balance_linear_maps`
+    balance_maps: tuple[tuple[Any, tuple[str, ...], dict[str, Any], dict[str, Any]], ...] = ()
+    #: the full maps, kept only when the same process finishes the product
+    maps: Mapping[str, Any] | None = None
+
+    def balance_linear_maps(self) -> list[Any]:
+        from .io import LinearMap
+
+        return [LinearMap(*parts) for parts in self.balance_maps]
+
+    def to_finish(self) -> Projected:
+        """What a worker needs to finish it (no maps: they are read back from the folder)."""
+        return replace(self, balance_maps=(), maps=None)
+
+
+def _decimated(m: Any) -> tuple[Any, tuple[str, ...], dict[str, Any], dict[str, Any]]:
+    """A LinearMap sampled every ``s``-th pixel (``s`` as enhancement picks its level
+    samples), as ``(data, band_names, backplanes, sidecar)``."""
+    import numpy as np
+
+    h, w = m.data.shape[:2]
+    s = max(1, int(math.sqrt(h * w / 250_000)))
+    planes = {k: np.ascontiguousarray(np.asarray(m.backplanes[k])[::s, ::s])
+              for k in ENHANCE_BACKPLANES if k in m.backplanes}
+    return np.ascontiguousarray(m.data[::s, ::s]), tuple(m.band_names), planes, dict(m.sidecar)
+
+
+def _finished(final_dir: Path, product_id: str) -> bool:
+    """A product folder counts as built when its sidecar reads back and every output it
+    lists is there and not empty (a power cut after the rename may leave empty files)."""
+    try:
+        side = json.loads((final_dir / f"{product_id}.json").read_text())
+        outputs = list(side["outputs"])
+        return all((final_dir / name).stat().st_size > 0 for name in outputs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _failed(product_id: str, err: BaseException, options: BuildOptions, stages: _Stages,
+            seconds: float) -> ProductResult:
+    if isinstance(err, JunoprocError):
+        message = err.one_line()
+    else:  # a bug: keep the batch going, say where
+        detail = traceback.format_exc() if options.debug else f"{type(err).__name__}: {err}"
+        message = f"internal error: {detail}".strip()
+    return ProductResult(product_id, "failed", message, seconds=seconds,
+                         stage_seconds=stages.wall, stage_cpu_seconds=stages.cpu)
+
+
+def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallback | None = None,
+                    keep_maps: bool = False) -> Projected | ProductResult:
+    """First half of a product: decode ... projection, linear maps written into the hidden
+    ``OUT/.<PRODUCT_ID>.partial-<pid>`` folder. Returns a :class:`Projected` (``maps`` kept
+    in memory when ``keep_maps``) or the failed :class:`ProductResult` (folder removed)."""
     from . import geometry, io, kernels, pointing, products, projection
     from .calibrate import calibrate
-    from .enhance import enhance
 
-    t_start, c_start = time.perf_counter(), time.process_time()
+    t_start = time.perf_counter()
     product_id = getattr(entry, "product_id", str(entry))
     out_root = Path(options.out_dir)
-    final_dir = out_root / product_id
-    if (final_dir / f"{product_id}.json").is_file() and not options.force:
-        return ProductResult(product_id, "skipped", "already built (use --force to redo)",
-                             outputs=tuple(sorted(p.name for p in final_dir.iterdir())))
     stages = _Stages(product_id, product_stages(options), on_stage)
     work_dir = out_root / f".{product_id}{PARTIAL_TAG}{os.getpid()}"
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
+    kept = False
     try:
         raw = stages.run("decode", lambda: products.load_entry(entry)
                          if isinstance(entry, products.ProductEntry) else products.load(entry))
@@ -272,20 +347,17 @@ def process_product(entry: Any, options: BuildOptions, *,
                     return projection.project(cal, geom, projection=name,
                                               grid=map_grid(geom, name, options))
                 maps[name] = stages.run(f"project_{name}", _project)
-        composites = {}
-        for name, linear in maps.items():
-            composites[name] = stages.run(f"enhance_{name}", lambda linear=linear: enhance(
-                linear, preset=options.preset, perijove=meta.perijove))
+        files = {name: f"{product_id}-{name}-linear.tif" for name in maps}
 
-        def write_all() -> list[str]:
-            for name, linear in maps.items():
-                stem = f"{product_id}-{name}"
-                io.write_linear_map(work_dir / f"{stem}-linear.tif", linear)
-                io.write_png(work_dir / f"{stem}.png", composites[name].rgb8)
-                io.write_tiff(work_dir / f"{stem}-16bit.tif", composites[name].rgb16)
-            return sorted(p.name for p in work_dir.iterdir())
+        def write_linear() -> None:
+            with io.unsynced_writes():  # the folder is renamed whole; see finish_product
+                for name, linear in maps.items():
+                    io.write_linear_map(work_dir / files[name], linear)
 
-        written = stages.run("write", write_all)
+        stages.run("write_linear", write_linear)
+        # the balance is measured on one projection per product: the equirectangular maps
+        # sample the surface alike in every image (else the first projection made)
+        measured = "equirectangular" if "equirectangular" in maps else next(iter(maps))
         sidecar = {
             "junoproc_version": __version__,
             "product_id": product_id,
@@ -295,31 +367,148 @@ def process_product(entry: Any, options: BuildOptions, *,
             "time_model": asdict(solution.timing),
             "pointing": solution.to_json(),
             "maps": {name: dict(m.sidecar) for name, m in maps.items()},
-            "enhancement": {name: c.params for name, c in composites.items()},
             "calibration": {"steps": list(cal.steps), "units": cal.units},
+        }
+        result = Projected(
+            product_id, str(work_dir), (meta.perijove, projection.filter_set(maps[measured].band_names)),
+            files, io.to_jsonable(sidecar), getattr(solution, "rms_px", None), stages.wall, stages.cpu,
+            _peak_rss_mb(), balance_maps=(_decimated(maps[measured]),),
+            maps=maps if keep_maps else None)
+        kept = True
+        return result
+    except Exception as err:
+        return _failed(product_id, err, options, stages, time.perf_counter() - t_start)
+    finally:
+        if not kept:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def shared_balance(members: Sequence[Projected], options: BuildOptions) -> dict[str, Any]:
+    """ONE colour balance for products of one perijove and filter set
+    (:func:`enhance.colour_balance_from` over their maps), as recorded in each sidecar's
+    ``colour_balance``: ``balance`` (None when it cannot be measured: each image is then
+    balanced alone, ``note`` says why), ``products``, ``measured_on``, ``seconds``."""
+    from .enhance import colour_balance_from
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    perijove, fset = members[0].group
+    info: dict[str, Any] = {"perijove": perijove, "filter_set": fset,
+                            "products": sorted(p.product_id for p in members),
+                            "measured_on": sorted({m[3].get("map", {}).get("projection", "?")
+                                                   for p in members for m in p.balance_maps})}
+    try:
+        bal = colour_balance_from([m for p in members for m in p.balance_linear_maps()],
+                                  preset=options.preset,
+                                  overrides=list(options.enhance_overrides) or None, perijove=perijove)
+        info["balance"] = bal.to_dict()
+    except JunoprocError as err:
+        info.update(balance=None, note=f"each image balanced alone: {err.one_line()}")
+    info.update(seconds=round(time.perf_counter() - t0, 3), cpu_seconds=round(time.process_time() - c0, 3))
+    return info
+
+
+def finish_product(projected: Projected, balance: Mapping[str, Any], options: BuildOptions, *,
+                   on_stage: StageCallback | None = None) -> ProductResult:
+    """Second half: enhancement with the shared ``balance`` (:func:`shared_balance`),
+    composites and sidecar written, the hidden folder renamed into ``OUT/<PRODUCT_ID>/``
+    (then the parent folder fsynced once: the files inside are not fsynced one by one)."""
+    from . import io
+    from .enhance import ColourBalance, enhance
+
+    t_start = time.perf_counter()
+    product_id = projected.product_id
+    work_dir = Path(projected.work_dir)
+    final_dir = Path(options.out_dir) / product_id
+    stages = _Stages(product_id, product_stages(options), on_stage,
+                     projected.stage_seconds, projected.stage_cpu_seconds)
+    stages.wall["balance"] = float(balance.get("seconds", 0.0))
+    stages.cpu["balance"] = float(balance.get("cpu_seconds", 0.0))
+    try:
+        maps = stages.run("read_linear", lambda: dict(projected.maps) if projected.maps is not None else {
+            name: io.read_linear_map(work_dir / f, backplanes=ENHANCE_BACKPLANES)
+            for name, f in projected.map_files.items()})
+        bal = ColourBalance.from_dict(balance["balance"]) if balance.get("balance") else None
+        overrides = list(options.enhance_overrides) or None
+        composites = {}
+        for name, linear in maps.items():
+            composites[name] = stages.run(f"enhance_{name}", lambda linear=linear: enhance(
+                linear, preset=options.preset, overrides=overrides, perijove=projected.group[0],
+                balance=bal))
+        del maps
+
+        def write_all() -> list[str]:
+            with io.unsynced_writes():
+                for name, comp in composites.items():
+                    stem = f"{product_id}-{name}"
+                    io.write_png(work_dir / f"{stem}.png", comp.rgb8)
+                    io.write_tiff(work_dir / f"{stem}-16bit.tif", comp.rgb16)
+            return sorted(p.name for p in work_dir.iterdir())
+
+        written = stages.run("write", write_all)
+        sidecar = {
+            **projected.sidecar,
+            "colour_balance": {k: v for k, v in balance.items() if k not in ("seconds", "cpu_seconds")},
+            "enhancement": {name: c.params for name, c in composites.items()},
             "stage_seconds": stages.wall,
             "stage_cpu_seconds": stages.cpu,
             "outputs": written,
         }
-        io.write_sidecar(work_dir / f"{product_id}.json", sidecar)
+        with io.unsynced_writes():
+            io.write_sidecar(work_dir / f"{product_id}.json", sidecar)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(work_dir, final_dir)
-        return ProductResult(product_id, "done", limb_rms_px=getattr(solution, "rms_px", None),
-                             seconds=time.perf_counter() - t_start,
+        _fsync_dir(final_dir.parent)
+        return ProductResult(product_id, "done", limb_rms_px=projected.limb_rms_px,
+                             seconds=sum(stages.wall.values()),
                              outputs=tuple(written) + (f"{product_id}.json",),
                              stage_seconds=stages.wall, stage_cpu_seconds=stages.cpu,
-                             cpu_seconds=time.process_time() - c_start, peak_rss_mb=_peak_rss_mb())
-    except JunoprocError as err:
-        return ProductResult(product_id, "failed", err.one_line(), seconds=time.perf_counter() - t_start,
-                             stage_seconds=stages.wall, stage_cpu_seconds=stages.cpu)
-    except Exception as err:  # a bug: keep the batch going, say where
-        detail = traceback.format_exc() if options.debug else f"{type(err).__name__}: {err}"
-        return ProductResult(product_id, "failed", f"internal error: {detail}".strip(),
-                             seconds=time.perf_counter() - t_start, stage_seconds=stages.wall,
-                             stage_cpu_seconds=stages.cpu)
+                             cpu_seconds=sum(stages.cpu.values()),
+                             peak_rss_mb=max(filter(None, (projected.peak_rss_mb, _peak_rss_mb())),
+                                             default=None))
+    except Exception as err:
+        return _failed(product_id, err, options, stages,
+                       sum(projected.stage_seconds.values()) + time.perf_counter() - t_start)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def process_product(entry: Any, options: BuildOptions, *,
+                    on_stage: StageCallback | None = None) -> ProductResult:
+    """Every stage for one product, in this process, written to ``OUT/<PRODUCT_ID>/``
+    atomically; its colour balance is measured on its own maps (``build`` shares one per
+    perijove and filter set). Skipped when already built (unless ``options.force``)."""
+    product_id = getattr(entry, "product_id", str(entry))
+    final_dir = Path(options.out_dir) / product_id
+    if not options.force and _finished(final_dir, product_id):
+        return ProductResult(product_id, "skipped", "already built (use --force to redo)",
+                             outputs=tuple(sorted(p.name for p in final_dir.iterdir())))
+    projected = project_product(entry, options, on_stage=on_stage, keep_maps=True)
+    if isinstance(projected, ProductResult):
+        return projected
+    try:
+        if on_stage is not None:
+            names = product_stages(options)
+            on_stage(product_id, "balance", names.index("balance"), len(names))
+        balance = shared_balance([projected], options)
+    except BaseException:
+        shutil.rmtree(projected.work_dir, ignore_errors=True)
+        raise
+    return finish_product(replace(projected, balance_maps=()), balance, options, on_stage=on_stage)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync of the directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def _peak_rss_mb() -> float | None:
@@ -378,7 +567,8 @@ def _worker_init(events: Any, threads: int) -> None:
     from . import calibrate, enhance, geometry, kernels, pointing, projection  # noqa: F401
 
 
-def _worker_product(entry: Any, options: BuildOptions) -> ProductResult:
+def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args, on_stage=...)`` with progress events to the build, SIGINT honoured."""
     global _BUSY
     events = _EVENTS
 
@@ -387,9 +577,17 @@ def _worker_product(entry: Any, options: BuildOptions) -> ProductResult:
 
     _BUSY = True
     try:
-        return process_product(entry, options, on_stage=on_stage if events is not None else None)
+        return fn(*args, on_stage=on_stage if events is not None else None)
     finally:
         _BUSY = False
+
+
+def _worker_project(entry: Any, options: BuildOptions) -> Projected | ProductResult:
+    return _in_worker(project_product, entry, options)
+
+
+def _worker_finish(projected: Projected, balance: Mapping[str, Any], options: BuildOptions) -> ProductResult:
+    return _in_worker(finish_product, projected, balance, options)
 
 
 def clean_partials(out_root: Path) -> list[Path]:
@@ -446,14 +644,24 @@ class _Progress:
         bar.set_description_str(f"{product_id} {stage:<24}", refresh=False)
         bar.refresh()
 
-    def finished(self, result: ProductResult) -> None:
-        if self.overall is None:
-            return
-        bar = self.bars.pop(result.product_id, None)
+    def _release(self, product_id: str) -> None:
+        bar = self.bars.pop(product_id, None)
         if bar is not None:
             self.free.append(bar.slot)
             self.free.sort()
             bar.close()
+
+    def projected(self, product_id: str) -> None:
+        """Its bar goes until the product is finished (after its perijove's balance)."""
+        if self.overall is None:
+            return
+        self._release(product_id)
+        self.overall.set_postfix_str(f"{product_id} projected", refresh=True)
+
+    def finished(self, result: ProductResult) -> None:
+        if self.overall is None:
+            return
+        self._release(result.product_id)
         self.overall.set_postfix_str(f"{result.product_id} {result.status}", refresh=False)
         self.overall.update(1)
 
@@ -508,6 +716,11 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
           progress: bool = True) -> BuildReport:
     """Every product in ``folder``: see the module docstring.
 
+    Every product is projected first (workers); then, per perijove and filter set, one
+    colour balance is measured over all their maps (here); then each product is enhanced
+    with it and written (workers). A product whose group already has built products
+    (an earlier, interrupted run) reuses their balance, so a perijove keeps one.
+
     ``progress``: tqdm bars on stderr (when it is a terminal). Ctrl-C stops the workers
     (each removes its unfinished product) and raises KeyboardInterrupt; finished products
     stay and the next run skips them. With more than one job the workers are spawned
@@ -533,7 +746,7 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
         if missing:
             results.append(ProductResult(entry.product_id, "incomplete",
                                          f"metadata only: no {missing} (download the image set)"))
-        elif (out_root / entry.product_id / f"{entry.product_id}.json").is_file() and not options.force:
+        elif not options.force and _finished(out_root / entry.product_id, entry.product_id):
             results.append(process_product(entry, options))  # "skipped", without a worker
         else:
             todo.append(entry)
@@ -541,49 +754,128 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     jobs = min(options.resolved_jobs(), max(1, len(todo)))
     bars = _Progress(len(todo), jobs, progress and sys.stderr.isatty())
     try:
-        if jobs == 1:
-            for entry in todo:
-                results.append(process_product(entry, options, on_stage=bars.stage))
-                bars.finished(results[-1])
-        elif todo:
-            results.extend(_run_pool(todo, options, jobs, bars))
+        if todo:
+            earlier = _recorded_balances(out_root, [r for r in results if r.status == "skipped"])
+            results.extend(_run(todo, options, jobs, bars, earlier))
     finally:
         bars.close()
+        clean_partials(out_root)  # what a dead worker left
     extras = _perijove_products(out_root, results, options)
     order = {e.product_id: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r.product_id, 0))
     return BuildReport(tuple(results), str(out_root), time.perf_counter() - t0, extras)
 
 
-def _run_pool(todo: Sequence[Any], options: BuildOptions, jobs: int,
-              bars: _Progress) -> list[ProductResult]:
+def _recorded_balances(out_root: Path, built: Sequence[ProductResult]
+                       ) -> dict[tuple[Any, str], dict[str, Any]]:
+    """(perijove, filter set) -> the colour balance the built products of that group
+    recorded (their sidecars' ``colour_balance``; of several, the one measured over the
+    most images)."""
+    found: dict[tuple[Any, str], dict[str, Any]] = {}
+    for r in built:
+        try:
+            side = json.loads((out_root / r.product_id / f"{r.product_id}.json").read_text())
+            info = dict(side["colour_balance"])
+            if not info.get("balance"):
+                continue
+            key = (info["perijove"], info["filter_set"])
+            n = int(info["balance"].get("n_images", 1))
+            if key not in found or n > int(found[key]["balance"].get("n_images", 1)):
+                found[key] = info
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return found
+
+
+class _InProcess:
+    """The executor interface run right here, one call at a time (``-j 1``)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
+         earlier: Mapping[tuple[Any, str], Mapping[str, Any]]) -> list[ProductResult]:
+    """Project every product, measure one balance per group, finish every product."""
     from concurrent.futures.process import BrokenProcessPool
 
-    results = []
-    with _worker_pool(jobs) as (pool, events):
-        pending: dict[Future[ProductResult], str] = {
-            pool.submit(_worker_product, entry, options): entry.product_id for entry in todo}
+    results: list[ProductResult] = []
+    waiting: list[Projected] = []  # projected, not yet handed to a worker to finish
+    finishing: dict[Future[ProductResult], Projected] = {}
+    with _executor(jobs, bars) as (pool, events):
+        project_fn: Callable[..., Any] = _worker_project if events is not None else \
+            partial(project_product, on_stage=bars.stage)
+        finish_fn: Callable[..., Any] = _worker_finish if events is not None else \
+            partial(finish_product, on_stage=bars.stage)
+        pending: dict[Future[Any], str] = {}
         try:
+            for entry in todo:
+                pending[pool.submit(project_fn, entry, options)] = entry.product_id
             while pending:
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                _drain(events, bars)
+                if events is not None:
+                    _drain(events, bars)
                 for fut in done:
                     product_id = pending.pop(fut)
                     try:
-                        result = fut.result()
+                        out = fut.result()
                     except BrokenProcessPool:
-                        result = ProductResult(product_id, "failed", "the worker process died "
-                                               "(out of memory? try -j 1)")
-                    results.append(result)
-                    bars.finished(result)
+                        out = ProductResult(product_id, "failed", "the worker process died "
+                                            "(out of memory? try -j 1)")
+                    if isinstance(out, Projected):
+                        waiting.append(out)
+                        bars.projected(product_id)
+                        continue
+                    projected = finishing.pop(fut, None)
+                    if projected is not None and out.status != "done":
+                        shutil.rmtree(projected.work_dir, ignore_errors=True)
+                    results.append(out)
+                    bars.finished(out)
+                if waiting and not any(fut not in finishing for fut in pending):
+                    # every product projected: one balance per perijove and filter set
+                    for members in _groups(waiting).values():
+                        balance = earlier.get(members[0].group) or shared_balance(members, options)
+                        if members[0].group in earlier:
+                            balance = {**balance, "reused_for": sorted(p.product_id for p in members)}
+                        for p in members:
+                            fut = pool.submit(finish_fn, p.to_finish() if events is not None else p,
+                                              balance, options)
+                            finishing[fut] = p
+                            pending[fut] = p.product_id
+                            waiting.remove(p)
         except KeyboardInterrupt:
-            # SIGINT to the build alone (not its process group): pass it on, so each busy
-            # worker removes its unfinished product now instead of finishing it
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGINT)
+            if events is not None:
+                # SIGINT to the build alone (not its process group): pass it on, so each busy
+                # worker removes its unfinished product now instead of finishing it
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGINT)
             raise
+        finally:  # products projected but not finished (interrupted): nothing half-built stays
+            unfinished = list(waiting) + [f.result() for f in pending if f.done() and not f.cancelled()
+                                          and f.exception() is None and isinstance(f.result(), Projected)]
+            for p in unfinished:
+                shutil.rmtree(p.work_dir, ignore_errors=True)
     return results
+
+
+@contextmanager
+def _executor(jobs: int, bars: _Progress) -> Iterator[tuple[Any, Any]]:
+    """(executor, progress queue): worker processes, or this process for one job (no queue)."""
+    if jobs == 1:
+        yield _InProcess(), None
+        return
+    with _worker_pool(jobs) as (pool, events):
+        yield pool, events
+
+
+def _groups(projected: Sequence[Projected]) -> dict[tuple[Any, str], list[Projected]]:
+    groups: dict[tuple[Any, str], list[Projected]] = {}
+    for p in projected:
+        groups.setdefault(p.group, []).append(p)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------
@@ -614,29 +906,33 @@ def _perijove_products(out_root: Path, results: Sequence[ProductResult],
 
 def _mosaics(out_root: Path, done: Sequence[ProductResult], options: BuildOptions,
              changed: bool) -> list[str]:
-    """Per filter set, a cylindrical and a polar mosaic (linear TIFF, composite PNG)."""
+    """Per filter set, a cylindrical and a polar mosaic (linear TIFF, composite PNG):
+    :func:`projection.perijove_mosaics` of the products' equirectangular maps."""
     from . import io
     from .enhance import enhance
+    from .projection import perijove_mosaics
 
     previous = sorted(str(p) for p in out_root.glob("mosaic-*.png"))
     if not changed and previous:
         return previous
     paths = [out_root / r.product_id / f"{r.product_id}-equirectangular-linear.tif" for r in done]
-    maps = [io.read_linear_map(p) for p in paths if p.is_file()]
+    maps = [io.read_linear_map(p, backplanes=MOSAIC_BACKPLANES) for p in paths if p.is_file()]
     if not maps:
         return []
     perijove = _perijove_of(out_root, done)
     try:
-        mosaics = perijove_mosaics(maps)  # the one call: projection.perijove_mosaics when it lands
+        mosaics = perijove_mosaics(maps)
     except JunoprocError as err:
         print(f"junoproc: mosaic skipped: {err.one_line()}", file=sys.stderr)
         return []
+    del maps
     written = []
     for key, lm in mosaics.items():
         stem = out_root / f"mosaic-{key}"
         io.write_linear_map(stem.with_name(stem.name + "-linear.tif"), lm)
         try:
-            comp = enhance(lm, preset=options.preset, perijove=perijove)
+            comp = enhance(lm, preset=options.preset, overrides=list(options.enhance_overrides) or None,
+                           perijove=perijove)
         except JunoprocError as err:
             print(f"junoproc: mosaic {key} not enhanced: {err.one_line()}", file=sys.stderr)
             continue
@@ -652,148 +948,6 @@ def _perijove_of(out_root: Path, done: Sequence[ProductResult]) -> int | None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
-
-
-def filter_set(band_names: Sequence[str]) -> str:
-    """``RGB`` for BLUE+GREEN+RED products, ``METHANE`` for methane ones, else the names."""
-    names = tuple(band_names)
-    if set(names) == {"BLUE", "GREEN", "RED"}:
-        return "RGB"
-    return "+".join(names)
-
-
-def perijove_mosaics(maps: Sequence[Any]) -> dict[str, Any]:
-    """Stand-in for ``projection.perijove_mosaics`` (projection's to own): equirectangular
-    maps of a perijove (one lattice, each cropped to its footprint) grouped by filter set,
-    pasted onto their common extent and blended with :func:`projection.mosaic`, plus a
-    polar map of the pole seen most, resampled from the blend. Keys like
-    ``RGB-equirectangular``, ``RGB-polar-north``, ``METHANE-equirectangular``."""
-    from . import projection
-
-    groups: dict[tuple[str, float], list[Any]] = {}
-    for m in maps:
-        grid = m.sidecar.get("map", {})
-        if grid.get("projection") != "equirectangular":
-            continue
-        groups.setdefault((filter_set(m.band_names), float(grid["px_per_deg"])), []).append(m)
-    out: dict[str, Any] = {}
-    for (name, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
-        key = name if name not in {k.split("-")[0] for k in out} else f"{name}-{len(out)}"
-        blend = projection.mosaic(_on_common_extent(members))
-        out[f"{key}-equirectangular"] = blend
-        pole = _pole_seen_most(blend)
-        out[f"{key}-polar-{pole}"] = _polar_from_equirectangular(blend, pole)
-    return out
-
-
-def _lattice(grid: Mapping[str, Any]) -> tuple[float, int, int, int, int]:
-    """(px/deg, first lattice column east of 0, columns, top lattice row from the north
-    pole, rows) of an equirectangular map definition."""
-    ppd = float(grid["px_per_deg"])
-    col0 = int(round(float(grid["lon_left_east_deg"]) * ppd)) % int(round(360 * ppd))
-    row0 = int(round((90.0 - float(grid["lat_top_deg"])) * ppd))
-    return ppd, col0, int(grid["columns"]), row0, int(grid["rows"])
-
-
-def _on_common_extent(maps: Sequence[Any]) -> list[Any]:
-    """Equirectangular maps on one lattice -> the same maps on their union's grid: all
-    longitudes, the latitudes any of them covers (data NaN elsewhere, weight 0), without
-    what each saw at emission > :data:`MOSAIC_MAX_EMISSION_DEG`. Only the backplanes the
-    mosaic uses (weight, incidence) are kept."""
-    import numpy as np
-
-    from .io import LinearMap
-
-    lat = [_lattice(m.sidecar["map"]) for m in maps]
-    ppd = lat[0][0]
-    n_lon = int(round(360 * ppd))
-    top = min(r0 for _, _, _, r0, _ in lat)
-    bottom = max(r0 + n for _, _, _, r0, n in lat)
-    grid = dict(maps[0].sidecar["map"])
-    grid.update(rows=bottom - top, columns=n_lon, lon_left_east_deg=0.0, lon_left_deg=360.0,
-                lon_right_deg=0.0, lat_top_deg=90.0 - top / ppd, lat_bottom_deg=90.0 - bottom / ppd)
-    if grid.get("longitude", "").startswith("east"):
-        grid.update(lon_left_deg=0.0, lon_right_deg=360.0)
-    out = []
-    for m, (_, col0, n_cols, row0, n_rows) in zip(maps, lat, strict=True):
-        cols = (col0 + np.arange(n_cols)) % n_lon
-        rows = slice(row0 - top, row0 - top + n_rows)
-        data = np.full((bottom - top, n_lon, m.data.shape[2]), np.nan, np.float32)
-        data[rows, cols] = m.data
-        if "emission_deg" in m.backplanes:  # the limb smears into long streaks on a map
-            grazing = np.zeros(data.shape[:2], bool)
-            grazing[rows, cols] = ~(np.asarray(m.backplanes["emission_deg"]) <= MOSAIC_MAX_EMISSION_DEG)
-            data[grazing] = np.nan
-        planes = {}
-        for name in ("weight", "incidence_deg"):
-            if name in m.backplanes:
-                plane = np.full((bottom - top, n_lon), 0.0 if name == "weight" else np.nan, np.float32)
-                plane[rows, cols] = m.backplanes[name]
-                planes[name] = plane
-        out.append(LinearMap(data, m.band_names, planes, {**m.sidecar, "map": grid}))
-    return out
-
-
-def _pole_seen_most(m: Any) -> str:
-    import numpy as np
-
-    ppd, _, _, row0, n_rows = _lattice(m.sidecar["map"])
-    lat_deg = 90.0 - (row0 + np.arange(n_rows) + 0.5) / ppd
-    area = np.isfinite(m.data).all(axis=2).sum(axis=1) * np.cos(np.radians(lat_deg))
-    return "north" if area[lat_deg > 0].sum() >= area[lat_deg < 0].sum() else "south"
-
-
-def _polar_from_equirectangular(m: Any, pole: str) -> Any:
-    """Resample an all-longitude equirectangular map onto projection's polar grid
-    (equidistant, same px/deg, out to the covered latitude farthest from the pole)."""
-    import cv2
-    import numpy as np
-
-    from .geometry import Target
-    from .io import LinearMap
-    from .projection import MapGrid
-
-    g = m.sidecar["map"]
-    ppd, _, n_lon, row0, n_rows = _lattice(g)
-    lat_deg = 90.0 - (row0 + np.arange(n_rows) + 0.5) / ppd
-    seen = np.flatnonzero(np.isfinite(m.data).any(axis=(1, 2)))
-    if not len(seen):
-        raise JunoprocError("the mosaic is empty", hint="check the maps' footprints")
-    far = lat_deg[seen.max()] if pole == "north" else lat_deg[seen.min()]
-    radius = float(min(180.0, math.ceil(90.0 - far if pole == "north" else 90.0 + far)))
-    target = Target(str(g["target"]), int(g["target_naif_id"]), str(g["body_frame"]),
-                    tuple(float(r) for r in g["radii_km"]))  # type: ignore[arg-type]
-    side = int(math.ceil(2 * radius * ppd - 1e-9))
-    grid = MapGrid("polar", (side, side), target, "west", "centric",
-                   {"px_per_deg": ppd, "native_px_per_deg": g.get("native_px_per_deg", ppd),
-                    "pole": pole, "kind": "equidistant", "radius_deg": radius,
-                    "latitude_used": "planetocentric colatitude"})
-    # projection's polar equidistant grid, in latitude/longitude directly (the test checks
-    # it against projection.grid_surface_points; going through body positions costs 1 s)
-    centre = (np.arange(side) + 0.5 - side / 2.0) / ppd
-    x, y = centre[None, :], centre[:, None]
-    colat = np.hypot(x, y)
-    if pole == "north":
-        lat, lon_e = 90.0 - colat, np.degrees(np.arctan2(x, y))
-    else:
-        lat, lon_e = colat - 90.0, -np.degrees(np.arctan2(x, -y))
-    hit = colat <= radius
-    # +1: the source gets one wrapped column on each side (longitude is periodic)
-    map_x = np.where(hit, ((lon_e - float(g["lon_left_east_deg"])) % 360.0) * ppd - 0.5 + 1, -10.0)
-    map_y = np.where(hit, (90.0 - lat) * ppd - row0 - 0.5, -10.0)
-    map_x, map_y = map_x.astype(np.float32), map_y.astype(np.float32)
-
-    def resample(plane: Any, fill: float) -> Any:
-        src = np.concatenate([plane[:, -1:], plane, plane[:, :1]], axis=1).astype(np.float32)
-        return cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=fill)
-
-    data = np.stack([resample(m.data[..., b], np.nan) for b in range(m.data.shape[2])], axis=-1)
-    planes = {"weight": np.nan_to_num(resample(np.asarray(m.backplanes["weight"]), 0.0))} \
-        if "weight" in m.backplanes else {}
-    sidecar = {**m.sidecar, "map": grid.to_dict(),
-               "resampled_from": "the equirectangular mosaic (bilinear, same px/deg)"}
-    return LinearMap(data.astype(np.float32), m.band_names, planes, sidecar)
 
 
 def contact_sheet(paths: Sequence[Path], *, tile_px: int = 400, columns: int = 4,
