@@ -761,10 +761,15 @@ _REAL = {
 }
 
 
+#: Scale of the real maps: 10 px per degree of the camera's field, ~0.4 of native (the
+#: enhancement steps are resolution-independent; native maps cost 3x the time here).
+_REAL_PX_PER_DEG = 10
+
+
 @pytest.fixture(scope="module")
 def real_maps(tmp_path_factory, data_dir: Path) -> dict[str, LinearMap]:
     """Perspective linear maps of real products (pointing solved from the limb), made
-    with the command line as a user would: ``junoproc project P --linear``."""
+    with the command line as a user would: ``junoproc project P --linear``, at 10 px/deg."""
     from junoproc.io import read_linear_map
 
     out = tmp_path_factory.mktemp("real_linear")
@@ -779,6 +784,8 @@ def real_maps(tmp_path_factory, data_dir: Path) -> dict[str, LinearMap]:
                 "--projection",
                 "perspective",
                 "--linear",
+                "--resolution",
+                str(_REAL_PX_PER_DEG),
                 "--kernels",
                 str(data_dir / "kernels"),
                 "-o",
@@ -804,6 +811,8 @@ def test_real_products_clip_under_half_percent_of_the_disc(real_maps, preset: st
         assert clipped < 0.005, (key, preset, clipped)
         assert np.percentile(top, 99) > 0.7 * 65535, (key, preset)  # the top still near white
         assert c.stats["perijove"] == int(key[:2])
+        # Jupiter's night side is not a moon lit by Jupiter: the night-light model is not used
+        assert c.stats.get("night_light_used") is not True, key
 
 
 @pytest.mark.slow
@@ -831,13 +840,15 @@ def test_real_pj44_one_balance_for_the_perijove(real_maps) -> None:
     # natural: a linear look, so the same shared levels map equal linear values to equal
     # display values in both images (a patch of a copied onto b comes out identical)
     shared = colour_balance_from([a, b], preset="natural")
-    patch = a.data[700:740, 300:340]
-    assert np.isfinite(patch).all()
+    h, w = a.data.shape[:2]
+    win = (slice(int(0.66 * h), int(0.66 * h) + 16), slice(int(0.27 * w), int(0.27 * w) + 16))
+    patch = a.data[win]
+    assert np.isfinite(patch).all() and np.isfinite(b.data[win]).all()
     data_b = b.data.copy()
-    data_b[700:740, 300:340] = patch
+    data_b[win] = patch
     cb = enhance(LinearMap(data_b, b.band_names, b.backplanes, b.sidecar), preset="natural", balance=shared)
     ca = enhance(a, preset="natural", balance=shared)
-    np.testing.assert_array_equal(cb.rgb16[700:740, 300:340], ca.rgb16[700:740, 300:340])
+    np.testing.assert_array_equal(cb.rgb16[win], ca.rgb16[win])
 
 
 # --------------------------------------------------------------------------- simulated moon
@@ -846,15 +857,17 @@ def test_real_pj44_one_balance_for_the_perijove(real_maps) -> None:
 @pytest.mark.slow
 def test_simulated_io_jupitershine_end_to_end(tmp_path: Path, kernel_dir: Path) -> None:
     """junoproc.simulate's Io, night side lit by Jupiter only (1 % of sunlight, the
-    simulator's shot, read and companding noise), through project and enhance, against the
-    truth texture sampled at each map pixel's latitude and longitude.
+    simulator's shot, read and companding noise: ~1-3 DN of signal, texture below the
+    noise per pixel), through project and enhance, against the truth texture sampled at
+    each map pixel's latitude and longitude (blurred to the map's scale).
 
-    Measured while the simulator and projection changed under it: night-side correlation
-    0.83-0.91 (natural 0.74-0.87, raw green 0.68-0.82), the value following their
-    revisions; the brightness check (natural too dark to see) is the stable part.
-    The > 0.9 of issue #7 holds on the scene of
-    test_jupitershine_reveals_the_night_side (per-pixel SNR ~5), not at this one's (~1:
-    1 % of sunlight, shot + read + companding noise)."""
+    Issue #7: the night side's texture visible, correlation > 0.9 (measured 0.95-0.97 on
+    simulator seeds 3-8; 0.83-0.91 before the night-side light model and the noise-aware
+    denoiser; natural 0.76-0.86, raw green 0.70-0.83). And the lifted night side and the
+    sunlit side join without a seam: along the incidence angle, the brightness relative
+    to the albedo passes from one side's level to the other's without a bright band
+    (measured before: +6 % over the sunlit level at 84-90 deg) or a dark one (-19 % under
+    the night level at 90-93 deg)."""
     import cv2
 
     from junoproc.io import read_linear_map
@@ -915,7 +928,21 @@ def test_simulated_io_jupitershine_end_to_end(tmp_path: Path, kernel_dir: Path) 
         f"\nIo night side: corr jupitershine {corr:.3f}, natural {_corr(yn[night], albedo[night]):.3f}, "
         f"raw {raw_corr:.3f}; day {_corr(y[day], albedo[day]):.3f}"
     )
-    assert corr > 0.8, corr
+    assert corr > 0.9, corr
+    # no seam: albedo-normalised brightness in 3-deg incidence bins across the terminator
+    # stays between the two sides' levels (-10 % / +5 %)
+    inc, emi = planes["incidence_deg"], planes["emission_deg"]
+    ok = shine.alpha & (emi < 60)
+
+    def level(lo: float, hi: float) -> float:
+        m = ok & (inc >= lo) & (inc < hi)
+        assert m.sum() > 200, (lo, hi)
+        return float(y[m].mean() / albedo[m].mean())
+
+    sides = (level(72, 84), level(102, 120))
+    across = [level(a, a + 3) for a in range(84, 102, 3)]
+    print("levels day/night", [round(v, 3) for v in sides], "across", [round(v, 3) for v in across])
+    assert min(across) > 0.9 * min(sides) and max(across) < 1.05 * max(sides), (sides, across)
     assert corr > _corr(yn[night], albedo[night])  # no worse than the natural render's
     assert corr > raw_corr  # or the raw band's
     assert y[night].mean() > 0.2 and yn[night].mean() < 0.12  # lifted into view
