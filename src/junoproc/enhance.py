@@ -17,11 +17,19 @@ Order of operations (every step can be switched off by its parameters)::
            -> photometric gain (backplanes) x flatten gain (low-pass luminance)
            -> band gains (perijove weights | grey world | region | a shared balance)
            -> black/white levels                     (one fused pass, NaN -> 0)
-           -> [lift: asinh of an edge-preserving illumination level, darkness-weighted]
+           -> [illumination level: edge-preserving low-pass of the luminance; with
+               lat/lon/incidence/emission backplanes and a night side lit by Jupiter,
+               a fitted light model (Minnaert sunlight + Lambert Jupiter-light) times a
+               low-pass of the albedo, the night side keeping all its albedo patterns]
+           -> [denoise: dark regions' luminance from all bands by SNR, guided filter
+               with the local noise variance as eps; added as a grey shift]
+           -> [lift: a monotone curve of the illumination level (sunlit asinh, lifted
+               night floor, smooth maximum): no seam at the terminator]
            -> no local operation: gamma per channel (natural)
               else CIELAB from linear RGB, gamma applied on L, then
-                   L:   denoise (dark-weighted guided filter), CLAHE, unsharp mask
-                   a,b: chroma denoise (dark-weighted), saturation (faded in the dark)
+                   L:   CLAHE, unsharp mask
+                   a,b: chroma denoise (dark-weighted, blurred at 1/3 size),
+                        saturation (faded in the dark)
                    -> sRGB
            -> display range: negative channels moved towards luma (hue kept), soft
               shoulder on the brightest channel (all three scaled: hue kept)
@@ -722,8 +730,11 @@ class LiftParams:
     ``scale``: window radius of the illumination level, as a fraction of the longer side
     (larger than the texture, smaller than the illumination's variation).
 
-    The curve acts on an edge-preserving illumination level (guided filter of log
-    luminance), and the resulting gain multiplies every pixel, so texture keeps its
+    The curve acts on an illumination level (a guided filter of log luminance; with
+    latitude, longitude, incidence and emission backplanes and a night side that a
+    Jupiter-light model explains, that model times a low-pass of the albedo) and is a
+    monotone function of it alone, so the lifted night side and the sunlit side join
+    without a seam; the resulting gain multiplies every pixel, so texture keeps its
     relative contrast and no halo forms along the terminator."""
 
     method: str = "none"
@@ -746,10 +757,12 @@ class LiftParams:
 
 @dataclass(frozen=True)
 class DenoiseParams:
-    """Edge-preserving (guided) filter on lightness, weighted by darkness: the guide is the
-    lightness smoothed by ``radius_px/2``, ``eps`` is ``(strength x measured noise)^2``.
-    ``strength``: 0 = off; ``radius_px``: window radius; ``chroma``: blur a/b in the dark
-    regions (0 = off, 1 = full)."""
+    """Denoising of the dark regions (weighted by darkness), in the linear domain: the
+    luminance is estimated from every band by its measured signal-to-noise ratio, and its
+    texture (luminance / illumination level) goes through a guided filter (window radius
+    ``radius_px``, guide smoothed by ``radius_px/2``) whose ``eps`` is ``strength^2`` times
+    the local noise variance (a shot + read noise model fitted on the image).
+    ``strength``: 0 = off; ``chroma``: blur a/b in the dark regions (0 = off, 1 = full)."""
 
     strength: float = 0.0
     radius_px: int = 3
