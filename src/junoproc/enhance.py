@@ -2106,11 +2106,15 @@ def _modelled_base(
         lg *= w
         low *= cv2.exp(lg)
     low *= model
-    # the model must explain the night side: the luminance within a factor 4 of the level
-    # almost everywhere there (it is on an airless moon lit by Jupiter at a few times the
+    # the model must explain the night side: the local mean luminance within a factor 4 of
+    # the level almost everywhere there (it is on an airless moon lit by Jupiter at a few times the
     # noise; on Jupiter itself, twilight and noise put a quarter of the night outside)
     if r_night is not None:
-        q = cv2.divide(y, low)[night]
+        vf = valid.astype(_F32)  # local means over ~2 px (the per-pixel noise is not the test)
+        ym = cv2.divide(
+            cv2.GaussianBlur(y * vf, (0, 0), 2.0), cv2.max(cv2.GaussianBlur(vf, (0, 0), 2.0), 1e-6)
+        )
+        q = np.divide(ym[s], low[s])[night]
         outside = float(np.mean((q > _NIGHT_MODEL_RATIO) | (q < 1.0 / _NIGHT_MODEL_RATIO)))
         if outside > _NIGHT_MODEL_MAX_OUTSIDE:
             return None
@@ -2379,7 +2383,14 @@ def enhance(
             base = None
             # with the backplanes of a model, the level is smooth: made on a grid of
             # <= 1024 px and interpolated (every full-size pass costs ~30 ms at 4000^2)
-            coarse = _coarse_grid(y, valid, planes) if params.lift.method == "asinh" else None
+            # (a moon's night side; Jupiter's own is lit by nothing of that kind)
+            target = sidecar.get("map", {}).get("target") if isinstance(sidecar.get("map"), Mapping) else None
+            lit_by_jupiter = str(target or "").upper() not in ("JUPITER", "599")
+            coarse = (
+                _coarse_grid(y, valid, planes) if params.lift.method == "asinh" and lit_by_jupiter else None
+            )
+            if not lit_by_jupiter:
+                stats["night_light_used"] = False
             if coarse is not None:
                 y_c, valid_c, planes_c, factor = coarse
                 stride_c = max(1, int(math.sqrt(y_c.size / 250_000)))
