@@ -560,6 +560,11 @@ class PointingSolution:
     #: The texture band-alignment stage's record (:meth:`BandAlignment.to_dict`); the
     #: corrections themselves are in the attitude (``band_boresight_rad``).
     band_alignment: Mapping[str, Any] = field(default_factory=dict)
+    #: The joint solve (:func:`solve_from_limbs`): ``products`` that shared this spin axis
+    #: (this one included), ``spin_axis_shared``, ``span_s`` between their mid-times,
+    #: ``axis_tension_sigma``/``_deg`` (how far this image alone would pull the axis),
+    #: ``separate`` (products of the pass solved alone, and why). Empty for a CK solve.
+    joint: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rms_px(self) -> float:
@@ -600,6 +605,7 @@ class PointingSolution:
             "axis": dict(self.axis),
             "camera_twist_mrad": 1e3 * self.camera_twist_rad,
             "band_alignment": dict(self.band_alignment),
+            "joint": dict(self.joint),
         }
 
     def to_json(self) -> str:
@@ -624,6 +630,11 @@ class PointingSolution:
             lines.append(f"  band alignment {pair}: shift ({shift[0]:+.3f}, {shift[1]:+.3f}) px from "
                          f"{al['n_windows_by_pair'][pair]} windows (peak {al['peak_by_pair'][pair]:.2f}), "
                          f"held-out residual {al['check_px_by_pair'][pair]:.3f} px")
+        if len(self.joint.get("products", ())) > 1:
+            others = ", ".join(p for p in self.joint["products"] if p != self.product_id)
+            lines.append(f"  spin axis shared with {others} (this image alone would pull it "
+                         f"{self.joint.get('axis_tension_deg', 0.0):.2f} deg, "
+                         f"{self.joint.get('axis_tension_sigma', 0.0):.1f} sigma)")
         for k, v in self.axis.items():
             lines.append(f"  axis {k}: {v:.3g}" if isinstance(v, float) else f"  axis {k}: {v}")
         for k, v in self.parameter_sigma.items():
@@ -681,6 +692,7 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         limb_alt_km_by_band={k: float(v) for k, v in d.get("limb_alt_km_by_band", {}).items()},
         camera_twist_rad=1e-3 * float(d.get("camera_twist_mrad", 0.0)),
         band_alignment=d.get("band_alignment", {}),
+        joint=d.get("joint", {}),
     )
 
 
@@ -1071,12 +1083,13 @@ def _robust_cost(r: np.ndarray, f_scale: float = 1.0) -> float:
 
 
 def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: float = 1.0, rounds: int = 3,
-                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf), diff_step: float | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf), diff_step: float | None = None,
+                sparsity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers.
 
     ``fun(x)`` gives the point residuals (px), ``extra(x)`` optional prior residuals (in
-    sigmas) that are always kept.
+    sigmas) that are always kept. ``sparsity`` (n_points, n_params) bool: which parameters
+    each point depends on (several images in one fit), for a grouped finite-difference Jacobian.
     """
     inl = np.ones(n_points, bool)
     x = np.asarray(x0, dtype=np.float64)
@@ -1087,8 +1100,13 @@ def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: floa
             r = fun(p)[keep]
             return r if extra is None else np.r_[r, extra(p)]
 
+        jac_sparsity = None
+        if sparsity is not None:
+            n_extra = 0 if extra is None else len(extra(x))
+            jac_sparsity = np.vstack([sparsity[keep], np.ones((n_extra, x.size), bool)])
         x = optimize.least_squares(f, x, loss="soft_l1", f_scale=f_scale, x_scale=x_scale, method="trf",
-                                   max_nfev=200, bounds=bounds, diff_step=diff_step).x
+                                   max_nfev=200, bounds=bounds, diff_step=diff_step,
+                                   jac_sparsity=jac_sparsity).x
         r = fun(x)
         sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
         new = np.abs(r) < max(3.0 * sigma, 0.5)
@@ -1328,6 +1346,616 @@ TWIST_BOUND_RAD = 0.02
 _AUTO = "auto"
 
 
+#: Images of one pass whose mid-times lie within this span share one spin axis by default
+#: (Juno does not manoeuvre during a perijove imaging pass: its spin axis is inertially fixed).
+JOINT_MAX_SPAN_S = 3 * 3600.0
+#: An image whose own limb pulls the shared axis away by more than this many of its own
+#: framelet-clustered sigmas (see :func:`_axis_tension_sigma`) is solved alone (a
+#: manoeuvre, or a limb fit gone wrong). Measured on PJ44: 44C00029 5.4, 44C00032 2.3 (the
+#: shared axis aligns their maps 15 px -> 1.2 px median, so they are consistent: the
+#: clustered sigma still ignores errors common to all framelets of an image, e.g. its
+#: haze altitude); a PJ43 image forced onto a PJ44 axis (10 deg apart) is far beyond.
+JOINT_AXIS_GATE_SIGMA = 10.0
+
+
+@dataclass(frozen=True)
+class LimbObservation:
+    """One image's limb points and frame timing: all the spin solve needs of the image.
+
+    Made by :func:`detect_limbs` (no pixels, small and picklable: detect in worker
+    processes), consumed by :func:`solve_from_limbs` in one process with the kernels loaded.
+    """
+
+    meta: ProductMeta
+    points: LimbPoints
+    timing: FrameTiming
+    #: (reason, hint) when no limb was found, for the refusal's message.
+    no_limb: tuple[str, str] | None = None
+
+    @property
+    def product_id(self) -> str:
+        return self.meta.product_id
+
+
+def detect_limbs(image: Any, *, timing: FrameTiming | None = None) -> LimbObservation:
+    """:func:`detect_limb` of ``image`` packed with its timing (LSK and IK loaded) for
+    :func:`solve_from_limbs`."""
+    points = detect_limb(image)
+    return LimbObservation(meta=image.meta, points=points,
+                           timing=timing or FrameTiming.for_product(image.meta),
+                           no_limb=_no_limb_reason(image) if len(points) == 0 else None)
+
+
+@dataclass(frozen=True)
+class _Options:
+    min_points: int = 30
+    max_rms_px: float = 1.5
+    max_axis_sigma_deg: float = 2.0
+    seed: int = 0
+    refuse_ambiguous: bool = True
+    allow_prior_dependent: bool = True
+    fit_limb_altitude: bool = True
+    fit_camera_twist: bool = True
+    per_band_limb_altitude: bool = False
+    band_alignment: bool = True
+
+
+@dataclass
+class _Case:
+    """One image's limb model and geometry (no attitude parameters)."""
+
+    obs: LimbObservation
+    target: Target
+    states: list[FrameState]
+    model: _LimbModel
+    ets: np.ndarray
+    alt_bands: list[int]
+    extra_idx: np.ndarray
+    n_extra: int
+    lo_h: float
+    hi_h: float
+
+    @property
+    def meta(self) -> ProductMeta:
+        return self.obs.meta
+
+    @property
+    def points(self) -> LimbPoints:
+        return self.obs.points
+
+    @property
+    def t_ref(self) -> float:
+        return float(self.ets[self.meta.n_frames // 2])
+
+    @property
+    def dt_s(self) -> np.ndarray:
+        return self.ets - self.t_ref
+
+    def alts(self, x: np.ndarray) -> np.ndarray:
+        """Limb altitude per band: x[5] for the first band with points, x[6:] relative to it."""
+        v = np.full(len(self.points.bands), float(x[5]))
+        v[self.extra_idx] += x[6:6 + self.n_extra]
+        return v
+
+
+def _make_case(obs: LimbObservation, target: Target | None, opts: _Options, *, ck: Attitude | None = None,
+               image: Any = None) -> _Case:
+    meta, points = obs.meta, obs.points
+    target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
+    if len(points) == 0 and ck is None:
+        why, hint = obs.no_limb or (_no_limb_reason(image) if image is not None
+                                    else ("no limb points", "a CK is needed for this image"))
+        raise NoLimbError(f"{meta.product_id}: no limb of {target.name} against sky in any framelet ({why})",
+                          hint=hint)
+    ets = obs.timing.frame_et(np.arange(meta.n_frames))
+    states = [frame_state(target, float(et)) for et in ets]
+    alt_bands = [i for i in range(len(points.bands)) if np.any(points.band == i)]
+    n_extra = len(alt_bands) - 1 if opts.fit_limb_altitude and opts.per_band_limb_altitude else 0
+    lo_h, hi_h = LIMB_ALT_BOUNDS_KM if opts.fit_limb_altitude else (-1e-6, 1e-6)
+    return _Case(obs=obs, target=target, states=states, model=_limb_model(points, meta, states, target),
+                 ets=ets, alt_bands=alt_bands, extra_idx=np.array(alt_bands[1:1 + n_extra], dtype=np.intp),
+                 n_extra=n_extra, lo_h=lo_h, hi_h=hi_h)
+
+
+@dataclass
+class _Fitted:
+    """One image's fitted parameters (local vector ``x``) before the covariance and checks."""
+
+    case: _Case
+    x: np.ndarray
+    inl: np.ndarray
+    rotations: Any          # local x -> per-frame J2000 -> camera rotations (n_frames, 3, 3)
+    make_attitude: Any      # local x -> Attitude
+    timing: FrameTiming
+    steps: np.ndarray
+    held: np.ndarray
+    method: str
+    fixed: tuple[str, ...]
+    notes: list[str]
+    t_start: float
+    camera_twist: float = 0.0
+    attitude: Any = None
+    model: _LimbModel | None = None
+    alignment: Mapping[str, Any] = field(default_factory=dict)
+    jac: np.ndarray | None = None
+    r: np.ndarray | None = None
+    rms: float = float("nan")
+    ambiguous: list[tuple[float, float]] = field(default_factory=list)  # (sep deg, cost ratio)
+
+    def residuals(self, x: np.ndarray, model: _LimbModel | None = None) -> np.ndarray:
+        return (model or self.model or self.case.model).residuals_px(self.rotations(x), self.case.alts(x))
+
+
+def _align_and_jacobian(fit: _Fitted, image: Any, opts: _Options) -> None:
+    """Band alignment from the texture (``image`` given), then the residuals and the limb
+    Jacobian (rows scaled by the RMS) of the fitted image."""
+    c = fit.case
+    fit.attitude = fit.make_attitude(fit.x)
+    fit.model = c.model
+    if opts.band_alignment and image is not None and c.meta.n_filters > 1 and len(c.points):
+        _, counts = _band_stats(c.points, fit.residuals(fit.x), fit.inl)
+        found = _align_bands(image, fit.attitude, fit.timing, weights=counts, target=c.target)
+        fit.alignment = found.to_dict()
+        if any(n >= 3 for n in found.n_windows_by_pair.values()):
+            boresight = _boresight_pairs(found.boresight_rad_by_band)
+            fit.attitude = replace(fit.attitude, band_boresight_rad=boresight)
+            fit.model = _limb_model(c.points, c.meta, c.states, c.target, boresight)
+        else:
+            fit.notes.append("band alignment: too few textured windows; the IK's band boresights kept")
+    fit.r = fit.residuals(fit.x)
+    n_in = int(fit.inl.sum())
+    fit.rms = float(np.sqrt(np.mean(fit.r[fit.inl] ** 2))) if n_in else float("nan")
+    jac = _numeric_jacobian(lambda p: fit.residuals(p)[fit.inl], fit.x, fit.steps) / max(fit.rms, 1e-3)
+    jac[:, fit.held] = 0.0  # parameters held at a value are not uncertain
+    fit.jac = jac if opts.fit_limb_altitude else jac[:, :5]
+
+
+def _solution(fit: _Fitted, cov: np.ndarray, axis_sigmas: tuple[float, float], prior: AxisPrior | None,
+              opts: _Options, joint: Mapping[str, Any]) -> PointingSolution:
+    """The checks and the record of one fitted image; ``cov``: its local covariance,
+    ``axis_sigmas``: (posterior, limb-only) 1-sigma of the (possibly shared) spin axis."""
+    c, x, inl, r = fit.case, fit.x, fit.inl, fit.r
+    assert r is not None
+    meta, points = c.meta, c.points
+    notes = list(fit.notes)
+    n, n_in = len(points), int(inl.sum())
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    rms_band, cnt_band = _band_stats(points, r, inl)
+    alts = c.alts(x)
+    alt_by_band = {points.bands[i]: float(alts[i]) for i in c.alt_bands}
+    limb_alt = float(np.average([alt_by_band[points.bands[i]] for i in c.alt_bands],
+                                weights=[max(cnt_band[points.bands[i]], 1) for i in c.alt_bands]))
+    axis_info: dict[str, Any] = {}
+    sigma: dict[str, float]
+    axis_sigma, axis_sigma_limb = axis_sigmas if fit.method == "spin" else (0.0, 0.0)
+    if fit.method == "spin":
+        axis = _radec_to_vec(x[0], x[1])
+        sigma = {"spin_axis_deg": axis_sigma, "spin_axis_limb_only_deg": axis_sigma_limb,
+                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
+        if opts.fit_camera_twist:
+            sigma["camera_twist_mrad"] = 1e3 * float(sd[4])
+        if prior is not None:
+            axis_info = {"prior": prior.source, "prior_sigma_deg": prior.sigma_deg,
+                         "prior_gate_deg": prior.gate_deg,
+                         "axis_from_prior_deg": _angle_deg(axis, prior.centre_j2000),
+                         **{f"axis_from_{k}_deg": v for k, v in prior.gate_distances_deg(axis).items()}}
+            if not prior.within_gate(axis):
+                raise PointingQualityError(
+                    f"{meta.product_id}: solved spin axis is more than {prior.gate_deg:.0f} deg from Earth "
+                    "and the orbit normal", hint="the limb fit is wrong (mirror solution?); use a CK")
+    else:
+        names = ("start_offset_s", "interframe_correction_s", "delta_spin_rad", "delta_across_rad",
+                 "delta_line_of_sight_rad")
+        sigma = {k: float(v) for k, v, h in zip(names, sd, fit.held, strict=False) if not h}
+    if opts.fit_limb_altitude:
+        sigma["limb_alt_km"] = float(sd[5])
+        for j, i in enumerate(c.extra_idx):
+            sigma[f"limb_alt_{points.bands[i]}_minus_{points.bands[c.alt_bands[0]]}_km"] = float(sd[6 + j])
+    shared = len(joint.get("products", ())) > 1
+    for sep, ratio in fit.ambiguous:
+        if shared and axis_sigma_limb < sep / 4.0:
+            notes.append(f"alone, another spin axis {sep:.1f} deg away would fit almost as well (cost "
+                         f"ratio {ratio:.2f}); the shared axis ({axis_sigma_limb:.2f} deg limb-only "
+                         "1-sigma) decides")
+        else:
+            notes.append(f"another spin axis {sep:.1f} deg away fits almost as well")
+    # the limb alone would not pass the axis gate: the roll rests on the prior
+    prior_dependent = prior is not None and axis_sigma_limb >= opts.max_axis_sigma_deg
+    axis_info["prior_dependent_roll"] = bool(prior_dependent)
+    elapsed = time.perf_counter() - fit.t_start
+    if n_in < opts.min_points:
+        raise PointingQualityError(f"{meta.product_id}: only {n_in} limb points fit the solution",
+                                   hint="the limb detection found mostly outliers")
+    if not fit.rms <= opts.max_rms_px:
+        raise PointingQualityError(
+            f"{meta.product_id}: limb residual RMS {fit.rms:.2f} px exceeds {opts.max_rms_px} px",
+            hint="the limb fit failed; check the target and timing, or use a CK")
+    accepted_by_prior = prior_dependent and opts.allow_prior_dependent
+    if fit.method == "spin" and not axis_sigma < opts.max_axis_sigma_deg and not accepted_by_prior:
+        raise PointingQualityError(
+            f"{meta.product_id}: spin axis undetermined (1-sigma {axis_sigma:.2f} deg)",
+            hint="the limb is nearly circular from here; use a CK")
+    if opts.refuse_ambiguous and any(n.startswith("another spin axis") for n in notes):
+        raise PointingQualityError(f"{meta.product_id}: ambiguous solution ({notes[-1]})",
+                                   hint="use a CK, or solve it with the other images of its pass "
+                                        "(solve_pointing_joint)")
+    quality = "good" if fit.rms < 0.5 and axis_sigma < 0.2 else "fair"
+    if prior_dependent:
+        quality = "prior-dependent roll"
+        notes.append(f"the limb leaves the spin axis free (limb-only 1-sigma {axis_sigma_limb:.1f} deg): "
+                     f"it rests on the {getattr(prior, 'source', '')} prior (sigma "
+                     f"{getattr(prior, 'sigma_deg', 0.0):.0f} deg), posterior 1-sigma {axis_sigma:.1f} deg; "
+                     "features far from the limb may be rotated about the sub-spacecraft point")
+    elif axis_sigma >= 0.2 and fit.method == "spin":
+        notes.append(f"spin axis weakly constrained by the limb (1-sigma {axis_sigma:.2f} deg)")
+    if opts.fit_limb_altitude and min(abs(limb_alt - c.lo_h), abs(limb_alt - c.hi_h)) < 1.0:
+        notes.append(f"limb altitude at its bound ({limb_alt:.0f} km): something else is wrong")
+    if len([b for b, k in cnt_band.items() if k]) == 1 and meta.n_filters > 1:
+        notes.append("limb found in one band only")
+    return PointingSolution(
+        product_id=meta.product_id, method=fit.method, attitude=fit.attitude, timing=fit.timing,
+        quality=quality, residuals_px_by_band=rms_band, n_points_by_band=cnt_band,
+        max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
+        n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fit.fixed,
+        parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
+        limb_alt_km_by_band=alt_by_band, camera_twist_rad=fit.camera_twist, band_alignment=fit.alignment,
+        joint=dict(joint),
+    )
+
+
+def _rephase(x: np.ndarray, axis_radec: np.ndarray, target_dir: np.ndarray) -> np.ndarray:
+    """Spin parameters ``x`` moved to another axis, the target keeping its azimuth in the spinning frame."""
+    def az(radec: np.ndarray) -> float:
+        b = spin_basis(_radec_to_vec(radec[0], radec[1])) @ target_dir
+        return math.atan2(b[1], b[0])
+
+    out = np.array(x, dtype=np.float64)
+    out[2] += az(axis_radec) - az(x[:2])
+    out[:2] = axis_radec
+    return out
+
+
+def _fit_spin_group(cases: Sequence[_Case], prior: AxisPrior | None, opts: _Options,
+                    t_start: float) -> list[_Fitted]:
+    """Robust least squares of the limbs of ``cases`` with ONE spin axis (ra, dec) and, per
+    image, phase0, rate, camera twist and limb altitude(s). One case: the single-image solve."""
+    rng = np.random.default_rng(opts.seed)
+    x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-3, 10.0])
+    lo_tw, hi_tw = (-TWIST_BOUND_RAD, TWIST_BOUND_RAD) if opts.fit_camera_twist else (-1e-9, 1e-9)
+
+    def prior_res(ax: np.ndarray) -> np.ndarray:
+        return prior.residuals(_radec_to_vec(ax[0], ax[1])) if prior is not None else np.zeros(0)
+
+    geo = []  # per case: sc_to_cam, target direction at mid-image
+    refined_by_case: list[list[tuple[float, np.ndarray]]] = []
+    subs = []
+    for c in cases:
+        sc_to_cam = rot_sc_to_cam(c.t_ref)
+        st = c.states[c.meta.n_frames // 2]
+        target_dir = st.target_pos_j2000_km / np.linalg.norm(st.target_pos_j2000_km) + st.beta_j2000
+        geo.append((sc_to_cam, target_dir))
+        dt_s = c.dt_s
+        starts = _spin_starts(c.model, dt_s, sc_to_cam, target_dir, prior, rng)
+        n = len(c.points)
+        sub_model = c.model.subset(rng.choice(n, size=min(n, 1500), replace=False))
+        subs.append(sub_model)
+        bounds = ([-np.inf] * 4 + [lo_tw, c.lo_h], [np.inf] * 4 + [hi_tw, c.hi_h])
+        refined: list[tuple[float, np.ndarray]] = []
+        for x0 in starts:
+            res = optimize.least_squares(
+                lambda x, sm=sub_model, dt=dt_s, sc=sc_to_cam: np.r_[
+                    sm.residuals_px(_spin_rotations(x, dt, sc), x[5]), prior_res(x)],
+                np.r_[x0, 0.0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
+            if prior is not None and not prior.within_gate(_radec_to_vec(res.x[0], res.x[1])):
+                continue
+            r_sub = sub_model.residuals_px(_spin_rotations(res.x, dt_s, sc_to_cam), res.x[5])
+            refined.append((_robust_cost(r_sub, 1.0) + 0.5 * float(np.sum(prior_res(res.x) ** 2)), res.x))
+        if not refined:
+            raise PointingQualityError(
+                f"{c.meta.product_id}: no spin axis within {getattr(prior, 'gate_deg', 0.0):.0f} deg of "
+                "Earth or the orbit normal fits the limb", hint="check the target and kernels, or use a CK")
+        refined.sort(key=lambda cr: cr[0])
+        refined_by_case.append(refined)
+    if len(cases) == 1:
+        x_starts = [refined_by_case[0][0][1]]
+    else:  # the shared axis: each image's best axis tried, the others' phase etc. refitted to it
+        best: tuple[float, list[np.ndarray]] | None = None
+        for k in range(len(cases)):
+            axis_radec = refined_by_case[k][0][1][:2]
+            total = 0.5 * float(np.sum(prior_res(axis_radec) ** 2))
+            xs = []
+            for c, refined, sm, (sc_to_cam, target_dir) in zip(cases, refined_by_case, subs, geo,
+                                                                strict=True):
+                x0 = _rephase(refined[0][1], axis_radec, target_dir)
+                res = optimize.least_squares(
+                    lambda p, sm=sm, dt=c.dt_s, sc=sc_to_cam, a=axis_radec: sm.residuals_px(
+                        _spin_rotations(np.r_[a, p], dt, sc), p[3]),
+                    x0[2:], loss="soft_l1", f_scale=2.0, x_scale=x_scale[2:],
+                    bounds=([-np.inf, -np.inf, lo_tw, c.lo_h], [np.inf, np.inf, hi_tw, c.hi_h]), max_nfev=60)
+                xs.append(np.r_[axis_radec, res.x])
+                r_sub = sm.residuals_px(_spin_rotations(xs[-1], c.dt_s, sc_to_cam), res.x[3])
+                total += _robust_cost(r_sub, 1.0)
+            if best is None or total < best[0]:
+                best = (total, xs)
+        assert best is not None
+        x_starts = best[1]
+    # the joint vector: (ra, dec), then per image (phase0, rate, twist, altitude, extra altitudes)
+    offsets, idx = [], []
+    off = 2
+    for c in cases:
+        offsets.append(off)
+        idx.append(np.r_[0, 1, np.arange(off, off + 4 + c.n_extra)])
+        off += 4 + c.n_extra
+    xg = np.zeros(off)
+    xg[:2] = x_starts[0][:2]
+    lo_g, hi_g, scale_g = np.full(off, -np.inf), np.full(off, np.inf), np.zeros(off)
+    scale_g[:2] = x_scale[:2]
+    for c, o, xs in zip(cases, offsets, x_starts, strict=True):
+        xg[o:o + 4] = xs[2:6]
+        scale_g[o:o + 4 + c.n_extra] = np.r_[x_scale[2:], np.full(c.n_extra, 10.0)]
+        lo_g[o + 2:o + 4 + c.n_extra] = np.r_[lo_tw, c.lo_h, np.full(c.n_extra, -300.0)]
+        hi_g[o + 2:o + 4 + c.n_extra] = np.r_[hi_tw, c.hi_h, np.full(c.n_extra, 300.0)]
+    sizes = [len(c.points) for c in cases]
+    rows = np.repeat(np.arange(len(cases)), sizes)
+    sparsity = np.zeros((sum(sizes), off), bool)
+    for k, ix in enumerate(idx):
+        sparsity[np.ix_(rows == k, ix)] = True
+
+    def fun(xv: np.ndarray) -> np.ndarray:
+        return np.concatenate([c.model.residuals_px(_spin_rotations(xv[ix], c.dt_s, g[0]), c.alts(xv[ix]))
+                               for c, ix, g in zip(cases, idx, geo, strict=True)])
+
+    xg, inl = _fit_robust(fun, xg, sum(sizes),
+                          extra=(lambda xv: prior_res(xv[:2])) if prior is not None else None,
+                          x_scale=scale_g, bounds=(lo_g, hi_g), sparsity=sparsity if len(cases) > 1 else None)
+    axis = _radec_to_vec(xg[0], xg[1])
+    fits = []
+    for k, (c, ix, (sc_to_cam, _)) in enumerate(zip(cases, idx, geo, strict=True)):
+        x = xg[ix]
+        refined = refined_by_case[k]
+        # alone, the image's limb fits another axis as well (from its own best, or from the
+        # final axis when alone): reported once, the nearest-cost one
+        own_axis = axis if len(cases) == 1 else _radec_to_vec(refined[0][1][0], refined[0][1][1])
+        ambiguous = []
+        for cost, xr in refined[1:]:
+            sep = _angle_deg(own_axis, _radec_to_vec(xr[0], xr[1]))
+            if sep > 2.0 and cost < 1.1 * refined[0][0]:
+                ambiguous.append((sep, cost / refined[0][0]))
+        ambiguous = ambiguous[:1] if len(cases) > 1 else ambiguous
+        held = np.zeros(6 + c.n_extra, bool)
+        held[4] = not opts.fit_camera_twist
+        fits.append(_Fitted(
+            case=c, x=x, inl=inl[rows == k], t_start=t_start,
+            rotations=lambda p, dt=c.dt_s, sc=sc_to_cam: _spin_rotations(p, dt, sc),
+            make_attitude=lambda p, t_ref=c.t_ref, sc=sc_to_cam: SpinAttitude.from_params(
+                _radec_to_vec(p[0], p[1]), p[2], p[3], t_ref, _twisted(sc, p[4])),
+            timing=c.obs.timing, steps=np.r_[1e-5, 1e-5, 1e-5, 1e-7, 1e-5, np.ones(1 + c.n_extra)],
+            held=held, method="spin",
+            fixed=("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)"),
+            notes=[] if prior is not None else [
+                "no spin-axis prior (no Earth or orbit normal in the kernels): the limb alone"],
+            camera_twist=float(x[4]), ambiguous=ambiguous))
+    return fits
+
+
+def _group_covariance(fits: Sequence[_Fitted], prior: AxisPrior | None
+                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(posterior covariance, limb-only information, per-image global indices) of the joint
+    vector: (ra, dec) shared, then each image's remaining columns of its Jacobian."""
+    idx, off = [], 2
+    for f in fits:
+        assert f.jac is not None
+        w = f.jac.shape[1]
+        idx.append(np.r_[0, 1, np.arange(off, off + w - 2)])
+        off += w - 2
+    info_limb = np.zeros((off, off))
+    for f, ix in zip(fits, idx, strict=True):
+        assert f.jac is not None
+        info_limb[np.ix_(ix, ix)] += f.jac.T @ f.jac
+    info = info_limb.copy()
+    if prior is not None:
+        x0 = fits[0].x
+        jp = _numeric_jacobian(lambda p: prior.residuals(_radec_to_vec(p[0], p[1])), x0[:2],
+                               fits[0].steps[:2])
+        info[:2, :2] += jp.T @ jp
+    return np.linalg.pinv(info), info_limb, idx
+
+
+def _axis_tension_sigma(fit: _Fitted, prior: AxisPrior | None) -> tuple[float, float, float]:
+    """How far this image alone would pull the shared axis, from one Gauss-Newton step from
+    the joint solution on this image's limb and the axis prior: (sigmas, deg, formal sigmas).
+
+    The sigmas are framelet-clustered (sandwich covariance, clusters = one band of one
+    frame, residuals at the image's own linearised optimum): the limb residuals along a
+    framelet share its haze altitude, terminator and timing, so they are not independent,
+    and the formal covariance that treats them so is far too small (on PJ44 the images'
+    own axes are 2 deg apart at 0.05-0.1 deg formal sigma). ``formal``: the
+    independent-points figure, for the record.
+    """
+    assert fit.jac is not None and fit.r is not None
+    jac = fit.jac
+    r = fit.r[fit.inl] / max(fit.rms, 1e-3)
+    jp = np.zeros((0, jac.shape[1]))
+    rp = np.zeros(0)
+    if prior is not None:  # a weakly constrained image rests on it (as when solved alone)
+        jp = np.zeros((2, jac.shape[1]))
+        jp[:, :2] = _numeric_jacobian(lambda p: prior.residuals(_radec_to_vec(p[0], p[1])), fit.x[:2],
+                                      fit.steps[:2])
+        rp = prior.residuals(_radec_to_vec(fit.x[0], fit.x[1]))
+    h_inv = np.linalg.pinv(jac.T @ jac + jp.T @ jp)
+    step = -h_inv @ (jac.T @ r + jp.T @ rp)
+    r_own = r + jac @ step
+    pts = fit.case.points
+    cluster = (pts.frame.astype(np.int64) * len(pts.bands) + pts.band)[fit.inl]
+    _, inverse = np.unique(cluster, return_inverse=True)
+    scores = np.zeros((int(inverse.max()) + 1 if inverse.size else 0, jac.shape[1]))
+    np.add.at(scores, inverse, jac * r_own[:, None])
+    if prior is not None:  # the prior's rows: one more cluster
+        scores = np.vstack([scores, jp.T @ (rp + jp @ step)])
+    cov_clustered = (h_inv @ (scores.T @ scores) @ h_inv)[:2, :2]
+    d = step[:2]
+    chi2 = float(d @ np.linalg.pinv(cov_clustered) @ d)
+    chi2_formal = float(d @ np.linalg.pinv(h_inv[:2, :2]) @ d)
+    deg = math.degrees(math.hypot(d[0] * math.cos(fit.x[1]), d[1]))
+    return math.sqrt(max(chi2, 0.0)), deg, math.sqrt(max(chi2_formal, 0.0))
+
+
+def _solve_spin_group(cases: Sequence[_Case], images: Sequence[Any], prior: AxisPrior | None, opts: _Options,
+                      t_start: float, gate_sigma: float, dropped: Mapping[str, str]
+                      ) -> list[PointingSolution | Exception]:
+    fits = _fit_spin_group(cases, prior, opts, t_start)
+    for f, image in zip(fits, images, strict=True):
+        _align_and_jacobian(f, image, opts)
+    tension = [_axis_tension_sigma(f, prior) if len(fits) > 1 else (0.0, 0.0, 0.0) for f in fits]
+    worst = int(np.argmax([t[0] for t in tension]))
+    if len(fits) > 1 and tension[worst][0] > gate_sigma:
+        pid = cases[worst].meta.product_id
+        why = (f"its limb pulls the shared spin axis {tension[worst][1]:.2f} deg "
+               f"({tension[worst][0]:.1f} sigma > {gate_sigma:g}): solved alone")
+        rest = [k for k in range(len(cases)) if k != worst]
+        out_rest = _solve_spin_group([cases[k] for k in rest], [images[k] for k in rest], prior, opts,
+                                     t_start, gate_sigma, {**dropped, pid: why})
+        out_one = _solve_spin_group([cases[worst]], [images[worst]], prior, opts, t_start, gate_sigma,
+                                    {**dropped, **{cases[k].meta.product_id: "" for k in rest}, pid: why})
+        out: list[PointingSolution | Exception] = [out_one[0]] * len(cases)
+        for k, s in zip(rest, out_rest, strict=True):
+            out[k] = s
+        return out
+    cov, info_limb, idx = _group_covariance(fits, prior)
+    cov_limb = np.linalg.pinv(info_limb)
+    axis_sigmas = (_axis_sigma_deg(cov[:2, :2], fits[0].x[1]),
+                   _axis_sigma_deg(cov_limb[:2, :2], fits[0].x[1]))
+    products = [c.meta.product_id for c in cases]
+    joint_base: dict[str, Any] = {
+        "products": products, "spin_axis_shared": len(products) > 1,
+        "span_s": float(max(c.t_ref for c in cases) - min(c.t_ref for c in cases)),
+        "axis_gate_sigma": gate_sigma,
+        "separate": {k: v for k, v in dropped.items() if v and k not in products}}
+    out = []
+    for f, ix, tn in zip(fits, idx, tension, strict=True):
+        own = {"axis_tension_sigma": tn[0], "axis_tension_deg": tn[1], "axis_tension_formal_sigma": tn[2]}
+        if f.case.meta.product_id in dropped:
+            own["solved_alone_because"] = dropped[f.case.meta.product_id]
+        try:
+            out.append(_solution(f, cov[np.ix_(ix, ix)], axis_sigmas, prior, opts, {**joint_base, **own}))
+        except PointingQualityError as err:
+            out.append(err)
+    return out
+
+
+def solve_from_limbs(
+    observations: Sequence[LimbObservation], *, images: Sequence[Any] | None = None,
+    target: Target | None = None, max_span_s: float = JOINT_MAX_SPAN_S,
+    axis_gate_sigma: float = JOINT_AXIS_GATE_SIGMA, axis_prior: AxisPrior | str | None = _AUTO,
+    on_error: str = "raise", min_points: int = 30, max_rms_px: float = 1.5, max_axis_sigma_deg: float = 2.0,
+    seed: int = 0, refuse_ambiguous: bool = True, allow_prior_dependent: bool = True,
+    fit_limb_altitude: bool = True, fit_camera_twist: bool = True, per_band_limb_altitude: bool = False,
+    band_alignment: bool = True,
+) -> list[PointingSolution | Exception]:
+    """Spin attitudes (no CK) of several images, one spin axis shared by the images of a pass.
+
+    Juno is spin-stabilised and its spin axis is inertially fixed during an imaging pass,
+    while the line of sight to the target turns from image to image: one shared axis fixes
+    each image's rotation about its line of sight, which one image's limb barely fixes.
+    Images are grouped by mid-time (a group spans at most ``max_span_s``); in a group the
+    least squares has one (ra, dec) and per image phase0, rate, camera twist and limb
+    altitude. An image whose own limb would pull the shared axis by more than
+    ``axis_gate_sigma`` of its limb-only sigmas is solved alone (and says so). Each
+    solution's ``joint`` (and JSON) lists the products that shared its axis.
+
+    ``observations`` come from :func:`detect_limbs` (e.g. in worker processes); kernels
+    (LSK, PCK, FK, IK, SPK) must be loaded here. ``images`` (same order; optional): the
+    images themselves, for the texture band alignment (see :func:`solve_pointing`); without
+    them no band alignment is done (``align_bands`` can add it later per image).
+    ``on_error``: "raise" the first image's error, or "return" it in that image's slot.
+    The other options are :func:`solve_pointing`'s.
+    """
+    if on_error not in ("raise", "return"):
+        raise ValueError("on_error must be 'raise' or 'return'")
+    t_start = time.perf_counter()
+    opts = _Options(min_points=min_points, max_rms_px=max_rms_px, max_axis_sigma_deg=max_axis_sigma_deg,
+                    seed=seed, refuse_ambiguous=refuse_ambiguous, allow_prior_dependent=allow_prior_dependent,
+                    fit_limb_altitude=fit_limb_altitude, fit_camera_twist=fit_camera_twist,
+                    per_band_limb_altitude=per_band_limb_altitude, band_alignment=band_alignment)
+    imgs = list(images) if images is not None else [None] * len(observations)
+    if len(imgs) != len(observations):
+        raise ValueError("images must match observations one to one")
+    out: list[PointingSolution | Exception | None] = [None] * len(observations)
+    cases: list[tuple[int, _Case]] = []
+    for k, (obs, image) in enumerate(zip(observations, imgs, strict=True)):
+        try:
+            case = _make_case(obs, target, opts, image=image)
+            _check_coverage(obs.points, obs.meta, min_points)
+            cases.append((k, case))
+        except PointingError as err:
+            out[k] = err
+    cases.sort(key=lambda kc: kc[1].t_ref)
+    groups: list[list[tuple[int, _Case]]] = []
+    for kc in cases:
+        if groups and kc[1].t_ref - groups[-1][0][1].t_ref <= max_span_s:
+            groups[-1].append(kc)
+        else:
+            groups.append([kc])
+    for group in groups:
+        t_mid = float(np.mean([c.t_ref for _, c in group]))
+        prior = juno_axis_prior(t_mid) if isinstance(axis_prior, str) else axis_prior
+        try:
+            sols = _solve_spin_group([c for _, c in group], [imgs[k] for k, _ in group], prior, opts, t_start,
+                                     axis_gate_sigma, {})
+        except PointingError as err:
+            if len(group) > 1:  # the group failed as a whole: each image alone
+                sols = []
+                for k, c in group:
+                    try:
+                        sols += _solve_spin_group([c], [imgs[k]], prior, opts, t_start, axis_gate_sigma, {})
+                    except PointingError as err1:
+                        sols.append(err1)
+            else:
+                sols = [err]
+        for (k, _), s in zip(group, sols, strict=True):
+            out[k] = s
+    n_img = max(len(observations), 1)
+    result: list[PointingSolution | Exception] = []
+    for s in out:
+        assert s is not None
+        if isinstance(s, Exception) and on_error == "raise":
+            raise s
+        if isinstance(s, PointingSolution):  # the work of the call, split evenly
+            s = replace(s, solve_time_s=s.solve_time_s / n_img)
+        result.append(s)
+    return result
+
+
+def solve_pointing_joint(images: Sequence[Any], *, ck: Sequence[Attitude | None] | None = None,
+                         **options: Any) -> list[PointingSolution | Exception]:
+    """:func:`solve_pointing` of several images of a pass with one shared spin axis.
+
+    Images with a CK (``ck``: one per image, or None) are refined against it alone; the
+    others are solved together by :func:`solve_from_limbs` (detect limbs here, in this
+    process; for workers use :func:`detect_limbs` + :func:`solve_from_limbs`). ``options``:
+    :func:`solve_from_limbs`'s (``on_error``, ``max_span_s``, ``axis_gate_sigma``, ...).
+    """
+    cks = list(ck) if ck is not None else [None] * len(images)
+    out: list[PointingSolution | Exception | None] = [None] * len(images)
+    spin = [k for k, c in enumerate(cks) if c is None]
+    ck_keys = ("target", "min_points", "max_rms_px", "seed", "fit_limb_altitude", "per_band_limb_altitude",
+               "band_alignment")
+    for k, c in enumerate(cks):
+        if c is not None:
+            try:
+                out[k] = solve_pointing(images[k], ck=c, **{a: v for a, v in options.items() if a in ck_keys})
+            except PointingError as err:
+                if options.get("on_error", "raise") == "raise":
+                    raise
+                out[k] = err
+    if spin:
+        sols = solve_from_limbs([detect_limbs(images[k]) for k in spin], images=[images[k] for k in spin],
+                                **options)
+        for k, s in zip(spin, sols, strict=True):
+            out[k] = s
+    return [s for s in out if s is not None]
+
+
 def solve_pointing(
     image: Any, *, ck: Attitude | None = None, target: Target | None = None,
     points: LimbPoints | None = None, timing: FrameTiming | None = None,
@@ -1347,6 +1975,8 @@ def solve_pointing(
     trusted (too few points, a single frame, too small a span, RMS > ``max_rms_px``, an
     axis outside the prior's gate, an axis the limb leaves free beyond
     ``max_axis_sigma_deg`` without a prior or with ``allow_prior_dependent=False``).
+    Without a CK this is :func:`solve_from_limbs` of one image; several images of a pass
+    are better solved together (:func:`solve_pointing_joint`: one spin axis for all).
 
     ``band_alignment``: after the limb fit, measure the bands' relative offsets from the
     texture (:func:`align_bands`) and carry them as per-band boresight corrections in the
@@ -1357,261 +1987,99 @@ def solve_pointing(
     meta = image.meta
     if points is None:
         points = detect_limb(image)
-    target = target or Target.from_name(meta.target, path=meta.metadata_path or None)
     timing0 = timing or FrameTiming.for_product(meta)
-    n_frames = meta.n_frames
-    frame_idx = np.arange(n_frames)
-    ets = timing0.frame_et(frame_idx)
-    if len(points) == 0:
-        if ck is not None:
-            return PointingSolution(
-                product_id=meta.product_id, method="ck", attitude=ck, timing=timing0,
-                quality="ck-fallback", residuals_px_by_band={b: float("nan") for b in meta.filters},
-                n_points_by_band={b: 0 for b in meta.filters}, max_abs_residual_px=float("nan"),
-                n_rejected=0, solve_time_s=time.perf_counter() - t_start,
-                notes=("no limb visible: CK attitude with the IK's timing, not refined",))
-        why, hint = _no_limb_reason(image)
-        raise NoLimbError(f"{meta.product_id}: no limb of {target.name} against sky in any framelet ({why})",
-                          hint=hint)
-    _check_coverage(points, meta, min_points)
-    states = [frame_state(target, float(et)) for et in ets]
-    model = _limb_model(points, meta, states, target)
-    n = len(points)
-    notes: list[str] = []
-    axis_info: dict[str, Any] = {}
-    lo_h, hi_h = LIMB_ALT_BOUNDS_KM if fit_limb_altitude else (-1e-6, 1e-6)
-    # x[5] is the limb altitude of the first band with limb points, x[6:] the altitude of
-    # each further band relative to it (the haze limb is higher in blue than in red)
-    alt_bands = [i for i in range(len(points.bands)) if np.any(points.band == i)]
-    n_extra = len(alt_bands) - 1 if fit_limb_altitude and per_band_limb_altitude else 0
-    extra_idx = np.array(alt_bands[1:1 + n_extra], dtype=np.intp)
-
-    def alts(x: np.ndarray) -> np.ndarray:
-        v = np.full(len(points.bands), float(x[5]))
-        v[extra_idx] += x[6:6 + n_extra]
-        return v
-
-    held = np.zeros(6 + n_extra, bool)  # parameters held at their start value
-    camera_twist = 0.0
+    obs = LimbObservation(meta=meta, points=points, timing=timing0)
     if ck is None:
-        mid = n_frames // 2
-        t_ref = float(ets[mid])
-        dt_s = ets - t_ref
-        sc_to_cam = rot_sc_to_cam(t_ref)
-        st = states[mid]
-        target_dir = st.target_pos_j2000_km / np.linalg.norm(st.target_pos_j2000_km) + st.beta_j2000
-        prior = juno_axis_prior(t_ref) if isinstance(axis_prior, str) else axis_prior
-        if prior is None:
-            notes.append("no spin-axis prior (no Earth or orbit normal in the kernels): the limb alone")
-        rng = np.random.default_rng(seed)
-        starts = _spin_starts(model, dt_s, sc_to_cam, target_dir, prior, rng)
-        sub = rng.choice(n, size=min(n, 1500), replace=False)
-        sub_model = model.subset(sub)
+        sol = solve_from_limbs(
+            [obs], images=[image], target=target, axis_prior=axis_prior, min_points=min_points,
+            max_rms_px=max_rms_px, max_axis_sigma_deg=max_axis_sigma_deg, seed=seed,
+            refuse_ambiguous=refuse_ambiguous, allow_prior_dependent=allow_prior_dependent,
+            fit_limb_altitude=fit_limb_altitude, fit_camera_twist=fit_camera_twist,
+            per_band_limb_altitude=per_band_limb_altitude, band_alignment=band_alignment)[0]
+        assert isinstance(sol, PointingSolution)
+        return sol
+    opts = _Options(min_points=min_points, max_rms_px=max_rms_px, seed=seed,
+                    fit_limb_altitude=fit_limb_altitude, per_band_limb_altitude=per_band_limb_altitude,
+                    band_alignment=band_alignment, refuse_ambiguous=refuse_ambiguous)
+    if len(points) == 0:
+        return PointingSolution(
+            product_id=meta.product_id, method="ck", attitude=ck, timing=timing0,
+            quality="ck-fallback", residuals_px_by_band={b: float("nan") for b in meta.filters},
+            n_points_by_band={b: 0 for b in meta.filters}, max_abs_residual_px=float("nan"),
+            n_rejected=0, solve_time_s=time.perf_counter() - t_start,
+            notes=("no limb visible: CK attitude with the IK's timing, not refined",))
+    _check_coverage(points, meta, min_points)
+    case = _make_case(obs, target, opts, ck=ck, image=image)
+    n_frames, n_extra, states, frame_idx = meta.n_frames, case.n_extra, case.states, np.arange(meta.n_frames)
+    ets = case.ets
+    # The CK fixes the spin axis, so a start offset and a rotation about that axis are
+    # the same thing: the rotation's component along the spin is held at the CK's value
+    # and the offset (the IK's 20 ms jitter) takes it. The small rotation is fitted in
+    # the basis (spin, e1, e2) of the camera frame. The interframe correction is held at
+    # the IK's value unless asked for: over a few frames the albedo biases of the limb
+    # pass for a drift of the phase (8 simulated frames at 200,000 km: -85 +- 21 us
+    # fitted where the truth is 0, 0.3 px at the last frame).
+    # Per frame the CK's rotation and angular velocity (camera frame, from +-50 ms):
+    # a time offset turns the frame by w * dt. (Evaluating the CK at et + dt instead
+    # would lose dt below ~1e-7 s, the resolution of an ET near 7e8 s, and a finite-
+    # difference Jacobian steps by ~1e-8.)
+    rot_ck = np.stack([ck.rot_j2000_to_cam(float(e)) for e in ets])
+    h_s = 0.05
+    w_cam = np.stack([_rotation_vector(ck.rot_j2000_to_cam(float(e) + h_s) @ ck.rot_j2000_to_cam(
+        float(e) - h_s).T) / (2 * h_s) for e in ets])
+    spin_cam = np.mean(w_cam, axis=0)
+    # the small rotation in the basis (spin, across, line of sight): the line of sight to
+    # the target's centre at mid-image, made perpendicular to the spin
+    mid_f = n_frames // 2
+    los_cam = rot_ck[mid_f] @ (states[mid_f].target_pos_j2000_km
+                               / np.linalg.norm(states[mid_f].target_pos_j2000_km))
+    u_spin = spin_cam / np.linalg.norm(spin_cam)
+    u_los = los_cam - (los_cam @ u_spin) * u_spin
+    u_los /= np.linalg.norm(u_los)
+    basis_delta = np.column_stack([u_spin, np.cross(u_los, u_spin), u_los])
 
-        def prior_res(x: np.ndarray) -> np.ndarray:
-            return prior.residuals(_radec_to_vec(x[0], x[1])) if prior is not None else np.zeros(0)
+    def rotations(x: np.ndarray) -> np.ndarray:
+        dt = x[0] + frame_idx * x[1]
+        return _small_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
 
-        # x = (ra, dec, phase0, rate, camera twist about the boresight, limb altitude)
-        lo_tw, hi_tw = (-TWIST_BOUND_RAD, TWIST_BOUND_RAD) if fit_camera_twist else (-1e-9, 1e-9)
-        held[4] = not fit_camera_twist
-        x_scale = np.array([1e-3, 1e-3, 1e-3, 1e-5, 1e-3, 10.0])
-        bounds = ([-np.inf] * 4 + [lo_tw, lo_h], [np.inf] * 4 + [hi_tw, hi_h])
-        refined: list[tuple[float, np.ndarray]] = []
-        for x0 in starts:
-            res = optimize.least_squares(
-                lambda x: np.r_[sub_model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), x[5]),
-                                prior_res(x)],
-                np.r_[x0, 0.0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
-            axis_r = _radec_to_vec(res.x[0], res.x[1])
-            if prior is not None and not prior.within_gate(axis_r):
-                continue
-            r_sub = sub_model.residuals_px(_spin_rotations(res.x, dt_s, sc_to_cam), res.x[5])
-            cost = _robust_cost(r_sub, 1.0)
-            refined.append((cost + 0.5 * float(np.sum(prior_res(res.x) ** 2)), res.x))
-        if not refined:
-            raise PointingQualityError(
-                f"{meta.product_id}: no spin axis within {getattr(prior, 'gate_deg', 0.0):.0f} deg of Earth "
-                "or the orbit normal fits the limb", hint="check the target and kernels, or use a CK")
-        refined.sort(key=lambda cr: cr[0])
-        x0 = refined[0][1]
+    def fun(x: np.ndarray) -> np.ndarray:
+        return case.model.residuals_px(rotations(x), case.alts(x))
 
-        def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(_spin_rotations(x, dt_s, sc_to_cam), alts(x))
+    rotations(np.zeros(6))  # checks the CK's coverage before fitting
+    held = np.zeros(6 + n_extra, bool)
+    held[1], held[2], held[4] = not fit_interframe_correction, True, hold_ck_roll
+    free = ~held
+    units = np.r_[1e-3, 1e-6, 1e-3, 1e-3, 1e-3, np.ones(1 + n_extra)]  # in ms, us, mrad, km
 
-        x, inl = _fit_robust(fun, np.r_[x0, np.zeros(n_extra)], n,
-                             extra=prior_res if prior is not None else None,
-                             x_scale=np.r_[x_scale, np.full(n_extra, 10.0)],
-                             bounds=(bounds[0] + [-300.0] * n_extra, bounds[1] + [300.0] * n_extra))
-        axis = _radec_to_vec(x[0], x[1])
-        for cost, xr in refined[1:]:
-            sep = _angle_deg(axis, _radec_to_vec(xr[0], xr[1]))
-            if sep > 2.0 and cost < 1.1 * refined[0][0]:
-                notes.append(f"another spin axis {sep:.1f} deg away fits almost as well")
-        camera_twist = float(x[4])
-        attitude: Attitude = SpinAttitude.from_params(axis, x[2], x[3], t_ref, _twisted(sc_to_cam, x[4]))
-        timing_fit = timing0
-        fixed = ("start_offset_s (absorbed by phase0)", "interframe_correction_s (absorbed by rate)")
-        steps = np.r_[1e-5, 1e-5, 1e-5, 1e-7, 1e-5, np.ones(1 + n_extra)]
-        method = "spin"
-    else:
-        # The CK fixes the spin axis, so a start offset and a rotation about that axis are
-        # the same thing: the rotation's component along the spin is held at the CK's value
-        # and the offset (the IK's 20 ms jitter) takes it. The small rotation is fitted in
-        # the basis (spin, e1, e2) of the camera frame. The interframe correction is held at
-        # the IK's value unless asked for: over a few frames the albedo biases of the limb
-        # pass for a drift of the phase (8 simulated frames at 200,000 km: -85 +- 21 us
-        # fitted where the truth is 0, 0.3 px at the last frame).
-        # Per frame the CK's rotation and angular velocity (camera frame, from +-50 ms):
-        # a time offset turns the frame by w * dt. (Evaluating the CK at et + dt instead
-        # would lose dt below ~1e-7 s, the resolution of an ET near 7e8 s, and a finite-
-        # difference Jacobian steps by ~1e-8.)
-        rot_ck = np.stack([ck.rot_j2000_to_cam(float(e)) for e in ets])
-        h_s = 0.05
-        w_cam = np.stack([_rotation_vector(ck.rot_j2000_to_cam(float(e) + h_s) @ ck.rot_j2000_to_cam(
-            float(e) - h_s).T) / (2 * h_s) for e in ets])
-        spin_cam = np.mean(w_cam, axis=0)
-        # the small rotation in the basis (spin, across, line of sight): the line of sight to
-        # the target's centre at mid-image, made perpendicular to the spin
-        mid_f = n_frames // 2
-        los_cam = rot_ck[mid_f] @ (states[mid_f].target_pos_j2000_km
-                                   / np.linalg.norm(states[mid_f].target_pos_j2000_km))
-        u_spin = spin_cam / np.linalg.norm(spin_cam)
-        u_los = los_cam - (los_cam @ u_spin) * u_spin
-        u_los /= np.linalg.norm(u_los)
-        basis_delta = np.column_stack([u_spin, np.cross(u_los, u_spin), u_los])
+    def full(xf: np.ndarray) -> np.ndarray:
+        xx = np.zeros(6 + n_extra)
+        xx[free] = xf
+        return xx * units
 
-        def rotations(x: np.ndarray) -> np.ndarray:
-            dt = x[0] + frame_idx * x[1]
-            return _small_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
+    lo_b = np.r_[[-np.inf] * 5, case.lo_h, np.full(n_extra, -300.0)]
+    hi_b = np.r_[[np.inf] * 5, case.hi_h, np.full(n_extra, 300.0)]
+    xf, inl = _fit_robust(lambda xf: fun(full(xf)), np.zeros(int(free.sum())), len(points),
+                          x_scale=np.r_[1.0, 10.0, 0.1, 0.1, 0.1, np.full(1 + n_extra, 10.0)][free],
+                          bounds=(lo_b[free], hi_b[free]))
+    x = full(xf)
 
-        def fun(x: np.ndarray) -> np.ndarray:
-            return model.residuals_px(rotations(x), alts(x))
+    def make_attitude(p: np.ndarray) -> RefinedCkAttitude:
+        delta = basis_delta @ p[2:5]
+        return RefinedCkAttitude(delta_cam_rad=(float(delta[0]), float(delta[1]), float(delta[2])))
 
-        rotations(np.zeros(6))  # checks the CK's coverage before fitting
-        prior = None
-        held[1], held[2], held[4] = not fit_interframe_correction, True, hold_ck_roll
-        free = ~held
-
-        units = np.r_[1e-3, 1e-6, 1e-3, 1e-3, 1e-3, np.ones(1 + n_extra)]  # in ms, us, mrad, km
-
-        def full(xf: np.ndarray) -> np.ndarray:
-            xx = np.zeros(6 + n_extra)
-            xx[free] = xf
-            return xx * units
-
-        lo_b = np.r_[[-np.inf] * 5, lo_h, np.full(n_extra, -300.0)]
-        hi_b = np.r_[[np.inf] * 5, hi_h, np.full(n_extra, 300.0)]
-        xf, inl = _fit_robust(lambda xf: fun(full(xf)), np.zeros(int(free.sum())), n,
-                              x_scale=np.r_[1.0, 10.0, 0.1, 0.1, 0.1, np.full(1 + n_extra, 10.0)][free],
-                              bounds=(lo_b[free], hi_b[free]))
-        x = full(xf)
-        delta = basis_delta @ x[2:5]
-        attitude = RefinedCkAttitude(delta_cam_rad=(float(delta[0]), float(delta[1]), float(delta[2])))
-        timing_fit = timing0.with_offsets(timing0.start_offset_s + float(x[0]),
-                                          timing0.interframe_correction_s + float(x[1]))
-        fixed = ("rotation about the spin axis (the CK's; the start offset takes it)",) + (
-            ("rotation about the line of sight to the target (the CK's: the limb barely fixes it)",)
-            if hold_ck_roll else ()) + (
-            () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
-        steps = np.r_[1e-5, 1e-7, 1e-6, 1e-6, 1e-6, np.ones(1 + n_extra)]
-        method = "ck-refined"
-    alignment: dict[str, Any] = {}
-    if band_alignment and len([i for i in range(len(points.bands)) if np.any(points.band == i)]) > 0 \
-            and meta.n_filters > 1:
-        _, counts = _band_stats(points, fun(x), inl)
-        found = _align_bands(image, attitude, timing_fit, weights=counts, target=target)
-        alignment = found.to_dict()
-        if any(n >= 3 for n in found.n_windows_by_pair.values()):
-            boresight = _boresight_pairs(found.boresight_rad_by_band)
-            attitude = replace(attitude, band_boresight_rad=boresight)  # type: ignore[type-var]
-            model = _limb_model(points, meta, states, target, boresight)  # fun() now uses it
-        else:
-            notes.append("band alignment: too few textured windows; the IK's band boresights kept")
-    r = fun(x)
-    rms_band, cnt_band = _band_stats(points, r, inl)
-    alt_by_band = {points.bands[i]: float(alts(x)[i]) for i in alt_bands}
-    limb_alt = float(np.average([alt_by_band[points.bands[i]] for i in alt_bands],
-                                weights=[max(cnt_band[points.bands[i]], 1) for i in alt_bands]))
-    n_in = int(inl.sum())
-    rms_all = float(np.sqrt(np.mean(r[inl] ** 2))) if n_in else float("nan")
-    # covariance: limb rows weighted by the fit's RMS, the prior's rows in sigmas
-    jac = _numeric_jacobian(lambda p: fun(p)[inl], x, steps) / max(rms_all, 1e-3)
-    jac[:, held] = 0.0  # parameters held at a value are not uncertain
-    if not fit_limb_altitude:
-        jac = jac[:, :5]
-    info_limb = jac.T @ jac
-    info = info_limb.copy()
-    if prior is not None:
-        jp = _numeric_jacobian(prior_res, x, steps)[:, : jac.shape[1]]
-        info += jp.T @ jp
-    cov = np.linalg.pinv(info)
-    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
-    sigma: dict[str, float]
-    axis_sigma = axis_sigma_limb = 0.0
-    if method == "spin":
-        axis_sigma = _axis_sigma_deg(cov[:2, :2], x[1])
-        axis_sigma_limb = _axis_sigma_deg(np.linalg.pinv(info_limb)[:2, :2], x[1])
-        sigma = {"spin_axis_deg": axis_sigma, "spin_axis_limb_only_deg": axis_sigma_limb,
-                 "phase0_deg": math.degrees(sd[2]), "rate_deg_s": math.degrees(sd[3])}
-        if fit_camera_twist:
-            sigma["camera_twist_mrad"] = 1e3 * float(sd[4])
-        if prior is not None:
-            axis_info = {"prior": prior.source, "prior_sigma_deg": prior.sigma_deg,
-                         "prior_gate_deg": prior.gate_deg,
-                         "axis_from_prior_deg": _angle_deg(axis, prior.centre_j2000),
-                         **{f"axis_from_{k}_deg": v for k, v in prior.gate_distances_deg(axis).items()}}
-            if not prior.within_gate(axis):
-                raise PointingQualityError(
-                    f"{meta.product_id}: solved spin axis is more than {prior.gate_deg:.0f} deg from Earth "
-                    "and the orbit normal", hint="the limb fit is wrong (mirror solution?); use a CK")
-    else:
-        names = ("start_offset_s", "interframe_correction_s", "delta_spin_rad", "delta_across_rad",
-                 "delta_line_of_sight_rad")
-        sigma = {k: float(v) for k, v, h in zip(names, sd, held, strict=False) if not h}
-    if fit_limb_altitude:
-        sigma["limb_alt_km"] = float(sd[5])
-        for j, i in enumerate(extra_idx):
-            sigma[f"limb_alt_{points.bands[i]}_minus_{points.bands[alt_bands[0]]}_km"] = float(sd[6 + j])
-    # the limb alone would not pass the axis gate: the roll rests on the prior
-    prior_dependent = prior is not None and axis_sigma_limb >= max_axis_sigma_deg
-    axis_info["prior_dependent_roll"] = bool(prior_dependent)
-    elapsed = time.perf_counter() - t_start
-    if n_in < min_points:
-        raise PointingQualityError(f"{meta.product_id}: only {n_in} limb points fit the solution",
-                                   hint="the limb detection found mostly outliers")
-    if not rms_all <= max_rms_px:
-        raise PointingQualityError(
-            f"{meta.product_id}: limb residual RMS {rms_all:.2f} px exceeds {max_rms_px} px",
-            hint="the limb fit failed; check the target and timing, or use a CK")
-    accepted_by_prior = prior_dependent and allow_prior_dependent
-    if method == "spin" and not axis_sigma < max_axis_sigma_deg and not accepted_by_prior:
-        raise PointingQualityError(
-            f"{meta.product_id}: spin axis undetermined (1-sigma {axis_sigma:.2f} deg)",
-            hint="the limb is nearly circular from here; use a CK")
-    if refuse_ambiguous and any(n.startswith("another spin axis") for n in notes):
-        raise PointingQualityError(f"{meta.product_id}: ambiguous solution ({notes[-1]})", hint="use a CK")
-    quality = "good" if rms_all < 0.5 and axis_sigma < 0.2 else "fair"
-    if prior_dependent:
-        quality = "prior-dependent roll"
-        notes.append(f"the limb leaves the spin axis free (limb-only 1-sigma {axis_sigma_limb:.1f} deg): "
-                     f"it rests on the {getattr(prior, 'source', '')} prior (sigma "
-                     f"{getattr(prior, 'sigma_deg', 0.0):.0f} deg), posterior 1-sigma {axis_sigma:.1f} deg; "
-                     "features far from the limb may be rotated about the sub-spacecraft point")
-    elif axis_sigma >= 0.2 and method == "spin":
-        notes.append(f"spin axis weakly constrained by the limb (1-sigma {axis_sigma:.2f} deg)")
-    if fit_limb_altitude and min(abs(limb_alt - lo_h), abs(limb_alt - hi_h)) < 1.0:
-        notes.append(f"limb altitude at its bound ({limb_alt:.0f} km): something else is wrong")
-    if len([b for b, k in cnt_band.items() if k]) == 1 and meta.n_filters > 1:
-        notes.append("limb found in one band only")
-    return PointingSolution(
-        product_id=meta.product_id, method=method, attitude=attitude, timing=timing_fit,
-        quality=quality, residuals_px_by_band=rms_band, n_points_by_band=cnt_band,
-        max_abs_residual_px=float(np.max(np.abs(r[inl]))) if n_in else float("nan"),
-        n_rejected=int(n - n_in), solve_time_s=elapsed, fixed_parameters=fixed,
-        parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
-        limb_alt_km_by_band=alt_by_band,
-        camera_twist_rad=camera_twist, band_alignment=alignment,
-    )
+    fixed = ("rotation about the spin axis (the CK's; the start offset takes it)",) + (
+        ("rotation about the line of sight to the target (the CK's: the limb barely fixes it)",)
+        if hold_ck_roll else ()) + (
+        () if fit_interframe_correction else ("interframe_correction_s (the IK's INTERFRAME_DELTA)",))
+    fit = _Fitted(case=case, x=x, inl=inl, rotations=rotations, make_attitude=make_attitude,
+                  timing=timing0.with_offsets(timing0.start_offset_s + float(x[0]),
+                                              timing0.interframe_correction_s + float(x[1])),
+                  steps=np.r_[1e-5, 1e-7, 1e-6, 1e-6, 1e-6, np.ones(1 + n_extra)], held=held,
+                  method="ck-refined", fixed=fixed, notes=[], t_start=t_start)
+    _align_and_jacobian(fit, image, opts)
+    assert fit.jac is not None
+    cov = np.linalg.pinv(fit.jac.T @ fit.jac)
+    return _solution(fit, cov, (0.0, 0.0), None, opts, {})
 
 
 # ---------------------------------------------------------------------------------------
