@@ -5,6 +5,7 @@ Every scene here is synthetic with a known truth, built in the test itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -205,6 +206,84 @@ def test_fit_poly_and_minnaert_recover_truth() -> None:
     assert fit_minnaert_k(b, mu0, mu) == pytest.approx(0.8, abs=1e-6)
     with pytest.raises(EnhanceError, match="too few"):
         fit_photometric_poly(b[:5], mu0[:5], mu[:5])
+
+
+def test_fit_poly_saturated_samples_are_lower_bounds_only() -> None:
+    """Samples clipped at a sensor ceiling are lower bounds: the censored fit recovers the
+    truth from the rest (the clipped values never pull the model down), a plain fit on the
+    clipped values does not."""
+    rng = np.random.default_rng(5)
+    mu0, mu = rng.uniform(0.1, 1, 4000), rng.uniform(0.1, 1, 4000)
+    coeffs = (0.05, 0.9, 0.2, -0.3, 0.1, 0.05)
+    b = poly_model(mu0, mu, coeffs, 2).astype(np.float64)
+    ceiling = float(np.percentile(b, 60))  # 40 % of the samples saturated
+    clipped = np.minimum(b, ceiling)
+    sat = b >= ceiling
+    fit = fit_photometric_poly(clipped, mu0, mu, degree=2, lower_bound=sat)
+    np.testing.assert_allclose(fit, coeffs, atol=2e-3)
+    naive = fit_photometric_poly(clipped, mu0, mu, degree=2)
+    assert np.max(np.abs(np.subtract(naive, coeffs))) > 0.05
+    with pytest.raises(EnhanceError, match="too few unsaturated"):
+        fit_photometric_poly(clipped, mu0, mu, degree=2, lower_bound=np.ones(4000, bool))
+
+
+def _saturated_disc() -> tuple[LinearMap, np.ndarray, np.ndarray]:
+    """:func:`_disc` seen by a sensor with one ceiling for all bands (one exposure): values
+    above it are clipped and counted in ``saturated_bands``; the red band saturates first
+    (k = 1), then green (k = 2), and a patch in all three bands (k = 3)."""
+    lm = _disc(160, seed=3)
+    data = lm.data.copy()
+    ceiling = float(np.nanpercentile(data[..., 1], 97))
+    data[70:80, 40:50] = 2 * ceiling  # a patch brighter than the ceiling in every band
+    count = np.sum(np.nan_to_num(data, nan=0.0) >= ceiling, axis=2).astype(np.uint8)
+    data = np.minimum(data, ceiling)
+    planes = {**lm.backplanes, "saturated_bands": count}
+    return LinearMap(data, lm.band_names, planes, lm.sidecar), count, data
+
+
+@pytest.mark.parametrize("preset", ["natural", "enhanced", "jupitershine"])
+def test_saturated_pixels_render_at_the_top_and_drive_no_statistics(preset: str) -> None:
+    lm, count, data = _saturated_disc()
+    assert (count == 1).sum() > 500 and (count == 2).sum() > 100 and (count == 3).sum() >= 100
+    c = enhance(lm, preset=preset)
+    rgb = c.rgb16
+    # all bands saturated: white; only some: the top of the range, hue from the others
+    assert (rgb[count == 3] == 65535).all()
+    assert (rgb[..., 0][count >= 1] == 65535).all()  # RED is the band that saturates first
+    assert (rgb[..., 1][count == 2] == 65535).all()
+    only_red = rgb[count == 1].astype(np.float64)
+    assert np.median(only_red[:, 1:].min(axis=1)) < 0.95 * 65535  # not white
+    if preset == "natural":  # pointwise: green : blue as the unclipped truth renders it
+        plain = _disc(160, seed=3)  # unclipped, no saturated_bands backplane
+        wide = dataclasses.replace(c.balance, white={k: 3 * v for k, v in c.balance.white.items()})
+        t = enhance(plain, preset=preset, balance=wide)
+        sel = (count == 1) & (t.rgb16[..., 1:] < 65535).all(axis=2)
+        assert sel.sum() > 500
+        got = rgb[sel][:, 1] / rgb[sel][:, 2]
+        np.testing.assert_allclose(got, t.rgb16[sel][:, 1] / t.rgb16[sel][:, 2], rtol=2e-3)
+    # enhancement-induced clipping counted apart from the sensor's
+    top = rgb.max(axis=2)[c.alpha]
+    sat = (count > 0)[c.alpha]
+    assert c.stats["saturated_fraction"] == pytest.approx(float(sat.mean()), abs=1e-9)
+    assert c.stats["clipped_high_fraction"] == pytest.approx(float(np.mean((top == 65535) & ~sat)), abs=1e-9)
+    assert c.stats["clipped_high_fraction"] < 0.005
+    # the saturated values are lower bounds only: lowering them further changes no band
+    # gain, black or white level, and no fit. (The degree-2 polynomial of "enhanced" takes
+    # them as bounds, which lowering relaxes: see the censored-fit test; here it is
+    # swapped for Lambert. The lift's white level is measured on unsaturated pixels too,
+    # but their illumination level is a low-pass that the saturated neighbours enter.)
+    lower = data.copy()
+    lower[count > 0] *= 0.5
+    over = ["photometry=lambert"] if preset == "enhanced" else None
+    ca = enhance(lm, preset=preset, overrides=over)
+    cb = enhance(LinearMap(lower, lm.band_names, lm.backplanes, lm.sidecar), preset=preset, overrides=over)
+    no_lift = {"lift_white": None}
+    assert dataclasses.replace(cb.balance, **no_lift) == dataclasses.replace(ca.balance, **no_lift)
+    if preset != "jupitershine":
+        assert cb.balance == ca.balance
+    np.testing.assert_array_equal(cb.rgb16[count == 3], ca.rgb16[count == 3])
+    if preset == "natural":  # pointwise: every pixel is the same
+        np.testing.assert_array_equal(cb.rgb16, ca.rgb16)
 
 
 def test_guided_filter_smooths_flat_keeps_edges() -> None:
@@ -839,16 +918,25 @@ def real_maps(tmp_path_factory, data_dir: Path) -> dict[str, LinearMap]:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["natural", "enhanced", "jupitershine"])
 def test_real_products_clip_under_half_percent_of_the_disc(real_maps, preset: str) -> None:
-    """Highlights clipped on < 0.5 % of the disc (pixels with an incidence angle), on RGB
-    and methane products of both perijoves, without getting there by being dark."""
+    """Highlights clipped by the enhancement on < 0.5 % of the disc (pixels with an
+    incidence angle), on RGB and methane products of both perijoves, without getting there
+    by being dark; pixels the sensor saturated are at the top of the range and counted
+    apart (43C00078, the PJ43 crescent, is saturated on 19 % of its disc)."""
     for key, lm in real_maps.items():
         c = enhance(lm, preset=preset)
         disc = c.alpha & np.isfinite(lm.backplanes["incidence_deg"])
         assert disc.sum() > 0.9 * c.alpha.sum()  # the valid area is the disc
         top = c.rgb16.max(axis=2)[disc]
-        clipped = float(np.mean(top == 65535))
+        sat = (lm.backplanes["saturated_bands"] > 0)[disc]
+        clipped = float(np.mean((top == 65535) & ~sat))
         assert clipped < 0.005, (key, preset, clipped)
-        assert np.percentile(top, 99) > 0.7 * 65535, (key, preset)  # the top still near white
+        assert (top[sat] == 65535).all(), key  # "at least this bright": the top of the range
+        everywhere = (lm.backplanes["saturated_bands"] > 0)[c.alpha]
+        assert c.stats["saturated_fraction"] == pytest.approx(float(everywhere.mean()), abs=1e-9)
+        if key == "43C00078":
+            assert sat.mean() > 0.1, sat.mean()  # the case this test guards
+        # the unsaturated top still near white (the criterion is not met by being dark)
+        assert np.percentile(top[~sat], 99) > 0.7 * 65535, (key, preset)
         assert c.stats["perijove"] == int(key[:2])
         # Jupiter's night side is not a moon lit by Jupiter: the night-light model is not used
         assert c.stats.get("night_light_used") is not True, key

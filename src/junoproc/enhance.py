@@ -197,16 +197,24 @@ def fit_photometric_poly(
     degree: int = 2,
     mu0_floor: float = 0.1,
     mu_floor: float = 0.1,
+    lower_bound: np.ndarray | None = None,
 ) -> tuple[float, ...]:
     """Least-squares polynomial in (mu0, mu) fitted to the image's own brightness.
 
     Uses finite pixels with ``mu0 > mu0_floor`` and ``mu > mu_floor`` (arrays of any equal
     shape; pass a subsample for speed), refits once without residuals beyond 3 robust
     sigmas (storms, moons). Returns coefficients in :func:`poly_model` order.
+
+    ``lower_bound`` (bool, same shape) marks samples that are only lower bounds (sensor
+    saturated): they never pull the model down, they only keep it from passing below
+    them (censored least squares: squared residuals of the exact samples plus squared
+    shortfalls ``max(0, b - model)`` of the bounds, minimised by refitting on the violated
+    bounds until that set settles).
     """
     b = np.asarray(brightness, np.float64).ravel()
     m0 = np.asarray(mu0, np.float64).ravel()
     ok = np.isfinite(b) & np.isfinite(m0) & (m0 > mu0_floor)
+    bound = np.zeros(b.shape, bool) if lower_bound is None else np.asarray(lower_bound, bool).ravel()
     m1 = None
     if mu is not None:
         m1 = np.asarray(mu, np.float64).ravel()
@@ -220,15 +228,31 @@ def fit_photometric_poly(
     cols = [m0[ok] ** i * (m1[ok] ** j if m1 is not None else 1.0) for i, j in terms]
     a = np.stack(cols, axis=1)
     y = b[ok]
-    keep = np.ones(y.shape, bool)
+    censored = bound[ok]
+    exact = ~censored
+    if exact.sum() < 4 * len(terms):
+        raise EnhanceError(
+            f"too few unsaturated lit pixels ({int(exact.sum())}) to fit a degree-{degree} "
+            "photometric polynomial",
+            hint="use photometry=lambert or photometry=none",
+        )
+    keep = exact.copy()
     coef = np.zeros(len(terms))
     for _ in range(2):
-        coef = np.linalg.lstsq(a[keep], y[keep], rcond=None)[0]
+        active = np.zeros(y.shape, bool)
+        for _ in range(20):  # Newton steps: refit on the bounds the fit violates
+            use = keep | active
+            coef = np.linalg.lstsq(a[use], y[use], rcond=None)[0]
+            now = censored & (y > a @ coef)
+            if np.array_equal(now, active):
+                break
+            active = now
         resid = y - a @ coef
         sigma = 1.4826 * np.median(np.abs(resid[keep])) + 1e-30
-        keep = np.abs(resid) < 3 * sigma
-        if keep.sum() < 4 * len(terms):
+        new_keep = exact & (np.abs(resid) < 3 * sigma)
+        if new_keep.sum() < 4 * len(terms):
             break
+        keep = new_keep
     return tuple(float(c) for c in coef)
 
 
@@ -1459,8 +1483,11 @@ def _photometry_gain(
     explicit: bool,
     stats: dict[str, Any],
     notes: list[str],
+    bound: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """Per-pixel photometric gain for every display channel ((H, W) or (H, W, C)), or None."""
+    """Per-pixel photometric gain for every display channel ((H, W) or (H, W, C)), or None.
+    The fits use the pixels of ``valid``; those of ``bound`` (sensor-saturated) enter the
+    polynomial fit as lower bounds only."""
     ph = params.photometry
     if ph.method == "none":
         return None
@@ -1505,11 +1532,18 @@ def _photometry_gain(
             ]
         )
     if ph.method == "poly":
-        lum = np.where(valid[s], data[s][..., list(plan.channels)].mean(axis=2), np.nan)
+        seen = valid[s] if bound is None else valid[s] | bound[s]
+        lum = np.where(seen, data[s][..., list(plan.channels)].mean(axis=2), np.nan)
         mu0s = np.cos(np.deg2rad(np.asarray(inc[s], np.float64)))
         mus = None if emi is None else np.cos(np.deg2rad(np.asarray(emi[s], np.float64)))
         coeffs = fit_photometric_poly(
-            lum, mu0s, mus, degree=ph.degree, mu0_floor=ph.mu0_floor, mu_floor=ph.mu_floor
+            lum,
+            mu0s,
+            mus,
+            degree=ph.degree,
+            mu0_floor=ph.mu0_floor,
+            mu_floor=ph.mu_floor,
+            lower_bound=None if bound is None else bound[s],
         )
         stats["poly_coeffs"] = [round(c, 8) for c in coeffs]
         stats["poly_uses_emission"] = emi is not None
@@ -1539,15 +1573,28 @@ def _prepare(
     params: EnhanceParams,
     explicit_photometry: bool,
     timer: _Timer,
+    fit: np.ndarray | None = None,
 ) -> _Prepared:
-    """Photometric x flatten gain of every pixel."""
+    """Photometric x flatten gain of every pixel. The fits (photometric model, flatten
+    low-pass, terminator colour) use the pixels of ``fit`` (default: ``valid``): the
+    valid ones without a sensor-saturated band, whose values are only lower bounds."""
     stats: dict[str, Any] = {}
     notes: list[str] = []
     h, w = valid.shape
+    fit = valid if fit is None else fit
     stride = max(1, int(math.sqrt(h * w / 250_000)))
     with timer("photometry"):
         gain = _photometry_gain(
-            params, plan, data, valid, backplanes, stride, explicit_photometry, stats, notes
+            params,
+            plan,
+            data,
+            fit,
+            backplanes,
+            stride,
+            explicit_photometry,
+            stats,
+            notes,
+            None if fit is valid else valid & ~fit,
         )
         if gain is not None:
             # a pixel seen but without geometry (NaN angle) gets the typical gain; pixels
@@ -1570,10 +1617,10 @@ def _prepare(
             g = _mean_gain(gain)
             if g is not None:
                 np.multiply(lum, g, out=lum)
-            np.copyto(lum, _F32(0), where=~valid)  # NaN and inf of unseen pixels
+            np.copyto(lum, _F32(0), where=~fit)  # NaN and inf of unseen pixels, saturated ones
             factor = max(1, math.ceil(max(h, w) / 512))
             lh, lw = max(1, h // factor), max(1, w // factor)
-            m_low = cv2.resize(valid.view(np.uint8).astype(_F32), (lw, lh), interpolation=cv2.INTER_AREA)
+            m_low = cv2.resize(fit.view(np.uint8).astype(_F32), (lw, lh), interpolation=cv2.INTER_AREA)
             y_low = cv2.resize(lum, (lw, lh), interpolation=cv2.INTER_AREA)
             sigma = max(0.5, fl.sigma_frac * max(h, w) / factor)
             num = cv2.GaussianBlur(y_low, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
@@ -1612,7 +1659,7 @@ def _prepare(
         with timer("photometry"):
             cs = max(stride, int(math.sqrt(h * w / 100_000)))  # ~100k samples: medians per bin
             s = (slice(None, None, cs), slice(None, None, cs))
-            v = valid[s]
+            v = fit[s]
             lat = backplanes.get("lat_centric_deg")
             colour, cinfo = fit_terminator_colour(
                 data[s][v][:, list(plan.channels)],
@@ -1838,6 +1885,67 @@ def _valid_mask(data: np.ndarray) -> np.ndarray:
         data[:, :, 0].copy() if data.shape[2] == 1 else cv2.transform(data, np.ones((1, data.shape[2]), _F32))
     )
     return np.isfinite(total.reshape(data.shape[:2]))
+
+
+#: Backplane of a linear map: per pixel, how many of the map's bands had a sensor-saturated
+#: sample blended in (junoproc.projection); such a value is a lower bound of the signal.
+SATURATED_BACKPLANE = "saturated_bands"
+
+
+def _saturated_channels(data: np.ndarray, planes: Mapping[str, np.ndarray], plan: _Plan) -> np.ndarray | None:
+    """``(H, W, C)`` True where a display channel's band was saturated by the sensor, or
+    None when nothing was (or the map has no ``saturated_bands`` backplane).
+
+    The backplane counts the saturated bands (k) of each pixel, not which: they are taken
+    to be the pixel's k brightest bands in the map's calibrated values. All of JunoCam's
+    filters share one exposure and one saturation level in DN, so the band that reached the
+    ceiling is the one with the most signal; ties differ by the flat field only (a few %).
+    ``data`` is the map in its own band order (all its bands, before display order)."""
+    count = planes.get(SATURATED_BACKPLANE)
+    if count is None:
+        return None
+    k = np.nan_to_num(np.asarray(count, np.float32), nan=0.0)
+    rr, cc = np.nonzero(k > 0.5)
+    if rr.size == 0:
+        return None
+    nb = data.shape[2]
+    kk = np.minimum(np.rint(k[rr, cc]).astype(np.int64), nb)
+    vals = np.nan_to_num(data[rr, cc].astype(np.float64), nan=-np.inf)
+    rank = np.argsort(np.argsort(-vals, axis=1, kind="stable"), axis=1)  # 0 = brightest
+    sat_in = rank < kk[:, None]
+    out = np.zeros((*data.shape[:2], len(plan.channels)), bool)
+    out[rr, cc] = sat_in[:, list(plan.channels)]
+    return out if out.any() else None
+
+
+def _saturated_to_top(rgb: np.ndarray, sat: np.ndarray) -> None:
+    """Sensor-saturated pixels to the top of the display range, in place (display values
+    in [0, 1], ``(h, W, C)``): a saturated value is "at least this bright", so the pixel
+    is scaled until its brightest channel is 1 and every saturated channel is set to 1:
+    white where all are, elsewhere the unsaturated channels keep their ratios to each
+    other (the hue they measured; the saturated one's is unknown)."""
+    rr, cc = np.nonzero(sat.any(axis=2))
+    if rr.size == 0:
+        return
+    px = rgb[rr, cc]
+    s = sat[rr, cc]
+    scale = _F32(1) / np.maximum(px.max(axis=1), _F32(1e-6))
+    px = np.minimum(px * scale[:, None], _F32(1))
+    px[s] = 1.0
+    rgb[rr, cc] = px
+
+
+def _fit_mask(valid: np.ndarray, sat: np.ndarray | None) -> tuple[np.ndarray, str | None]:
+    """The pixels the statistics (fits, balance, levels) use: valid and without a
+    sensor-saturated band, unless that leaves fewer than 1 % of the valid ones (then all
+    valid pixels, with a note)."""
+    if sat is None:
+        return valid, None
+    fit = valid & ~sat.any(axis=2)
+    n_fit, n_valid = int(np.count_nonzero(fit)), int(np.count_nonzero(valid))
+    if n_fit < max(100, 0.01 * n_valid):
+        return valid, f"{n_valid - n_fit} of {n_valid} pixels saturated: levels measured on all of them"
+    return fit, None
 
 
 def _lab_ops_needed(p: EnhanceParams) -> bool:
@@ -2290,7 +2398,9 @@ def enhance(
     timer = _Timer()
     t_start = time.perf_counter()
     data, names, planes, sidecar = _as_inputs(linear, band_names, backplanes)
-    data, plan = _display_order(data, _plan(names))
+    plan0 = _plan(names)
+    sat = _saturated_channels(data, planes, plan0)
+    data, plan = _display_order(data, plan0)
     base = _resolve_preset(preset)
     params = apply_overrides(base, overrides)
     explicit_photometry = bool(overrides) and any(
@@ -2304,18 +2414,21 @@ def enhance(
         n_valid = int(np.count_nonzero(valid))
     if n_valid == 0:
         raise EnhanceError("the map has no valid pixel (all NaN)", hint="check the projection footprint")
-    prep = _prepare(data, valid, plan, planes, params, explicit_photometry, timer)
+    fit, sat_note = _fit_mask(valid, sat)
+    prep = _prepare(data, valid, plan, planes, params, explicit_photometry, timer, fit)
     stats: dict[str, Any] = {**prep.stats, **info}
     notes = prep.notes
+    if sat_note:
+        notes.append(sat_note)
     if plan.dropped:
         notes.append(f"band(s) {', '.join(plan.dropped)} not used in the RGB composite")
 
     with timer("levels"):
         stride = max(1, int(math.sqrt(h * w / 250_000)))
         if balance is None:
-            raw, g, night = _sample(data, valid, prep, plan, stride, planes)
+            raw, g, night = _sample(data, fit, prep, plan, stride, planes)
             region = (
-                _region_samples(data, valid, prep, plan, params.balance.region)
+                _region_samples(data, fit, prep, plan, params.balance.region)
                 if params.balance.method == "region"
                 else None
             )
@@ -2324,7 +2437,7 @@ def enhance(
             bal = balance if isinstance(balance, ColourBalance) else ColourBalance.from_dict(balance)
             bal._check_bands(plan.out_names)
             if params.lift.method == "asinh" and bal.lift_soft is None:
-                raw, g, _ = _sample(data, valid, prep, plan, stride)
+                raw, g, _ = _sample(data, fit, prep, plan, stride)
                 bal = dataclasses.replace(
                     bal, lift_soft=_measure_balance(raw, g, plan, params, None).lift_soft
                 )
@@ -2426,7 +2539,7 @@ def enhance(
                     # on the lit part when there is one (lifted noise must not set the scale)
                     # (the sunlit area proper: base >= 0.25 of white; thin bright features on
                     # a dark base get large gains and are left to the highlight shoulder)
-                    sv = valid[::stride, ::stride]
+                    sv = fit[::stride, ::stride]
                     for lit_s in (
                         sv & (base[::stride, ::stride] >= 0.25),
                         sv & (dark[::stride, ::stride] < 0.5),
@@ -2511,6 +2624,8 @@ def enhance(
                 elif params.gamma != 1.0:
                     cv2.pow(xs, 1.0 / params.gamma, dst=xs)
                 _fit_strip(xs, params.highlight.knee)
+                if sat is not None:
+                    _saturated_to_top(xs, sat[r0:r1])
                 if n_valid < h * w:
                     np.multiply(xs, valid[r0:r1, :, None], out=xs)
                 cv2.multiply(xs, (65535.0,) * 4, dst=rgb16[r0:r1], dtype=cv2.CV_16U)  # type: ignore[call-overload]
@@ -2529,6 +2644,8 @@ def enhance(
         g1 = np.maximum(L * _F32(0.01), _F32(0))
         _shoulder_inplace(g1.reshape(-1), params.highlight.knee)
         np.minimum(g1, _F32(1), out=g1)
+        if sat is not None:
+            g1[sat[:, :, 0]] = 1.0
         if params.colormap == "grey":
             rgb = cv2.merge([g1, g1, g1])
         else:
@@ -2551,7 +2668,11 @@ def enhance(
         top = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(vsub.shape)
         low = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MIN).reshape(vsub.shape)
         nv = max(1, int(vsub.sum()))
-        stats["clipped_high_fraction"] = float(np.count_nonzero((top == 65535) & vsub)) / nv
+        # clipping the enhancement caused; pixels the sensor saturated are counted apart
+        # (they are put at the top of the range on purpose)
+        ssub = np.zeros_like(vsub) if sat is None else sat[::stride_c, ::stride_c].any(axis=2) & vsub
+        stats["clipped_high_fraction"] = float(np.count_nonzero((top == 65535) & vsub & ~ssub)) / nv
+        stats["saturated_fraction"] = float(np.count_nonzero(ssub)) / nv
         stats["clipped_low_fraction"] = float(np.count_nonzero((low == 0) & vsub)) / nv
         stats["valid_fraction"] = n_valid / float(h * w)
     timings = dict(timer.times)
@@ -2603,6 +2724,7 @@ def colour_balance_from(
             data, names, planes, sidecar = _as_inputs(item, None, None)
         else:
             data, names, planes, sidecar = _as_inputs(item[0], item[1], item[2] if len(item) > 2 else None)  # type: ignore[misc]
+        sat = _saturated_channels(data, planes, _plan(names))
         data, plan = _display_order(data, _plan(names))
         if plan0 is None:
             plan0 = plan
@@ -2615,15 +2737,16 @@ def colour_balance_from(
         explicit = bool(overrides) and any(
             str(k).split("=")[0].strip().startswith("photometry") for k in overrides or []
         )
-        prep = _prepare(data, valid, plan, planes, params, explicit, timer)
+        fit, _ = _fit_mask(valid, sat)
+        prep = _prepare(data, valid, plan, planes, params, explicit, timer, fit)
         h, w = valid.shape
         stride = max(1, int(math.sqrt(h * w / 250_000)))
-        raw, g, night = _sample(data, valid, prep, plan, stride, planes)
+        raw, g, night = _sample(data, fit, prep, plan, stride, planes)
         raws.append(raw)
         gs.append(g)
         nights.append(np.zeros(raw.shape[0], bool) if night is None else night)
         if params.balance.method == "region":
-            r = _region_samples(data, valid, prep, plan, params.balance.region)
+            r = _region_samples(data, fit, prep, plan, params.balance.region)
             if r is not None:
                 regions.append(r)
     if plan0 is None or not raws:
