@@ -3,10 +3,14 @@
     make bench          # or: python benchmarks/bench.py [--quick]
 
 1. Each real product (PJ43, PJ44) built alone in a fresh process: wall and CPU seconds of
-   every stage (decode, calibrate, kernels, pointing, geometry, projection, enhancement,
-   write), end to end, and the process's peak memory.
+   every stage (decode, calibrate, kernels, pointing, geometry, projection, linear maps
+   written, colour balance, enhancement, composites written), end to end (the sum of its
+   stages), and the process's peak memory.
 2. Each perijove folder built with 2 worker processes (``junoproc build -j 2``): wall
-   time, the workers' CPU time and their peak memory.
+   time, the workers' CPU time per stage (summed over the products; ``read_linear`` is
+   reading the maps back for enhancement after the perijove's shared colour balance), the
+   workers' peak memory and the build process's (it measures the balance and makes the
+   mosaics).
 3. Enhancement of a 4000 x 4000 map (benchmarks/bench_enhance.py's synthetic map) and the
    simulator's 22-frame product.
 4. A summary: every goal, the worst measured value, ok or not.
@@ -100,6 +104,8 @@ def bench_products(data: Path, out: Path, worst: Worst) -> None:
 
 
 def bench_folders(data: Path, out: Path, worst: Worst) -> None:
+    import resource
+
     print("\n2. whole perijove folders, `junoproc build -j 2` (workers spawned, kernels per product)")
     for folder in FOLDERS:
         t0 = time.perf_counter()
@@ -117,7 +123,14 @@ def bench_folders(data: Path, out: Path, worst: Worst) -> None:
               f"workers' CPU {cpu:.1f} s; mosaics and contact sheet included")
         mflag = worst.add("peak memory per worker (MB)", peak, f"{folder} build")
         print(f"{folder}: peak memory of a worker {peak:.0f} MB "
-              f"(goal {GOALS['peak memory per worker (MB)']:g}) {mflag}")
+              f"(goal {GOALS['peak memory per worker (MB)']:g}) {mflag}; build process so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        stages: dict[str, float] = {}
+        for r in built:
+            for stage, cpu_s in r.stage_cpu_seconds.items():
+                stages[stage] = stages.get(stage, 0.0) + cpu_s
+        print(f"{folder}: CPU s per stage, all products (balance: its group's, in every product): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
 def bench_enhance_and_simulate(data: Path, out: Path, worst: Worst) -> None:
