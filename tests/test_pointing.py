@@ -475,3 +475,29 @@ def test_joint_solve_from_limbs_gates_and_records(data_dir, real_kernels, tmp_pa
     assert all(not s.joint["spin_axis_shared"] for s in split)
     back = pointing.load_solution(pointing.save_solution(sols[0], tmp_path / "s.json"))
     assert back.joint == sols[0].joint
+
+
+def test_simulated_example_scene_without_ck_solves_the_true_axis_not_its_mirror(tmp_path):
+    """`make example` offline: the simulated scene, synthetic kernels, no CK, the automatic
+    prior. The kernels have the Sun but no Earth, and Juno's r x v points away from the
+    simulated +Z (as at PJ01): the orbit-normal gate must be signed to the Sun's side, or
+    the solver takes the mirror axis (measured before the fix: 180 deg off, limb RMS 0.16 px)."""
+    from junoproc.simulate import simulate
+
+    product = simulate(tmp_path, write_ck=False, synthetic_kernels=True, n_frames=8, texture_width=1024,
+                       n_particle_hits=0)
+    _furnish(product.kernel_files)
+    try:
+        truth = product.attitude.axis_j2000
+        et = float(np.mean(product.frame_ets))
+        state = np.asarray(spiceypy.spkezr("JUNO", et, "J2000", "NONE", "JUPITER")[0])
+        assert pointing._angle_deg(np.cross(state[:3], state[3:]), truth) > 150.0  # r x v: the mirror
+        prior = pointing.juno_axis_prior(et)
+        assert prior is not None and [name for name, _ in prior.gates] == ["orbit_normal"]
+        assert pointing._angle_deg(prior.gates[0][1], truth) < 1.0
+        sol = pointing.solve_pointing(load_entry(next(iter(find_products(product.out_dir)))))
+        sep = pointing._angle_deg(sol.attitude.axis_j2000, truth)
+        assert sep < 1.0, f"solved axis {sep:.2f} deg from the truth"
+        assert sol.rms_px < 0.5
+    finally:
+        spiceypy.kclear()

@@ -1165,18 +1165,33 @@ def juno_axis_prior(et: float, *, sigma_deg: float = 5.0, gate_deg: float = 30.0
     """The physics prior near perijove: +Z at Earth (HGA) or near the orbit normal.
 
     Earth as seen from Juno (LT+S) is the prior's centre; the gates are Earth and the
-    orbit normal (r x v of Juno about Jupiter). None when the kernels give neither.
+    orbit normal of Juno about Jupiter, signed to the side of +Z: r x v turned towards
+    Earth, or the Sun where the kernels have no Earth (the solar arrays face +Z as the
+    HGA does, and the Sun and Earth are < 12 deg apart seen from Jupiter). The orbit
+    plane is nearly fixed while Jupiter circles the Sun, so r x v itself points either
+    way: at PJ01 the CK's +Z is 177 deg from r x v and 4 deg from the Sun, at PJ44 r x v
+    is 11 deg from Earth. Unsigned, the gate would admit the mirror solution (the axis
+    flipped, the map mirrored, the night side lit). The orbit normal is left as r x v
+    only when the kernels give neither Earth nor the Sun. None when they give no gate.
     """
     gates: list[tuple[str, np.ndarray]] = []
-    try:
-        earth = np.asarray(spiceypy.spkpos("EARTH", et, "J2000", "LT+S", OBSERVER)[0])
-        gates.append(("earth", earth / np.linalg.norm(earth)))
-    except spiceypy.utils.exceptions.SpiceyError:
-        pass
+    towards_z: np.ndarray | None = None
+    for body in ("EARTH", "SUN"):
+        try:
+            pos = np.asarray(spiceypy.spkpos(body, et, "J2000", "LT+S", OBSERVER)[0])
+        except spiceypy.utils.exceptions.SpiceyError:
+            continue
+        towards_z = pos / np.linalg.norm(pos)
+        if body == "EARTH":
+            gates.append(("earth", towards_z))
+        break
     try:
         st = np.asarray(spiceypy.spkezr(OBSERVER, et, "J2000", "NONE", "JUPITER")[0])
         h = np.cross(st[:3], st[3:])
-        gates.append(("orbit_normal", h / np.linalg.norm(h)))
+        h /= np.linalg.norm(h)
+        if towards_z is not None and float(h @ towards_z) < 0.0:
+            h = -h
+        gates.append(("orbit_normal", h))
     except spiceypy.utils.exceptions.SpiceyError:
         pass
     if not gates:
