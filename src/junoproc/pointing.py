@@ -44,7 +44,7 @@ import numpy as np
 import spiceypy
 from scipy import ndimage, optimize
 
-from .camera import CAMERA_FRAME, CameraModel, FrameTiming
+from .camera import CAMERA_FRAME, CameraModel, FrameTiming, frame_rotation
 from .errors import NoLimbError, OutputError, PointingError, PointingQualityError
 from .geometry import OBSERVER, Attitude, CkAttitude, FrameState, Target, frame_state
 from .products import ProductMeta
@@ -109,19 +109,8 @@ def _spin_bases(axes_j2000: np.ndarray) -> np.ndarray:
     return np.stack([e1, np.cross(a, e1), a], axis=1)
 
 
-def _small_rotation(angles_rad: Sequence[float]) -> np.ndarray:
-    """Rotation by the rotation vector ``angles_rad`` (Rodrigues), as a frame rotation."""
-    v = np.asarray(angles_rad, dtype=np.float64)
-    theta = float(np.linalg.norm(v))
-    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    if theta < 1e-12:
-        return np.eye(3) - k
-    k /= theta
-    return np.eye(3) - math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
-
-
 def _rotation_vector(frame_rot: np.ndarray) -> np.ndarray:
-    """Rotation vector v of a frame rotation, the inverse of :func:`_small_rotation`."""
+    """Rotation vector v of a frame rotation, the inverse of :func:`camera.frame_rotation`."""
     m = np.asarray(frame_rot, dtype=np.float64)
     axis = np.array([m[1, 2] - m[2, 1], m[2, 0] - m[0, 2], m[0, 1] - m[1, 0]]) / 2.0
     s = float(np.linalg.norm(axis))
@@ -132,7 +121,7 @@ def _rotation_vector(frame_rot: np.ndarray) -> np.ndarray:
 
 
 def _frame_rotations(v: np.ndarray) -> np.ndarray:
-    """:func:`_small_rotation` of many rotation vectors (n, 3) at once: (n, 3, 3)."""
+    """:func:`camera.frame_rotation` of many rotation vectors (n, 3) at once: (n, 3, 3)."""
     v = np.asarray(v, dtype=np.float64)
     theta = np.linalg.norm(v, axis=1)
     k = np.zeros((len(v), 3, 3))
@@ -224,7 +213,7 @@ class RefinedCkAttitude:
 
     @property
     def rot_delta(self) -> np.ndarray:
-        return _small_rotation(self.delta_cam_rad)
+        return frame_rotation(self.delta_cam_rad)
 
     def rot_j2000_to_cam(self, et: float) -> np.ndarray:
         return self.rot_delta @ CkAttitude(self.frame).rot_j2000_to_cam(et)
@@ -1062,7 +1051,7 @@ def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windo
 # ---------------------------------------------------------------------------------------
 def _twisted(sc_to_cam: np.ndarray, twist_rad: float) -> np.ndarray:
     """The spacecraft -> camera rotation followed by a rotation about the camera boresight (+z)."""
-    return _small_rotation([0.0, 0.0, float(twist_rad)]) @ sc_to_cam
+    return frame_rotation([0.0, 0.0, float(twist_rad)]) @ sc_to_cam
 
 
 def _spin_rotations(x: np.ndarray, dt_s: np.ndarray, sc_to_cam: np.ndarray) -> np.ndarray:
@@ -2066,7 +2055,7 @@ def solve_pointing(
 
     def rotations(x: np.ndarray) -> np.ndarray:
         dt = x[0] + frame_idx * x[1]
-        return _small_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
+        return frame_rotation(basis_delta @ x[2:5]) @ _frame_rotations(w_cam * dt[:, None]) @ rot_ck
 
     def fun(x: np.ndarray) -> np.ndarray:
         return case.model.residuals_px(rotations(x), case.alts(x))
