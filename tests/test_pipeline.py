@@ -75,6 +75,55 @@ def test_good_product_is_built_with_its_sidecar(batch):
     for key in ("lon_left_east_deg", "lat_top_deg", "lat_bottom_deg"):
         assert abs(grid[key] * 10 - round(grid[key] * 10)) < 1e-6, (key, grid[key])
     assert set(sidecar["stage_cpu_seconds"]) == set(pipeline.product_stages(options))
+    # no CK for PJ44: both colour images (the bad one never got to its limb) share a spin axis
+    assert sidecar["joint"]["products"] == sorted([PRODUCT, PRODUCT_2])
+    assert json.loads(sidecar["pointing"])["joint"] == sidecar["joint"]
+    assert sidecar["stage_cpu_seconds"]["limbs"] > 0 and sidecar["stage_cpu_seconds"]["pointing"] > 0
+    assert sidecar["stage_cpu_seconds"]["align_bands"] > 0  # measured in the worker, after the solve
+
+
+def test_joint_solve_returns_each_products_solution_or_its_error(monkeypatch):
+    """One solve_from_limbs call over every detected product, its kernels loaded once per
+    distinct set; a refused product comes back as its one-line failure, the others go on."""
+    from contextlib import contextmanager
+
+    from junoproc import kernels, pointing
+    from junoproc.errors import PointingQualityError
+
+    loaded: list[tuple[str, ...]] = []
+
+    @contextmanager
+    def furnished(kset):
+        loaded.append(kset.paths)
+        yield kset
+
+    def solve_from_limbs(observations, **kw):
+        assert kw["on_error"] == "return"
+        return ["sol-" + o for o in observations[:-1]] + [
+            PointingQualityError("limb too short", path="x.png", hint="use a CK")]
+
+    monkeypatch.setattr(kernels, "furnished", furnished)
+    monkeypatch.setattr(pointing, "solve_from_limbs", solve_from_limbs)
+
+    class KSet:
+        def __init__(self, *paths):
+            self.paths = paths
+
+    dets = [pipeline.Detected(f"P{k}", f"obs{k}", KSet("a", "b") if k < 2 else KSet("c"),
+                              {"limbs": 1.0}, {"limbs": 0.5}) for k in range(3)]
+    events: list[tuple[str, str]] = []
+    options = pipeline.BuildOptions()
+    out = pipeline.solve_jointly(dets, options, on_stage=lambda pid, st, i, n: events.append((pid, st)))
+    assert [s for _, s in out][:2] == ["sol-obs0", "sol-obs1"]
+    assert loaded == [("a", "b"), ("c",)]
+    assert events == [(f"P{k}", "pointing") for k in range(3)]
+    for d, _ in out:
+        assert d.stage_seconds["limbs"] == 1.0 and d.stage_cpu_seconds["limbs"] == 0.5
+        assert d.stage_seconds["pointing"] >= 0 and "pointing" in d.stage_cpu_seconds
+    failed = pipeline._solve_failed(out[2][0], out[2][1], options)
+    assert failed.status == "failed" and failed.product_id == "P2"
+    assert failed.message == "x.png: limb too short (use a CK)"
+    assert failed.seconds == 1.0
 
 
 def test_folder_gets_contact_sheet_and_mosaics(batch):
@@ -178,7 +227,9 @@ def test_interrupted_product_is_redone(batch):
         next(e for e in find_products(folder) if e.product_id == PRODUCT),
         options, on_stage=lambda pid, stage, step, total: stages.append(stage))
     assert result.status == "done"
-    assert tuple(stages) == pipeline.product_stages(options)  # the per-image progress bar's steps
+    # the per-image progress bar's steps; alone, ``pointing`` detects, solves and aligns
+    assert tuple(stages) == tuple(st for st in pipeline.product_stages(options)
+                                  if st not in ("limbs", "align_bands"))
     assert (final / f"{PRODUCT}.json").is_file()
     shutil.rmtree(partial)
 

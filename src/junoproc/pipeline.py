@@ -189,8 +189,15 @@ def product_stages(options: BuildOptions) -> tuple[str, ...]:
     ``decode`` ... ``write_linear`` run in a worker; ``balance`` (one colour balance per
     perijove and filter set) in the build process once every product is projected; then
     ``read_linear`` ... ``write`` in a worker again (``read_linear`` takes no time when the
-    maps are still in memory: :func:`process_product`)."""
-    return ("decode", "calibrate", "kernels", "pointing", "geometry",
+    maps are still in memory: :func:`process_product`).
+
+    Without a CK, ``build`` detects the limb (``limbs``) in a worker, solves the pointing of
+    all such products of the run jointly (``pointing``: one spin axis per pass,
+    :func:`pointing.solve_from_limbs`, its time split evenly) in the build process, then
+    aligns the bands (``align_bands``) in a worker again, after decoding and calibrating the
+    image once more (added to ``decode`` and ``calibrate``). Alone (:func:`process_product`)
+    or with a CK, ``pointing`` does all three and ``limbs`` and ``align_bands`` are 0."""
+    return ("decode", "calibrate", "kernels", "limbs", "pointing", "align_bands", "geometry",
             *(f"project_{p}" for p in options.projections), "write_linear", "balance",
             "read_linear", *(f"enhance_{p}" for p in options.projections), "write")
 
@@ -212,6 +219,53 @@ class _Stages:
         self.wall[name] = round(time.perf_counter() - t0, 3)
         self.cpu[name] = round(time.process_time() - c0, 3)
         return value
+
+    def again(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn`` timed and added to stage ``name`` (done before), without a progress event."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        value = fn()
+        self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - t0, 3)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c0, 3)
+        return value
+
+    def complete(self) -> None:
+        """Stages this product did not run separately count 0 s (see :func:`product_stages`)."""
+        for name in self.names:
+            self.wall.setdefault(name, 0.0)
+            self.cpu.setdefault(name, 0.0)
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A product without a CK after its first worker phase: its limb, waiting for the joint
+    pointing solve of the run (:func:`pointing.solve_from_limbs`) in the build process."""
+
+    product_id: str
+    #: :class:`pointing.LimbObservation` (no pixels)
+    observation: Any
+    #: the :class:`kernels.KernelSet` selected for it (loaded for the joint solve)
+    kernel_set: Any
+    stage_seconds: Mapping[str, float]
+    stage_cpu_seconds: Mapping[str, float]
+
+
+def with_band_alignment(image: Any, sol: Any) -> Any:
+    """``sol`` (a joint solve's, made without the pixels) with the per-band boresight
+    corrections measured on ``image`` (:func:`pointing.align_bands`), as
+    :func:`pointing.solve_pointing` applies them: only when some pair of bands has at least
+    3 textured windows. The limb residuals stay those of the IK's band boresights."""
+    from . import pointing
+
+    if image.meta.n_filters < 2 or not sum(sol.n_points_by_band.values()):
+        return sol
+    found = pointing.align_bands(image, sol, weights={b: float(n) for b, n in sol.n_points_by_band.items()})
+    if not any(n >= 3 for n in found.n_windows_by_pair.values()):
+        return replace(sol, band_alignment=found.to_dict(),
+                       notes=(*sol.notes, "band alignment: too few textured windows; the IK's band "
+                                          "boresights kept"))
+    boresight = tuple((b, tuple(float(v) for v in w)) for b, w in found.boresight_rad_by_band.items())
+    return replace(sol, attitude=replace(sol.attitude, band_boresight_rad=boresight),
+                   band_alignment=found.to_dict())
 
 
 def map_grid(geometry: Any, projection_name: str, options: BuildOptions) -> Any:
@@ -314,31 +368,52 @@ def _failed(product_id: str, err: BaseException, options: BuildOptions, stages: 
 
 
 def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallback | None = None,
-                    keep_maps: bool = False) -> Projected | ProductResult:
+                    keep_maps: bool = False, joint: bool = False, detected: Detected | None = None,
+                    solution: Any = None) -> Projected | Detected | ProductResult:
     """First half of a product: decode ... projection, linear maps written into the hidden
     ``OUT/.<PRODUCT_ID>.partial-<pid>`` folder. Returns a :class:`Projected` (``maps`` kept
-    in memory when ``keep_maps``) or the failed :class:`ProductResult` (folder removed)."""
+    in memory when ``keep_maps``) or the failed :class:`ProductResult` (folder removed).
+
+    ``joint``: a product without a CK stops after its limb detection and returns a
+    :class:`Detected` for the joint solve; called again with that ``detected`` and the
+    joint ``solution`` it goes on from there (band alignment, geometry, projections). A
+    product with a CK is solved and projected at once, as without ``joint``."""
     from . import geometry, io, kernels, pointing, products, projection
     from .calibrate import calibrate
 
     t_start = time.perf_counter()
     product_id = getattr(entry, "product_id", str(entry))
     out_root = Path(options.out_dir)
-    stages = _Stages(product_id, product_stages(options), on_stage)
+    stages = _Stages(product_id, product_stages(options), on_stage,
+                     *((detected.stage_seconds, detected.stage_cpu_seconds) if detected else ()))
     work_dir = out_root / f".{product_id}{PARTIAL_TAG}{os.getpid()}"
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     kept = False
     try:
-        raw = stages.run("decode", lambda: products.load_entry(entry)
-                         if isinstance(entry, products.ProductEntry) else products.load(entry))
-        cal = stages.run("calibrate", lambda: calibrate(raw))
+        def decode() -> Any:
+            return products.load_entry(entry) if isinstance(entry, products.ProductEntry) \
+                else products.load(entry)
+
+        if detected is not None:  # second phase: the image again (cheaper than shipping it)
+            raw = stages.again("decode", decode)
+            cal = stages.again("calibrate", lambda: calibrate(raw))
+            kset = detected.kernel_set
+        else:
+            raw = stages.run("decode", decode)
+            cal = stages.run("calibrate", lambda: calibrate(raw))
+            kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
+            kset = stages.run("kernels", lambda: kernels.select_kernels_for(raw.meta, kdir, source=ksource))
         meta = raw.meta
-        kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
-        kset = stages.run("kernels", lambda: kernels.select_kernels_for(meta, kdir, source=ksource))
         with kernels.furnished(kset):
-            ck = geometry.CkAttitude() if kset.ck_covered else None
-            solution = stages.run("pointing", lambda: pointing.solve_pointing(cal, ck=ck))
+            if detected is not None:
+                solution = stages.run("align_bands", lambda: with_band_alignment(cal, solution))
+            elif joint and not kset.ck_covered:
+                obs = stages.run("limbs", lambda: pointing.detect_limbs(cal))
+                return Detected(product_id, obs, kset, stages.wall, stages.cpu)
+            else:
+                ck = geometry.CkAttitude() if kset.ck_covered else None
+                solution = stages.run("pointing", lambda: pointing.solve_pointing(cal, ck=ck))
             geom = stages.run("geometry", lambda: geometry.image_geometry(
                 meta, solution.attitude, timing=solution.timing))
             maps = {}
@@ -366,6 +441,8 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
             "kernels": kset.describe(),
             "time_model": asdict(solution.timing),
             "pointing": solution.to_json(),
+            # the products whose limbs fixed this image's spin axis together (empty with a CK)
+            "joint": dict(getattr(solution, "joint", {}) or {}),
             "maps": {name: dict(m.sidecar) for name, m in maps.items()},
             "calibration": {"steps": list(cal.steps), "units": cal.units},
         }
@@ -423,6 +500,7 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
                      projected.stage_seconds, projected.stage_cpu_seconds)
     stages.wall["balance"] = float(balance.get("seconds", 0.0))
     stages.cpu["balance"] = float(balance.get("cpu_seconds", 0.0))
+    stages.complete()
     try:
         maps = stages.run("read_linear", lambda: dict(projected.maps) if projected.maps is not None else {
             name: io.read_linear_map(work_dir / f, backplanes=ENHANCE_BACKPLANES)
@@ -486,6 +564,7 @@ def process_product(entry: Any, options: BuildOptions, *,
     projected = project_product(entry, options, on_stage=on_stage, keep_maps=True)
     if isinstance(projected, ProductResult):
         return projected
+    assert isinstance(projected, Projected)  # not ``joint``: solved right there
     try:
         if on_stage is not None:
             names = product_stages(options)
@@ -582,8 +661,13 @@ def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
         _BUSY = False
 
 
-def _worker_project(entry: Any, options: BuildOptions) -> Projected | ProductResult:
-    return _in_worker(project_product, entry, options)
+def _worker_detect(entry: Any, options: BuildOptions) -> Projected | Detected | ProductResult:
+    return _in_worker(partial(project_product, joint=True), entry, options)
+
+
+def _worker_solved(entry: Any, options: BuildOptions, detected: Detected, solution: Any
+                   ) -> Projected | ProductResult:
+    return _in_worker(partial(project_product, detected=detected, solution=solution), entry, options)
 
 
 def _worker_finish(projected: Projected, balance: Mapping[str, Any], options: BuildOptions) -> ProductResult:
@@ -803,10 +887,14 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
 
     results: list[ProductResult] = []
     waiting: list[Projected] = []  # projected, not yet handed to a worker to finish
+    detected: list[Detected] = []  # limbs detected, not yet solved
     finishing: dict[Future[ProductResult], Projected] = {}
+    entries = {e.product_id: e for e in todo}
     with _executor(jobs, bars) as (pool, events):
-        project_fn: Callable[..., Any] = _worker_project if events is not None else \
-            partial(project_product, on_stage=bars.stage)
+        project_fn: Callable[..., Any] = _worker_detect if events is not None else \
+            partial(project_product, on_stage=bars.stage, joint=True)
+        solved_fn: Callable[..., Any] = _worker_solved if events is not None else \
+            partial(_project_solved, on_stage=bars.stage)
         finish_fn: Callable[..., Any] = _worker_finish if events is not None else \
             partial(finish_product, on_stage=bars.stage)
         pending: dict[Future[Any], str] = {}
@@ -824,6 +912,9 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                     except BrokenProcessPool:
                         out = ProductResult(product_id, "failed", "the worker process died "
                                             "(out of memory? try -j 1)")
+                    if isinstance(out, Detected):
+                        detected.append(out)
+                        continue
                     if isinstance(out, Projected):
                         waiting.append(out)
                         bars.projected(product_id)
@@ -833,6 +924,17 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                         shutil.rmtree(projected.work_dir, ignore_errors=True)
                     results.append(out)
                     bars.finished(out)
+                if detected and not any(fut not in finishing for fut in pending):
+                    # every limb detected: one joint pointing solve, then on in the workers
+                    for det, sol in solve_jointly(detected, options, on_stage=bars.stage):
+                        if isinstance(sol, BaseException):
+                            out = _solve_failed(det, sol, options)
+                            results.append(out)
+                            bars.finished(out)
+                        else:
+                            fut = pool.submit(solved_fn, entries[det.product_id], options, det, sol)
+                            pending[fut] = det.product_id
+                    detected.clear()
                 if waiting and not any(fut not in finishing for fut in pending):
                     # every product projected: one balance per perijove and filter set
                     for members in _groups(waiting).values():
@@ -859,6 +961,56 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
             for p in unfinished:
                 shutil.rmtree(p.work_dir, ignore_errors=True)
     return results
+
+
+def _project_solved(entry: Any, options: BuildOptions, detected: Detected, solution: Any, *,
+                    on_stage: StageCallback | None = None) -> Projected | Detected | ProductResult:
+    return project_product(entry, options, on_stage=on_stage, detected=detected, solution=solution)
+
+
+def solve_jointly(detected: Sequence[Detected], options: BuildOptions, *,
+                  on_stage: StageCallback | None = None) -> list[tuple[Detected, Any]]:
+    """One :func:`pointing.solve_from_limbs` over ``detected`` (it groups them by pass, one
+    spin axis per pass), here with their kernels loaded: per product ``(detected, solution
+    or the exception that refused it)``, the ``pointing`` stage being the call's wall and
+    CPU time split evenly. Products already built by an earlier run are not re-detected
+    for it: the products still to build are solved among themselves."""
+    from contextlib import ExitStack
+
+    from . import kernels, pointing
+
+    names = product_stages(options)
+    if on_stage is not None:
+        for d in detected:
+            on_stage(d.product_id, "pointing", names.index("pointing"), len(names))
+    t0, c0 = time.perf_counter(), time.process_time()
+    sols: list[Any]
+    try:
+        with ExitStack() as stack:
+            loaded: set[tuple[Any, ...]] = set()
+            for d in detected:
+                key = tuple(d.kernel_set.paths)
+                if key not in loaded:
+                    loaded.add(key)
+                    stack.enter_context(kernels.furnished(d.kernel_set))
+            sols = list(pointing.solve_from_limbs([d.observation for d in detected], on_error="return"))
+    except Exception as err:  # a bug or a kernel failure: every product of the call fails
+        sols = [err] * len(detected)
+    n = max(1, len(detected))
+    wall, cpu = round((time.perf_counter() - t0) / n, 3), round((time.process_time() - c0) / n, 3)
+    return [(replace(d, stage_seconds={**d.stage_seconds, "pointing": wall},
+                     stage_cpu_seconds={**d.stage_cpu_seconds, "pointing": cpu}), s)
+            for d, s in zip(detected, sols, strict=True)]
+
+
+def _solve_failed(det: Detected, err: BaseException, options: BuildOptions) -> ProductResult:
+    if isinstance(err, JunoprocError):
+        message = err.one_line()
+    else:
+        detail = "".join(traceback.format_exception(err)) if options.debug else f"{type(err).__name__}: {err}"
+        message = f"internal error: {detail}".strip()
+    return ProductResult(det.product_id, "failed", message, seconds=sum(det.stage_seconds.values()),
+                         stage_seconds=det.stage_seconds, stage_cpu_seconds=det.stage_cpu_seconds)
 
 
 @contextmanager
