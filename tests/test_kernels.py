@@ -696,3 +696,24 @@ def test_fetch_without_ck_listing_and_for_a_moon(fake_naif, tmp_path, data_dir, 
     assert "jup344.bsp" not in {k.name for k in result.kernels}
     (cov,) = result.coverage
     assert not cov.ok and cov.problem.startswith("no SPK for IO (501) covers 2022-08-17T13:44:54.688")
+
+
+def test_kernels_folder_beside_the_data(tmp_path):
+    """`junoproc build data/perijove44` finds data/kernels when nothing else is configured;
+    the flag, the variable and the config still win; an empty kernels/ folder is passed over."""
+    data = tmp_path / "data"
+    (data / "perijove44").mkdir(parents=True)
+    (data / "kernels" / "lsk").mkdir(parents=True)
+    kdir, source = K.resolve_kernel_dir(None, data=data / "perijove44")
+    assert source.kind == "cache"  # a kernels/ folder with no kernel file is not taken
+    (data / "kernels" / "lsk" / "naif0012.tls").write_text("KPL/LSK\n")
+    for where in (data / "perijove44", data / "perijove44" / "x.zip", data):
+        kdir, source = K.resolve_kernel_dir(None, data=where)
+        assert (kdir, source.kind) == ((data / "kernels").resolve(), "beside"), where
+        assert "beside the data" in str(source)
+    assert K.resolve_kernel_dir(None)[1].kind == "cache"  # no data given: unchanged
+    (tmp_path / "flag").mkdir()
+    assert K.resolve_kernel_dir(str(tmp_path / "flag"), data=data)[1].kind == "flag"
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    assert K.kernels_beside(deep) is None

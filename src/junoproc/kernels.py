@@ -178,7 +178,8 @@ def naif_base_url(manifest: KernelManifest | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Where the kernels are: --kernels > $JUNOPROC_KERNELS > config kernels.dir > cache
+# Where the kernels are: --kernels > $JUNOPROC_KERNELS > config kernels.dir
+#                        > a kernels/ folder beside the data > cache
 # ----------------------------------------------------------------------------------------
 
 
@@ -186,7 +187,7 @@ def naif_base_url(manifest: KernelManifest | None = None) -> str:
 class KernelDirSource:
     """Which rule of the precedence chose the kernel folder."""
 
-    kind: Literal["flag", "env", "config", "cache", "argument"]
+    kind: Literal["flag", "env", "config", "beside", "cache", "argument"]
     detail: str = ""
 
     def __str__(self) -> str:
@@ -196,6 +197,8 @@ class KernelDirSource:
             return f"${KERNELS_ENV}"
         if self.kind == "config":
             return f"config file {self.detail} (kernels.dir)"
+        if self.kind == "beside":
+            return f"kernels folder beside the data ({self.detail})"
         if self.kind == "cache":
             return f"cache folder (no --kernels, no ${KERNELS_ENV}, no kernels.dir in {self.detail})"
         return self.detail or "given by the caller"
@@ -234,16 +237,39 @@ def default_kernel_cache() -> Path:
     return cache_dir() / "kernels"
 
 
+#: How many folders up from the data a ``kernels/`` folder is looked for (DIR, its parent,
+#: its grandparent: ``data/perijove44`` finds ``data/kernels``).
+BESIDE_DATA_LEVELS = 3
+
+
+def kernels_beside(data: str | os.PathLike[str]) -> Path | None:
+    """The first ``kernels/`` folder holding a kernel file in ``data`` (a folder or a file's
+    folder) or up to :data:`BESIDE_DATA_LEVELS` - 1 folders above it, else None."""
+    here = Path(data).expanduser().absolute()
+    if not here.is_dir():
+        here = here.parent
+    for folder in [here, *here.parents][:BESIDE_DATA_LEVELS]:
+        candidate = folder / "kernels"
+        if candidate.is_dir() and any(
+            f.suffix.lower() in _EXT_KIND for f in candidate.rglob("*") if f.is_file()
+        ):
+            return candidate
+    return None
+
+
 def resolve_kernel_dir(
-    flag: str | os.PathLike[str] | None = None, *, must_exist: bool = True
+    flag: str | os.PathLike[str] | None = None, *, must_exist: bool = True,
+    data: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, KernelDirSource]:
     """The kernel folder and which rule chose it.
 
     Precedence: ``--kernels`` flag > ``$JUNOPROC_KERNELS`` > config file key
     ``kernels.dir`` (``~/.config/junoproc/config.toml``, or ``$JUNOPROC_CONFIG``; a relative
-    path is relative to the file) > the cache folder (``junoproc.paths.cache_dir()/kernels``,
-    which may not exist yet).  A folder named by the flag, the variable or the config must
-    exist unless ``must_exist`` is False (a download destination).
+    path is relative to the file) > a ``kernels/`` folder beside the ``data`` being processed
+    (see :func:`kernels_beside`; only when ``data`` is given) > the cache folder
+    (``junoproc.paths.cache_dir()/kernels``, which may not exist yet).  A folder named by the
+    flag, the variable or the config must exist unless ``must_exist`` is False (a download
+    destination).
     """
     cfg = config_path()
     chosen: tuple[Path, KernelDirSource] | None = None
@@ -256,6 +282,10 @@ def resolve_kernel_dir(
         from_cfg = _config_kernel_dir(cfg)
         if from_cfg is not None:
             chosen = (from_cfg, KernelDirSource("config", str(cfg)))
+    if chosen is None and data is not None:
+        beside = kernels_beside(data)
+        if beside is not None:
+            return beside.resolve(), KernelDirSource("beside", str(beside))
     if chosen is None:
         return default_kernel_cache(), KernelDirSource("cache", str(cfg))
     path, source = chosen
@@ -1603,6 +1633,6 @@ __all__ = [
     "config_path", "coverage_report", "default_kernel_cache", "fetch_kernels", "file_sha256",
     "find_kernel_files", "furnished", "generic_kernel_set", "image_spans", "list_kernels",
     "load_generic_kernels", "load_manifest", "mission_candidates", "naif_base_url", "parse_listing",
-    "rank_candidates", "resolve_kernel_dir", "scan_image_spans", "select_kernels",
+    "kernels_beside", "rank_candidates", "resolve_kernel_dir", "scan_image_spans", "select_kernels",
     "select_kernels_for", "text_kernel_assignments", "utc_span_to_et",
 ]
