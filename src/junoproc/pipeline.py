@@ -144,6 +144,9 @@ class BuildReport:
     out_dir: str
     seconds: float
     extras: tuple[str, ...] = ()
+    #: the build process's own (serial) work by phase, ``{phase: {"wall_s", "cpu_s"}}``:
+    #: ``joint_solve``, ``balance``, ``mosaics``, ``contact_sheet`` (see :class:`_Phases`)
+    phases: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -173,7 +176,30 @@ class BuildReport:
         lines.append(f"{len(self.results)} product(s): {n['done']} built, {n['skipped']} already "
                      f"built, {n['failed']} failed, {n['incomplete']} incomplete downloads; "
                      f"{self.seconds:.1f} s")
+        if self.phases:
+            lines.append("build process: " + ", ".join(
+                f"{name.replace('_', ' ')} {t['wall_s']:.1f} s ({t['cpu_s']:.1f} s CPU)"
+                for name, t in self.phases.items()))
         return "\n".join(lines)
+
+
+class _Phases:
+    """Wall and CPU seconds of the build process's own work by phase (workers wait on it
+    when it is on the critical path: the joint solve and the balance; the mosaics and
+    contact sheet run after the last product)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            t = self.seconds.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+            t["wall_s"] = round(t["wall_s"] + time.perf_counter() - t0, 3)
+            t["cpu_s"] = round(t["cpu_s"] + time.process_time() - c0, 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -815,6 +841,7 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
 
     options = options or BuildOptions()
     t0 = time.perf_counter()
+    phases = _Phases()
     folder = Path(folder)
     entries = products.find_products(folder)
     if not entries:
@@ -840,14 +867,14 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     try:
         if todo:
             earlier = _recorded_balances(out_root, [r for r in results if r.status == "skipped"])
-            results.extend(_run(todo, options, jobs, bars, earlier))
+            results.extend(_run(todo, options, jobs, bars, earlier, phases))
     finally:
         bars.close()
         clean_partials(out_root)  # what a dead worker left
-    extras = _perijove_products(out_root, results, options)
+    extras = _perijove_products(out_root, results, options, phases)
     order = {e.product_id: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r.product_id, 0))
-    return BuildReport(tuple(results), str(out_root), time.perf_counter() - t0, extras)
+    return BuildReport(tuple(results), str(out_root), time.perf_counter() - t0, extras, phases.seconds)
 
 
 def _recorded_balances(out_root: Path, built: Sequence[ProductResult]
@@ -881,7 +908,7 @@ class _InProcess:
 
 
 def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
-         earlier: Mapping[tuple[Any, str], Mapping[str, Any]]) -> list[ProductResult]:
+         earlier: Mapping[tuple[Any, str], Mapping[str, Any]], phases: _Phases) -> list[ProductResult]:
     """Project every product, measure one balance per group, finish every product."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -926,7 +953,9 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                     bars.finished(out)
                 if detected and not any(fut not in finishing for fut in pending):
                     # every limb detected: one joint pointing solve, then on in the workers
-                    for det, sol in solve_jointly(detected, options, on_stage=bars.stage):
+                    with phases("joint_solve"):
+                        solved = solve_jointly(detected, options, on_stage=bars.stage)
+                    for det, sol in solved:
                         if isinstance(sol, BaseException):
                             out = _solve_failed(det, sol, options)
                             results.append(out)
@@ -938,7 +967,8 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                 if waiting and not any(fut not in finishing for fut in pending):
                     # every product projected: one balance per perijove and filter set
                     for members in _groups(waiting).values():
-                        balance = earlier.get(members[0].group) or shared_balance(members, options)
+                        with phases("balance"):
+                            balance = earlier.get(members[0].group) or shared_balance(members, options)
                         if members[0].group in earlier:
                             balance = {**balance, "reused_for": sorted(p.product_id for p in members)}
                         for p in members:
@@ -1034,7 +1064,7 @@ def _groups(projected: Sequence[Projected]) -> dict[tuple[Any, str], list[Projec
 # per folder: contact sheet and mosaics
 # ---------------------------------------------------------------------------------------
 def _perijove_products(out_root: Path, results: Sequence[ProductResult],
-                       options: BuildOptions) -> tuple[str, ...]:
+                       options: BuildOptions, phases: _Phases) -> tuple[str, ...]:
     """Contact sheet of every composite, and the mosaics; remade only when a product was
     (re)built in this run or they are missing."""
     from . import io
@@ -1048,11 +1078,13 @@ def _perijove_products(out_root: Path, results: Sequence[ProductResult],
     sheet_path = out_root / "contact-sheet.png"
     if pngs and (changed or not sheet_path.is_file()):
         labels = [p.stem.replace("-", "  ", 1) for p in pngs]
-        io.write_png(sheet_path, contact_sheet(pngs, labels=labels))
+        with phases("contact_sheet"):
+            io.write_png(sheet_path, contact_sheet(pngs, labels=labels))
     if pngs:
         written.append(str(sheet_path))
     if options.mosaic:
-        written.extend(_mosaics(out_root, done, options, changed))
+        with phases("mosaics"):
+            written.extend(_mosaics(out_root, done, options, changed))
     return tuple(written)
 
 
