@@ -257,6 +257,9 @@ def test_round_trips_and_the_array_of_vectors_api(spice, data_dir: Path) -> None
     xq, yq = geom.surface_to_px_xyz(frame, band, p[..., 0], p[..., 1], p[..., 2], workers=2)
     np.testing.assert_array_equal(np.isnan(xq), ~bp.hit)
     np.testing.assert_allclose(xq[bp.hit], xp[bp.hit], atol=1e-9)
+    # no points: empty coordinates (not a ValueError from a zero-length split)
+    xe, ye = geom.surface_to_px(frame, band, np.zeros((0, 3)))
+    assert xe.shape == ye.shape == (0,)
     # points behind the camera have no pixel; the far side is flagged by is_visible
     obs = geom.observer_pos_body_km(frame)
     far = -bp.pos_body_km[bp.hit][:100]

@@ -885,6 +885,8 @@ def _inverse_task(k: FrameKernel, cam: CameraModel, pos: tuple[np.ndarray, np.nd
 
 def _split(n: int, parts: int) -> list[slice]:
     """``parts`` contiguous slices of range(n), multiples of the chunk size."""
+    if n <= 0:
+        return [slice(0, 0)]
     per = -(-n // max(1, parts))
     per = -(-per // CHUNK_POINTS) * CHUNK_POINTS
     return [slice(i, min(i + per, n)) for i in range(0, n, per)] or [slice(0, 0)]
