@@ -185,6 +185,35 @@ def test_one_colour_balance_per_perijove(batch):
     assert alone.white["GREEN"] < 0.9 * bal.white["GREEN"]
 
 
+def test_resume_solves_the_pass_with_the_built_products(batch, tmp_path, data_dir: Path):
+    """Only 44M00040 left to build (no CK; its limb alone leaves the spin axis ambiguous and
+    is refused): the resumed build re-detects the finished 44C00029 and 44C00032 for the
+    joint solve of the pass, builds 44M00040 on their shared axis, and rewrites nothing of
+    theirs. The batch's finished products are hard-linked into a fresh output folder (as
+    a build that had only 44M00040 left, e.g. after its outputs were deleted)."""
+    _, out, options, _ = batch
+    resumed = tmp_path / "out"
+    resumed.mkdir()
+    for pid in (PRODUCT, PRODUCT_2):
+        shutil.copytree(out / pid, resumed / pid, copy_function=os.link)
+    kept = {pid: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (resumed / pid).iterdir()}
+            for pid in (PRODUCT, PRODUCT_2)}
+    options = replace(options, out_dir=str(resumed), projections=("equirectangular",), mosaic=False)
+    report = pipeline.build(data_dir / "perijove44", options, progress=False)
+    by_id = {r.product_id: r for r in report.results}
+    assert by_id[BAD].status == "done", by_id[BAD].message
+    assert by_id[PRODUCT].status == by_id[PRODUCT_2].status == "skipped"
+    side = json.loads((resumed / BAD / f"{BAD}.json").read_text())
+    assert side["joint"]["products"] == sorted([BAD, PRODUCT, PRODUCT_2])
+    assert side["joint"]["spin_axis_shared"]
+    assert by_id[BAD].limb_rms_px is not None and by_id[BAD].limb_rms_px < 0.5
+    assert side["stage_cpu_seconds"]["pointing"] > 0  # the whole joint solve, one product built
+    for pid in (PRODUCT, PRODUCT_2):
+        assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (resumed / pid).iterdir()} \
+            == kept[pid]
+    assert not [p for p in resumed.iterdir() if p.name.startswith(".")]
+
+
 def test_rerun_skips_finished_products_and_force_redoes(batch, tmp_path):
     folder, out, options, _ = batch
     sidecar = out / PRODUCT / f"{PRODUCT}.json"

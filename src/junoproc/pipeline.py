@@ -273,6 +273,35 @@ class Detected:
     kernel_set: Any
     stage_seconds: Mapping[str, float]
     stage_cpu_seconds: Mapping[str, float]
+    #: a product an earlier run finished, re-detected (:func:`detect_built`) only so that
+    #: its limb takes part in its pass's joint solve; nothing of it is rewritten
+    built: bool = False
+
+
+def detect_built(entry: Any, options: BuildOptions, *,
+                 on_stage: StageCallback | None = None) -> Detected | str | None:
+    """A finished product's limb again (decode, calibrate, kernels, :func:`pointing.detect_limbs`;
+    nothing written), for the joint solve of a resumed build: the spin axis of a pass is
+    fixed by every image of the pass without a CK, built or not (44M00040 alone is refused
+    as ambiguous). None when it has a CK after all; a one-line reason when it cannot be
+    read any more (it then does not take part)."""
+    from . import kernels, pointing, products
+    from .calibrate import calibrate
+
+    try:
+        raw = products.load_entry(entry) if isinstance(entry, products.ProductEntry) else products.load(entry)
+        cal = calibrate(raw)
+        kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
+        kset = kernels.select_kernels_for(raw.meta, kdir, source=ksource)
+        if kset.ck_covered:
+            return None
+        t0, c0 = time.perf_counter(), time.process_time()
+        with kernels.furnished(kset):
+            obs = pointing.detect_limbs(cal)
+        return Detected(raw.meta.product_id, obs, kset, {"limbs": round(time.perf_counter() - t0, 3)},
+                        {"limbs": round(time.process_time() - c0, 3)}, built=True)
+    except JunoprocError as err:
+        return err.one_line()
 
 
 def with_band_alignment(image: Any, sol: Any) -> Any:
@@ -696,6 +725,10 @@ def _worker_solved(entry: Any, options: BuildOptions, detected: Detected, soluti
     return _in_worker(partial(project_product, detected=detected, solution=solution), entry, options)
 
 
+def _worker_detect_built(entry: Any, options: BuildOptions) -> Detected | str | None:
+    return _in_worker(detect_built, entry, options)
+
+
 def _worker_finish(projected: Projected, balance: Mapping[str, Any], options: BuildOptions) -> ProductResult:
     return _in_worker(finish_product, projected, balance, options)
 
@@ -851,7 +884,7 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     out_root.mkdir(parents=True, exist_ok=True)
     clean_partials(out_root)
     results: list[ProductResult] = []
-    todo = []
+    todo, built = [], []
     for entry in entries:
         missing = getattr(entry, "missing", None)
         if missing:
@@ -859,6 +892,8 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
                                          f"metadata only: no {missing} (download the image set)"))
         elif not options.force and _finished(out_root / entry.product_id, entry.product_id):
             results.append(process_product(entry, options))  # "skipped", without a worker
+            if _solved_without_ck(out_root / entry.product_id, entry.product_id):
+                built.append(entry)
         else:
             todo.append(entry)
 
@@ -867,7 +902,7 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     try:
         if todo:
             earlier = _recorded_balances(out_root, [r for r in results if r.status == "skipped"])
-            results.extend(_run(todo, options, jobs, bars, earlier, phases))
+            results.extend(_run(todo, built, options, jobs, bars, earlier, phases))
     finally:
         bars.close()
         clean_partials(out_root)  # what a dead worker left
@@ -875,6 +910,16 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     order = {e.product_id: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r.product_id, 0))
     return BuildReport(tuple(results), str(out_root), time.perf_counter() - t0, extras, phases.seconds)
+
+
+def _solved_without_ck(final_dir: Path, product_id: str) -> bool:
+    """Whether a built product's sidecar says no CK covered it (its pointing came from
+    the limb, so a resumed build re-detects it for the joint solve of its pass)."""
+    try:
+        side = json.loads((final_dir / f"{product_id}.json").read_text())
+        return side["kernels"]["ck_covered"] is False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _recorded_balances(out_root: Path, built: Sequence[ProductResult]
@@ -907,9 +952,11 @@ class _InProcess:
         return fut
 
 
-def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
+def _run(todo: Sequence[Any], built: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
          earlier: Mapping[tuple[Any, str], Mapping[str, Any]], phases: _Phases) -> list[ProductResult]:
-    """Project every product, measure one balance per group, finish every product."""
+    """Project every product, measure one balance per group, finish every product.
+
+    ``built``: finished products without a CK, re-detected for the joint solve."""
     from concurrent.futures.process import BrokenProcessPool
 
     results: list[ProductResult] = []
@@ -924,10 +971,13 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
             partial(_project_solved, on_stage=bars.stage)
         finish_fn: Callable[..., Any] = _worker_finish if events is not None else \
             partial(finish_product, on_stage=bars.stage)
+        built_fn: Callable[..., Any] = _worker_detect_built if events is not None else detect_built
         pending: dict[Future[Any], str] = {}
         try:
             for entry in todo:
                 pending[pool.submit(project_fn, entry, options)] = entry.product_id
+            for entry in built:
+                pending[pool.submit(built_fn, entry, options)] = entry.product_id
             while pending:
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
                 if events is not None:
@@ -942,6 +992,11 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                     if isinstance(out, Detected):
                         detected.append(out)
                         continue
+                    if out is None or isinstance(out, str):  # a built product not re-detected
+                        if out:
+                            print(f"junoproc: {product_id} (built) left out of the joint solve: {out}",
+                                  file=sys.stderr)
+                        continue
                     if isinstance(out, Projected):
                         waiting.append(out)
                         bars.projected(product_id)
@@ -953,9 +1008,13 @@ def _run(todo: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
                     bars.finished(out)
                 if detected and not any(fut not in finishing for fut in pending):
                     # every limb detected: one joint pointing solve, then on in the workers
-                    with phases("joint_solve"):
-                        solved = solve_jointly(detected, options, on_stage=bars.stage)
+                    solved = []
+                    if not all(d.built for d in detected):
+                        with phases("joint_solve"):
+                            solved = solve_jointly(detected, options, on_stage=bars.stage)
                     for det, sol in solved:
+                        if det.built:  # its axis helped; its outputs stay as they are
+                            continue
                         if isinstance(sol, BaseException):
                             out = _solve_failed(det, sol, options)
                             results.append(out)
@@ -1003,8 +1062,10 @@ def solve_jointly(detected: Sequence[Detected], options: BuildOptions, *,
     """One :func:`pointing.solve_from_limbs` over ``detected`` (it groups them by pass, one
     spin axis per pass), here with their kernels loaded: per product ``(detected, solution
     or the exception that refused it)``, the ``pointing`` stage being the call's wall and
-    CPU time split evenly. Products already built by an earlier run are not re-detected
-    for it: the products still to build are solved among themselves."""
+    CPU time split evenly over the products being built. A resumed build includes the
+    finished products without a CK (``built``, :func:`detect_built`), so a pass keeps the
+    axis all its images fix: an image refused alone (44M00040) is built when it is the
+    only one left."""
     from contextlib import ExitStack
 
     from . import kernels, pointing
@@ -1012,7 +1073,8 @@ def solve_jointly(detected: Sequence[Detected], options: BuildOptions, *,
     names = product_stages(options)
     if on_stage is not None:
         for d in detected:
-            on_stage(d.product_id, "pointing", names.index("pointing"), len(names))
+            if not d.built:
+                on_stage(d.product_id, "pointing", names.index("pointing"), len(names))
     t0, c0 = time.perf_counter(), time.process_time()
     sols: list[Any]
     try:
@@ -1026,7 +1088,7 @@ def solve_jointly(detected: Sequence[Detected], options: BuildOptions, *,
             sols = list(pointing.solve_from_limbs([d.observation for d in detected], on_error="return"))
     except Exception as err:  # a bug or a kernel failure: every product of the call fails
         sols = [err] * len(detected)
-    n = max(1, len(detected))
+    n = max(1, sum(not d.built for d in detected))
     wall, cpu = round((time.perf_counter() - t0) / n, 3), round((time.process_time() - c0) / n, 3)
     return [(replace(d, stage_seconds={**d.stage_seconds, "pointing": wall},
                      stage_cpu_seconds={**d.stage_cpu_seconds, "pointing": cpu}), s)
