@@ -643,6 +643,68 @@ def test_enhanced_preset_flattens_and_adds_local_contrast() -> None:
     assert chroma(enh.rgb16) > 1.3 * chroma(nat.rgb16)
 
 
+def _terminator_scene(h: int = 240, w: int = 480, seed: int = 1) -> LinearMap:
+    """A textured surface whose incidence runs from 20 deg to 100 deg along x (a straight
+    terminator), with large albedo patches and fine texture (6 %), Lambert-lit, a little
+    noise: the texture is real everywhere the sun is up."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    inc = np.tile(np.linspace(20, 100, w, dtype=np.float32), (h, 1))
+    fine = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 2.0)
+    big = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 25.0)
+    albedo = (1 + 0.06 * fine / fine.std()) * (1 + 0.15 * big / big.std())
+    mu0 = np.cos(np.deg2rad(inc))
+    y = 100 * albedo * np.clip(mu0, 0, None) + 0.3 + 0.05 * rng.standard_normal((h, w))
+    data = np.stack([y / 0.768, y, y / 2.63], axis=2).astype(np.float32)  # neutral after PJ44 weights
+    planes = {"incidence_deg": inc, "emission_deg": np.full((h, w), 30.0, np.float32)}
+    return LinearMap(data, ("RED", "GREEN", "BLUE"), planes, {"perijove": 44})
+
+
+def _texture_gain(lm: LinearMap, rgb16: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per incidence bin: the relative high-pass of the composite's (linear) luminance over
+    that of the input's green band (median |y - blur(y)| / blur(y), sigma 3 px)."""
+    import cv2
+
+    v = rgb16.astype(np.float32) / 65535
+    lin = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    y_out = (lin @ LUMA.astype(np.float32)).astype(np.float32)
+    y_in = lm.data[..., 1]
+
+    def rel(y: np.ndarray) -> np.ndarray:
+        b = cv2.GaussianBlur(y, (0, 0), 3.0)
+        return np.abs(y - b) / np.maximum(b, 1e-6)
+
+    inc = lm.backplanes["incidence_deg"]
+    r_out, r_in = rel(y_out), rel(y_in)
+    rows = slice(10, -10)  # away from the blur's border
+    gain = []
+    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
+        sel = (inc[rows] >= lo) & (inc[rows] < hi)
+        gain.append(np.median(r_out[rows][sel]) / np.median(r_in[rows][sel]))
+    return np.asarray(gain)
+
+
+@pytest.mark.parametrize("preset", ["natural", "enhanced", "jupitershine"])
+def test_local_contrast_is_continuous_up_to_the_terminator(preset: str) -> None:
+    """No enhancement step makes an edge along the terminator or flattens the texture
+    there (issue #7: CLAHE tiles crossing the terminator ramp squeezed it into a pale,
+    textureless band with a straight edge on 44C00029): the gain of the relative texture,
+    output over input, changes smoothly with incidence and stays near its sunlit value
+    up to where the lightness reaches the dark floor (84 deg here)."""
+    lm = _terminator_scene()
+    c = enhance(lm, preset=preset)
+    bins = np.arange(20.0, 87.0, 3.0)
+    gain = _texture_gain(lm, c.rgb16, bins)
+    steps = gain[1:] / gain[:-1]
+    assert steps.min() > 0.78 and steps.max() < 1.25, (preset, np.round(gain, 2))
+    sunlit = float(np.median(gain[bins[:-1] < 60]))
+    near = gain[bins[:-1] >= 72]  # 72-84 deg: the ramp the photometry leaves
+    assert near.min() > 0.75 * sunlit, (preset, np.round(gain, 2))
+    if preset == "enhanced":
+        assert sunlit > 2.0  # it does add local contrast
+
+
 # --------------------------------------------------------------------------- files and CLI
 
 

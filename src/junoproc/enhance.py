@@ -1952,6 +1952,68 @@ def _lab_ops_needed(p: EnhanceParams) -> bool:
     return p.clahe.clip > 0 or p.sharpen.amount > 0 or p.saturation != 1.0 or p.denoise.chroma > 0
 
 
+#: Incidence bins of the lightness profile that CLAHE works around (deg).
+_PROFILE_STEP_DEG = 0.5
+#: Fewest samples in an incidence bin of the lightness profile.
+_PROFILE_MIN_SAMPLES = 30
+
+
+def _incidence_profile(
+    lightness: np.ndarray, valid: np.ndarray, incidence_deg: np.ndarray, floor: float
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The shading that local contrast must not see: ``q = profile(i) / plateau`` per pixel.
+
+    ``profile(i)`` is the median lightness of the pixels at incidence ``i`` (0.5 deg bins,
+    a 3-bin running mean), ``plateau`` its largest value; ``q`` (<= 1, at least ``floor``)
+    is the fall-off towards the terminator that the photometric correction leaves (it
+    fades to no correction there, on purpose). A function of the incidence alone, so it
+    follows a curved terminator exactly and leaves belts, storms and texture untouched.
+    Returns ``(q, info)``; ``q`` is None where the profile cannot be measured."""
+    h, w = lightness.shape
+    inc = np.asarray(incidence_deg, _F32)
+    stride = max(1, int(math.sqrt(h * w / 250_000)))
+    s = (slice(None, None, stride), slice(None, None, stride))
+    sv = valid[s] & np.isfinite(inc[s])
+    a, v = inc[s][sv].astype(np.float64), lightness[s][sv].astype(np.float64)
+    if a.size < 10 * _PROFILE_MIN_SAMPLES:
+        return None, {}
+    lo = math.floor(float(a.min()) / _PROFILE_STEP_DEG) * _PROFILE_STEP_DEG
+    nbin = int((float(a.max()) - lo) / _PROFILE_STEP_DEG) + 1
+    idx = np.minimum(((a - lo) / _PROFILE_STEP_DEG).astype(np.int64), nbin - 1)
+    order = np.argsort(idx, kind="stable")
+    counts = np.bincount(idx, minlength=nbin)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    sorted_v = v[order]
+    centres, med = [], []
+    for b in np.flatnonzero(counts >= _PROFILE_MIN_SAMPLES):
+        centres.append(lo + (b + 0.5) * _PROFILE_STEP_DEG)
+        med.append(float(np.median(sorted_v[starts[b] : starts[b + 1]])))
+    if len(centres) < 3:
+        return None, {}
+    prof = np.asarray(med)
+    prof[1:-1] = (prof[:-2] + prof[1:-1] + prof[2:]) / 3.0
+    plateau = float(prof.max())
+    if not plateau > 0:
+        return None, {}
+    ratio = np.clip(prof / plateau, floor, 1.0)
+    info = {"profile_plateau_L": round(plateau, 2), "profile_min_q": round(float(ratio.min()), 4)}
+    if float(ratio.min()) > 0.98:  # nothing to unroll
+        return None, info
+    # one bilinear lookup per pixel in a 1-row table (1 where the incidence is NaN)
+    step = _PROFILE_STEP_DEG
+    grid = np.arange(centres[0], centres[-1] + 0.5 * step, step)
+    table = np.interp(grid, centres, ratio).astype(_F32)[None, :]
+    table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"))
+    map_x = cv2.subtract(inc, float(centres[0]))
+    map_x *= _F32(1.0 / step)
+    np.clip(map_x, _F32(0), _F32(table.shape[1] - 2), out=map_x)  # held beyond the ends
+    cv2.patchNaNs(map_x, -10.0)
+    q = cv2.remap(
+        table, map_x, np.zeros_like(map_x), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
+    )
+    return q, info
+
+
 def _lightness_ops(
     lightness: np.ndarray,
     valid: np.ndarray,
@@ -1960,8 +2022,16 @@ def _lightness_ops(
     p: EnhanceParams,
     stats: dict[str, Any],
     timer: _Timer,
+    incidence_deg: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Denoise, CLAHE, unsharp and shoulder on a lightness plane in 0..100 (float32)."""
+    """Denoise, CLAHE, unsharp and shoulder on a lightness plane in 0..100 (float32).
+
+    With an ``incidence_deg`` backplane, CLAHE equalises the lightness divided by its
+    fall-off with incidence (:func:`_incidence_profile`) and the result is multiplied by
+    it again: the terminator ramp is then no rare lightness range in the tiles it crosses,
+    which the equalisation would flatten into a pale, textureless band whose edge follows
+    the tile grid, and the texture in the ramp gets the same gain as on the rest of the
+    disc."""
     L = lightness
     if not valid.all():  # neutral fill so tiles and kernels at the edge see no black cliff
         fill = _F32(np.median(L[::3, ::3][valid[::3, ::3]])) if valid.any() else _F32(50)
@@ -1971,15 +2041,24 @@ def _lightness_ops(
             h, w = L.shape
             tile = max(h, w) / p.clahe.tiles
             grid = (max(1, round(w / tile)), max(1, round(h / tile)))
+            q = None
+            if incidence_deg is not None:
+                # the unrolled ramp reaches down to the dark floor, where the CLAHE fades
+                floor = min(0.9, max(0.1, 1.5 * p.dark_floor / 100.0))
+                q, pinfo = _incidence_profile(L, valid, incidence_deg, floor)
+                stats["clahe_profile"] = pinfo
             # 4096 levels spaced 16 apart in 16 bits, clip limit x16: OpenCV's 16-bit CLAHE
             # has 65536 bins and truncates the per-bin limit to an integer, which with the
             # full 16-bit spread makes any clip < ~4 the same; this way the limit means what
             # it means for 8-bit CLAHE, at any image size, without 8-bit banding
             clahe = cv2.createCLAHE(clipLimit=16.0 * p.clahe.clip, tileGridSize=grid)
-            l16 = _convert(L, 4095 / 100, cv2.CV_16U)
+            src = L if q is None else cv2.divide(L, q)
+            l16 = _convert(src, 4095 / 100, cv2.CV_16U)
             np.minimum(l16, np.uint16(4095), out=l16)  # L > 100 would wrap in the shift
             np.left_shift(l16, 4, out=l16)
             eq = _convert(clahe.apply(l16), 100 / 65535, cv2.CV_32F)
+            if q is not None:  # back to the shaded lightness
+                cv2.multiply(eq, q, dst=eq)
             if lit is not None:  # fade out below the dark floor
                 np.subtract(eq, L, out=eq)
                 eq *= lit
@@ -2573,7 +2652,7 @@ def enhance(
             if params.dark_floor > 0:  # fades as table lookups on an 8-bit copy of L
                 l8 = cv2.convertScaleAbs(L, alpha=2.55)
                 lit = cv2.LUT(l8, _fade_lut(0.5 * params.dark_floor, 1.5 * params.dark_floor))
-        L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
+        L = _lightness_ops(L, valid, dark, lit, params, stats, timer, planes.get("incidence_deg"))
         chroma_low = None
         if params.denoise.chroma > 0 and dark is not None:
             with timer("denoise"):  # a wide blur of a, b: at 1/f of the size, interpolated
@@ -2640,7 +2719,7 @@ def enhance(
             if params.dark_floor > 0:
                 f = params.dark_floor
                 lit = cv2.LUT(cv2.convertScaleAbs(L, alpha=2.55), _fade_lut(0.5 * f, 1.5 * f))
-            L = _lightness_ops(L, valid, dark, lit, params, stats, timer)
+            L = _lightness_ops(L, valid, dark, lit, params, stats, timer, planes.get("incidence_deg"))
         g1 = np.maximum(L * _F32(0.01), _F32(0))
         _shoulder_inplace(g1.reshape(-1), params.highlight.knee)
         np.minimum(g1, _F32(1), out=g1)
