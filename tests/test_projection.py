@@ -389,7 +389,9 @@ def test_perijove_mosaics_group_by_filter_set(synthetic):
     assert set(out) == {"RGB-equirectangular", f"RGB-polar-{pole}", "METHANE-equirectangular",
                         f"METHANE-polar-{pole}"}
     rgb = out["RGB-equirectangular"]
-    assert rgb.sidecar["map"]["columns"] == 360 * 4 and rgb.band_names == ("BLUE", "GREEN", "RED")
+    # cut to the data (plus 1 deg), on the lattice of 4 px/deg
+    assert rgb.sidecar["map"]["columns"] < 360 * 4 and rgb.band_names == ("BLUE", "GREEN", "RED")
+    assert (rgb.sidecar["map"]["lon_left_east_deg"] * 4) % 1 == 0
     gains = np.asarray(rgb.sidecar["mosaic"]["gains"])
     np.testing.assert_allclose(gains[1] / gains[0], 1 / 1.3, rtol=2e-3)  # exposures matched
     seen = np.isfinite(rgb.data).all(axis=-1)
@@ -399,7 +401,7 @@ def test_perijove_mosaics_group_by_filter_set(synthetic):
     r, c = np.argwhere(np.isfinite(polar.data).all(axis=-1))[len(polar.data) // 2]
     lat, lon = polar.backplanes["lat_centric_deg"][r, c], polar.backplanes["lon_east_deg"][r, c]
     row = int((rgb.sidecar["map"]["lat_top_deg"] - lat) * 4)
-    col = int(lon * 4) % (360 * 4)
+    col = int(((lon - rgb.sidecar["map"]["lon_left_east_deg"]) % 360) * 4)
     np.testing.assert_allclose(polar.data[r, c], rgb.data[row, col], rtol=0.05)
 
 

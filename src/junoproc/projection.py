@@ -1401,17 +1401,51 @@ def _grid_key(m: LinearMap) -> Any:
                                    "centre_lat_centric_deg", "centre_lon_east_deg", "km_per_px")}
 
 
+#: Weights of views lit from lower than this (deg) are all but zero in a mosaic.
+MOSAIC_FADE_INCIDENCE_DEG = 85.0
+#: A view's weight never falls below this share where it is the only one (it is kept).
+_MOSAIC_MIN_LIGHT_WEIGHT = 1e-3
+
+
+def _light_weight(incidence_deg: np.ndarray, fade_incidence_deg: float = MOSAIC_FADE_INCIDENCE_DEG
+                 ) -> np.ndarray:
+    """How well a view is lit, for blending: ``((cos i - cos i_fade) / (1 - cos i_fade))**2``,
+    1 at normal incidence, falling smoothly to 0 at ``i_fade`` (squared: a view darkened
+    towards its terminator by an inexact Lambert correction gives way early to a better
+    lit one; at 74 deg it weighs 0.05 of an overhead view), plus ``1e-3 cos(i) /
+    cos(i_fade)`` (clipped to 0..1e-3): beyond ``i_fade`` a pixel only a low-sun view sees is
+    kept, and of two such views the one lit from higher still wins; 1 where the incidence
+    is unknown (NaN)."""
+    inc = np.asarray(incidence_deg, np.float64)
+    c_fade = math.cos(math.radians(fade_incidence_deg))
+    mu0 = np.cos(np.radians(inc))
+    w = np.clip((mu0 - c_fade) / (1.0 - c_fade), 0.0, 1.0) ** 2
+    w += _MOSAIC_MIN_LIGHT_WEIGHT * np.clip(mu0 / c_fade, 1e-3, 1.0)
+    return np.where(np.isfinite(inc), w, 1.0)
+
+
+def _map_name(m: LinearMap, k: int) -> str:
+    return str(m.sidecar.get("product_id", f"map{k}"))
+
+
 def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px: float = 20.0,
-           photometric: str = "none", min_overlap_px: int = 50, max_incidence_deg: float = 80.0
-           ) -> LinearMap:
+           photometric: str = "none", min_overlap_px: int = 50, max_incidence_deg: float = 70.0,
+           fade_incidence_deg: float = MOSAIC_FADE_INCIDENCE_DEG) -> LinearMap:
     """Blend maps on one grid into one, with per-band gain matching on the overlaps.
 
     Gains: the map with the largest total weight is the reference; every other map's band
     gain is the median of ``reference / map`` over pixels both see (after the optional
     ``photometric="lambert"`` correction, division by cos(incidence)), chained through
-    already matched maps; only lit pixels count (incidence < ``max_incidence_deg`` and brighter
-    than 10% of the map's 99th percentile). Blending: each map's ``weight`` backplane times a smoothstep
-    feather over ``feather_px`` from the edge of its coverage; ``sum(w v) / sum(w)``.
+    already matched maps; only pixels lit well in both count (incidence <
+    ``max_incidence_deg`` in both and brighter than 10% of the map's 99th percentile: the
+    Lambert correction is not exact, so views lit differently disagree most near a
+    terminator). Blending: ``sum(w v) / sum(w)``, each map's ``w`` = its ``weight``
+    backplane (cos(emission) / resolution) x :func:`_light_weight` of its incidence (zero
+    by ``fade_incidence_deg``: the better lit view wins, smoothly) x a smoothstep feather
+    over ``feather_px`` from the edge of its coverage; the backplane is first low-passed
+    (sigma ``feather_px / 2``) so that its steps at framelet seams draw no lines. The
+    result does not depend on the order of ``maps``: they are matched and summed in the
+    order of their product ids.
     """
     if not maps:
         raise ProjectionError("no maps to mosaic")
@@ -1426,33 +1460,48 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
             raise ProjectionError("maps are on different grids",
                                   hint="project them with the same --projection/--bounds/--resolution")
     h, w, nb = first.data.shape
-    values = []
-    weights = []
-    lit_masks: list[np.ndarray] = []
-    for m in maps:
+    # a canonical order (product id, then the data itself) makes the result order-free
+    order = sorted(range(len(maps)), key=lambda k: (_map_name(maps[k], k) if "product_id" in
+                                                     maps[k].sidecar else "", float(np.nansum(maps[k].data))))
+    values: dict[int, np.ndarray] = {}
+    weights: dict[int, np.ndarray] = {}
+    lit_masks: dict[int, np.ndarray] = {}
+    for k in order:
+        m = maps[k]
         v = m.data.astype(np.float64)
-        if photometric == "lambert" and "incidence_deg" in m.backplanes:
-            mu0 = np.cos(np.radians(np.asarray(m.backplanes["incidence_deg"], np.float64)))
+        inc = m.backplanes.get("incidence_deg")
+        if photometric == "lambert" and inc is not None:
+            mu0 = np.cos(np.radians(np.asarray(inc, np.float64)))
             v = np.where((mu0 > 0.05)[..., None], v / np.maximum(mu0, 0.05)[..., None], np.nan)
         seen = np.isfinite(v).all(axis=-1)
         lit = seen.copy()  # where gains may be measured: lit, well above the dark level
-        if "incidence_deg" in m.backplanes:
-            lit &= np.asarray(m.backplanes["incidence_deg"], np.float64) < max_incidence_deg
+        if inc is not None:
+            lit &= np.asarray(inc, np.float64) < max_incidence_deg
         if lit.any():
             level = np.nanpercentile(v[lit].mean(axis=-1), 99)
             lit &= np.nan_to_num(v.mean(axis=-1)) > 0.1 * level
-        lit_masks.append(lit)
+        lit_masks[k] = lit
         base = np.asarray(m.backplanes.get("weight", seen.astype(np.float32)), np.float64)
         base = np.where(seen & np.isfinite(base), base, 0.0)
+        if "weight" in m.backplanes and feather_px > 0:
+            # the backplane counts the framelet samples, so it steps at framelet seams; a
+            # step where two views disagree draws the seam into the blend: low-passed
+            # (normalised over the coverage) it keeps only cos(emission) / resolution
+            sigma = feather_px / 2.0
+            cover = cv2.GaussianBlur(seen.astype(np.float32), (0, 0), sigma)
+            low = cv2.GaussianBlur(base.astype(np.float32), (0, 0), sigma)
+            base = np.where(seen, low / np.maximum(cover, 1e-6), 0.0).astype(np.float64)
+        if inc is not None:
+            base = base * _light_weight(inc, fade_incidence_deg)
         dist = cv2.distanceTransform(seen.astype(np.uint8), cv2.DIST_L2, 5)
-        weights.append(base * _smoothstep(dist / feather_px))
-        values.append(np.where(seen[..., None], v, np.nan))
+        weights[k] = base * _smoothstep(dist / feather_px)
+        values[k] = np.where(seen[..., None], v, np.nan)
     gains = np.ones((len(maps), nb))
     if match_exposure and len(maps) > 1:
-        total = [float(wt.sum()) for wt in weights]
-        ref = int(np.argmax(total))
-        done = {ref}
-        pending = set(range(len(maps))) - done
+        total = {k: float(weights[k].sum()) for k in order}
+        ref = max(order, key=lambda k: total[k])  # the first of the canonical order on a tie
+        done = [ref]
+        pending = [k for k in order if k != ref]
         while pending:
             best = None
             for i in pending:
@@ -1469,26 +1518,29 @@ def mosaic(maps: Sequence[LinearMap], *, match_exposure: bool = True, feather_px
                 ok = (a > 0) & (r > 0)
                 if ok.sum() >= min_overlap_px:
                     gains[i, b] = float(np.median(r[ok] / a[ok]))
-            done.add(i)
-            pending.discard(i)
+            done.append(i)
+            pending.remove(i)
     num = np.zeros((h, w, nb))
     den = np.zeros((h, w))
-    for k, (v, wt) in enumerate(zip(values, weights, strict=True)):
-        num += np.nan_to_num(v * gains[k]) * wt[..., None]
-        den += wt
+    n_maps = np.zeros((h, w), np.uint8)
+    for k in order:
+        num += np.nan_to_num(values[k] * gains[k]) * weights[k][..., None]
+        den += weights[k]
+        n_maps += weights[k] > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den[..., None] > 0, num / den[..., None], np.nan).astype(np.float32)
-    backplanes = {"weight": den.astype(np.float32),
-                  "n_maps": sum((wt > 0).astype(np.uint8) for wt in weights).astype(np.uint8)}
+    backplanes = {"weight": den.astype(np.float32), "n_maps": n_maps}
     for name in ("lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg"):
         if name in first.backplanes:
             backplanes[name] = np.asarray(first.backplanes[name], np.float32)
     sidecar = {
         "map": first.sidecar.get("map", {}),
         "mosaic": {
-            "inputs": [m.sidecar.get("product_id", f"map{k}") for k, m in enumerate(maps)],
+            "inputs": [_map_name(m, k) for k, m in enumerate(maps)],
             "gains": gains.tolist(), "photometric": photometric, "feather_px": feather_px,
-            "blending": "w = weight backplane * smoothstep(distance to coverage edge / feather_px)",
+            "gain_max_incidence_deg": max_incidence_deg, "fade_incidence_deg": fade_incidence_deg,
+            "blending": "w = weight backplane * _light_weight(incidence) "
+                        "* smoothstep(distance to coverage edge / feather_px)",
         },
         "bands": list(first.band_names),
     }
@@ -1591,11 +1643,56 @@ def _polar_from_global(m: LinearMap, pole: str) -> LinearMap:
     return LinearMap(data.astype(np.float32), m.band_names, planes, side_car)
 
 
+def _crop_equirectangular(m: LinearMap, margin_px: int = 0) -> LinearMap:
+    """An all-longitude equirectangular map cut to its data (plus ``margin_px``): the rows
+    from the northernmost to the southernmost seen pixel and the longitudes outside the
+    widest run of unseen columns, wrapping, so data that crosses the map's seam comes out
+    in one piece. The map definition is updated (``lon_left_east_deg``, ``lat_top_deg``,
+    size, edges in the map's longitude convention): the crop lies on the same lattice."""
+    d = dict(m.sidecar["map"])
+    ppd = float(d["px_per_deg"])
+    h, w = m.data.shape[:2]
+    n_lon = int(round(360 * ppd))
+    seen = np.isfinite(m.data).any(axis=2)
+    rows_seen = np.flatnonzero(seen.any(axis=1))
+    if not len(rows_seen):
+        raise ProjectionError("the mosaic is empty", hint="check the maps' footprints")
+    r0, r1 = max(0, rows_seen[0] - margin_px), min(h, rows_seen[-1] + 1 + margin_px)
+    cols = np.arange(w)
+    if w == n_lon:  # all longitudes: the widest circular gap of unseen columns is left out
+        occupied = seen.any(axis=0)
+        if margin_px > 0:
+            k = np.ones(2 * margin_px + 1)
+            padded = np.concatenate([occupied[-margin_px:], occupied, occupied[:margin_px]])
+            occupied = np.convolve(padded.astype(float), k, mode="valid") > 0
+        if not occupied.all():
+            filled = np.flatnonzero(occupied)
+            gaps = np.diff(np.concatenate([filled, [filled[0] + n_lon]])) - 1  # after each filled col
+            g = int(np.argmax(gaps))
+            start = (filled[g] + gaps[g] + 1) % n_lon
+            cols = (start + np.arange(n_lon - int(gaps[g]))) % n_lon
+    left_e = round(float(np.mod(float(d["lon_left_east_deg"]) + cols[0] / ppd, 360.0)), 9)
+    n_cols = len(cols)
+    west = str(d.get("longitude", "")).startswith("System III")
+    right_e = round(left_e + n_cols / ppd, 9)
+    lat_top = round(float(d["lat_top_deg"]) - float(r0) / ppd, 9)
+    d.update(rows=int(r1 - r0), columns=int(n_cols), lon_left_east_deg=left_e, lat_top_deg=lat_top,
+             lat_bottom_deg=round(lat_top - float(r1 - r0) / ppd, 9),
+             lon_left_deg=(round(float(np.mod(-left_e, 360.0)), 9) or 360.0) if west else left_e,
+             lon_right_deg=round(float(np.mod(-right_e, 360.0)), 9) if west else
+             (right_e if right_e <= 360.0 else round(float(np.mod(right_e, 360.0)), 9)))
+    sl = (slice(r0, r1), cols)
+    data = np.ascontiguousarray(m.data[sl])
+    planes = {name: np.ascontiguousarray(np.asarray(p)[sl]) for name, p in m.backplanes.items()}
+    return LinearMap(data, m.band_names, planes, {**m.sidecar, "map": d})
+
+
 def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
                      max_emission_deg: float = 75.0, **mosaic_options: Any) -> dict[str, LinearMap]:
-    """A perijove's equirectangular maps -> per filter set one all-longitude equirectangular
-    mosaic and one polar mosaic of the pole seen most (keys ``RGB-equirectangular``,
-    ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
+    """A perijove's equirectangular maps -> per filter set one equirectangular mosaic, cut
+    to the data (plus 1 deg; longitudes wrap, so data across 0 deg east stays in one
+    piece), and one polar mosaic of the pole seen most, out to the lowest latitude seen
+    (keys ``RGB-equirectangular``, ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
 
     Maps are grouped by filter set and grid lattice (mixed input is grouped, never
     skipped); each must lie on the lattice of its px/deg (edges on multiples of the pixel
@@ -1603,7 +1700,8 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
     (the limb smears into streaks on a map). Blending is :func:`mosaic`: exposure gains
     matched on lit overlaps after the ``photometric`` correction (``"lambert"``: divided
     by cos(incidence), so that images lit differently agree), each map weighted by its own
-    weight backplane (cos(emission) / resolution) feathered from its coverage edge.
+    weight backplane (cos(emission) / resolution) and how well it is lit
+    (:func:`_light_weight`), feathered from its coverage edge.
     ``mosaic_options`` go to :func:`mosaic`.
     """
     groups: dict[tuple[Any, ...], list[LinearMap]] = {}
@@ -1629,10 +1727,11 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
         blend = mosaic(pasted, photometric=photometric, **mosaic_options)
         blend = LinearMap(blend.data, blend.band_names, blend.backplanes,
                           {**blend.sidecar, "filter_set": key[0]})
-        out[f"{name}-equirectangular"] = blend
         grid = map_grid_from_dict(blend.sidecar["map"])
         lat = map_coordinates(grid)["lat_centric_deg"][:, 0]
         area = np.isfinite(blend.data).all(axis=2).sum(axis=1) * np.cos(np.radians(lat))
         pole = "north" if area[lat > 0].sum() >= area[lat < 0].sum() else "south"
-        out[f"{name}-polar-{pole}"] = _polar_from_global(blend, pole)
+        polar = _polar_from_global(blend, pole)  # from the all-longitude map (it wraps)
+        out[f"{name}-equirectangular"] = _crop_equirectangular(blend, margin_px=int(round(key[2])))
+        out[f"{name}-polar-{pole}"] = polar
     return out
