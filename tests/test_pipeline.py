@@ -141,8 +141,9 @@ def test_folder_gets_contact_sheet_and_mosaics(batch):
     lat, lon = polar.backplanes["lat_centric_deg"], polar.backplanes["lon_east_deg"]
     hit = np.isfinite(lat)
     row = np.floor((g["lat_top_deg"] - lat[hit]) * g["px_per_deg"]).astype(int)
-    col = np.floor((lon[hit] - g["lon_left_east_deg"]) % 360 * g["px_per_deg"]).astype(int) % g["columns"]
-    inside = (row >= 0) & (row < g["rows"])
+    # the cylindrical mosaic is cut to its data (it may cross 0 deg): columns east of its left edge
+    col = np.floor((lon[hit] - g["lon_left_east_deg"]) % 360 * g["px_per_deg"]).astype(int)
+    inside = (row >= 0) & (row < g["rows"]) & (col < g["columns"])
     seen_eq = np.zeros(len(row), bool)
     seen_eq[inside] = np.isfinite(eq.data[row[inside], col[inside]]).all(axis=1)
     seen_polar = np.isfinite(polar.data[hit]).all(axis=1)
@@ -340,9 +341,50 @@ def _threads_in_worker() -> tuple[str | None, str | None, int]:
     return os.environ.get("JUNOPROC_THREADS"), os.environ.get("OMP_NUM_THREADS"), cv2.getNumThreads()
 
 
+def _threads_of_a_task(on_stage=None) -> tuple[str | None, str | None, int]:
+    return _threads_in_worker()
+
+
+def _threads_alone_in_worker() -> tuple[str | None, str | None, int]:
+    return pipeline._in_worker(_threads_of_a_task)
+
+
 def test_workers_use_their_share_of_the_cores():
-    with pipeline._worker_pool(os.cpu_count() or 1) as (pool, _):
+    cores = pipeline._cores()
+    with pipeline._worker_pool(cores) as (pool, _):
         assert pool.submit(_threads_in_worker).result(timeout=60) == ("1", "1", 1)
+        # a task alone in the pool (the tail of a build) takes every core
+        assert pool.submit(_threads_alone_in_worker).result(timeout=60) == (str(cores), str(cores), cores)
+
+
+def test_a_workers_threads_follow_the_busy_workers(monkeypatch):
+    class Busy:
+        value = 1
+
+    seen: list[int] = []
+    monkeypatch.setattr(pipeline, "_POOL_BUSY", Busy)
+    monkeypatch.setattr(pipeline, "_CORES", 4)
+    monkeypatch.setattr(pipeline, "_THREADS", 0)
+    monkeypatch.setattr(pipeline, "limit_threads", seen.append)
+    for busy in (1, 2, 2, 3, 5, 1):
+        Busy.value = busy
+        pipeline._share_cores()
+    assert seen == [4, 2, 1, 4]  # changed only when the share changes; at least one
+
+
+def test_second_phase_order_biggest_group_then_biggest_image():
+    """After the joint solve: the group with the most frames first (it is balanced,
+    finished and mosaicked while the others project), in it the image with the most."""
+    from types import SimpleNamespace
+
+    def det(pid: str, frames: int) -> pipeline.Detected:
+        return pipeline.Detected(pid, SimpleNamespace(meta=SimpleNamespace(n_frames=frames)), None, {}, {})
+
+    dets = [det("C29", 18), det("M40", 36), det("C32", 22)]
+    group_of = {"C29": (44, "RGB"), "C32": (44, "RGB"), "M40": (44, "METHANE")}
+    key = pipeline._group_frames(dets, group_of)
+    assert [d.product_id for d in sorted(dets, key=lambda d: key((d, None)), reverse=True)] == \
+        ["C32", "C29", "M40"]
 
 
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 180.0) -> None:

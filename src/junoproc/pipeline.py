@@ -276,6 +276,8 @@ class Detected:
     #: a product an earlier run finished, re-detected (:func:`detect_built`) only so that
     #: its limb takes part in its pass's joint solve; nothing of it is rewritten
     built: bool = False
+    #: (perijove, filter set): the products sharing one colour balance
+    group: tuple[int | None, str] = (None, "")
 
 
 def detect_built(entry: Any, options: BuildOptions, *,
@@ -465,7 +467,8 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
                 solution = stages.run("align_bands", lambda: with_band_alignment(cal, solution))
             elif joint and not kset.ck_covered:
                 obs = stages.run("limbs", lambda: pointing.detect_limbs(cal))
-                return Detected(product_id, obs, kset, stages.wall, stages.cpu)
+                return Detected(product_id, obs, kset, stages.wall, stages.cpu,
+                                group=(meta.perijove, projection.filter_set(meta.filters)))
             else:
                 ck = geometry.CkAttitude() if kset.ck_covered else None
                 solution = stages.run("pointing", lambda: pointing.solve_pointing(cal, ck=ck))
@@ -658,6 +661,9 @@ def _peak_rss_mb() -> float | None:
 # ---------------------------------------------------------------------------------------
 _EVENTS: Any = None  # the worker's queue of progress events, set by _worker_init
 _BUSY = False  # a worker interrupted (SIGINT) while idle just ignores it
+_POOL_BUSY: Any = None  # the pool's count of busy workers (shared), set by _worker_init
+_CORES = 1  # the cores the pool shares
+_THREADS = 0  # this worker's thread limit now
 
 
 def limit_threads(n: int) -> None:
@@ -691,9 +697,28 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_init(events: Any, threads: int) -> None:
-    global _EVENTS
-    _EVENTS = events
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _share_cores() -> None:
+    """This worker's threads: the cores divided among the workers busy now, so a worker
+    alone at the tail of a build uses every core (checked as each stage starts)."""
+    global _THREADS
+    if _POOL_BUSY is None:
+        return
+    n = max(1, _CORES // max(1, int(_POOL_BUSY.value)))
+    if n != _THREADS:
+        limit_threads(n)
+        _THREADS = n
+
+
+def _worker_init(events: Any, threads: int, busy: Any = None, cores: int = 1) -> None:
+    global _EVENTS, _POOL_BUSY, _CORES, _THREADS
+    _EVENTS, _POOL_BUSY, _CORES, _THREADS = events, busy, cores, threads
     _die_with_parent()
     signal.signal(signal.SIGINT, _on_sigint)
     limit_threads(threads)
@@ -707,13 +732,21 @@ def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     events = _EVENTS
 
     def on_stage(product_id: str, stage: str, step: int, total: int) -> None:
+        _share_cores()
         events.put((product_id, stage, step, total))
 
     _BUSY = True
+    if _POOL_BUSY is not None:
+        with _POOL_BUSY.get_lock():
+            _POOL_BUSY.value += 1
     try:
+        _share_cores()
         return fn(*args, on_stage=on_stage if events is not None else None)
     finally:
         _BUSY = False
+        if _POOL_BUSY is not None:
+            with _POOL_BUSY.get_lock():
+                _POOL_BUSY.value -= 1
 
 
 def _worker_detect(entry: Any, options: BuildOptions) -> Projected | Detected | ProductResult:
@@ -727,6 +760,11 @@ def _worker_solved(entry: Any, options: BuildOptions, detected: Detected, soluti
 
 def _worker_detect_built(entry: Any, options: BuildOptions) -> Detected | str | None:
     return _in_worker(detect_built, entry, options)
+
+
+def _worker_mosaics(out_dir: str, product_ids: Sequence[str], options: BuildOptions, label: str
+                    ) -> tuple[list[str], list[str]]:
+    return _in_worker(partial(make_mosaics, label=label), out_dir, product_ids, options)
 
 
 def _worker_finish(projected: Projected, balance: Mapping[str, Any], options: BuildOptions) -> ProductResult:
@@ -787,7 +825,7 @@ class _Progress:
         bar.set_description_str(f"{product_id} {stage:<24}", refresh=False)
         bar.refresh()
 
-    def _release(self, product_id: str) -> None:
+    def release(self, product_id: str) -> None:
         bar = self.bars.pop(product_id, None)
         if bar is not None:
             self.free.append(bar.slot)
@@ -798,13 +836,13 @@ class _Progress:
         """Its bar goes until the product is finished (after its perijove's balance)."""
         if self.overall is None:
             return
-        self._release(product_id)
+        self.release(product_id)
         self.overall.set_postfix_str(f"{product_id} projected", refresh=True)
 
     def finished(self, result: ProductResult) -> None:
         if self.overall is None:
             return
-        self._release(result.product_id)
+        self.release(result.product_id)
         self.overall.set_postfix_str(f"{result.product_id} {result.status}", refresh=False)
         self.overall.update(1)
 
@@ -834,12 +872,13 @@ def _worker_pool(jobs: int) -> Iterator[tuple[ProcessPoolExecutor, Any]]:
 
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = _cores()
+    threads = max(1, cores // jobs)
     # the libraries read these when a worker imports them, before the initializer runs
     saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
     os.environ.update({var: str(threads) for var in THREAD_ENV_VARS})
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(events, threads))
+                               initargs=(events, threads, ctx.Value("i", 0), cores))
     try:
         yield pool, events
     finally:
@@ -899,14 +938,24 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
 
     jobs = min(options.resolved_jobs(), max(1, len(todo)))
     bars = _Progress(len(todo), jobs, progress and sys.stderr.isatty())
+    sheet: list[str] = []
+
+    def after_products(run_results: list[ProductResult]) -> None:
+        sheet[:] = _contact_sheet(out_root, [*results, *run_results], options, phases)
+
+    made: dict[str, list[str]] = {}
     try:
         if todo:
-            earlier = _recorded_balances(out_root, [r for r in results if r.status == "skipped"])
-            results.extend(_run(todo, built, options, jobs, bars, earlier, phases))
+            skipped = [r for r in results if r.status == "skipped"]
+            run_results, made = _run(todo, built, options, jobs, bars, _recorded_balances(out_root, skipped),
+                                     phases, _filter_sets(out_root, skipped), after_products)
+            results.extend(run_results)
+        else:
+            after_products([])
     finally:
         bars.close()
         clean_partials(out_root)  # what a dead worker left
-    extras = _perijove_products(out_root, results, options, phases)
+    extras = (*sheet, *_other_mosaics(out_root, results, options, phases, made))
     order = {e.product_id: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r.product_id, 0))
     return BuildReport(tuple(results), str(out_root), time.perf_counter() - t0, extras, phases.seconds)
@@ -953,10 +1002,22 @@ class _InProcess:
 
 
 def _run(todo: Sequence[Any], built: Sequence[Any], options: BuildOptions, jobs: int, bars: _Progress,
-         earlier: Mapping[tuple[Any, str], Mapping[str, Any]], phases: _Phases) -> list[ProductResult]:
-    """Project every product, measure one balance per group, finish every product.
+         earlier: Mapping[tuple[Any, str], Mapping[str, Any]], phases: _Phases,
+         built_filter_sets: Mapping[str, str],
+         after_products: Callable[[list[ProductResult]], None]
+         ) -> tuple[list[ProductResult], dict[str, list[str]]]:
+    """Project every product, measure one balance per group, finish every product, make
+    the mosaics: ``(results, {filter set: mosaic files written})``.
 
-    ``built``: finished products without a CK, re-detected for the joint solve."""
+    ``built``: finished products without a CK, re-detected for the joint solve.
+    ``built_filter_sets``: finished product -> its filter set (its maps join the mosaic).
+    Order, so that the two cores stay busy to the end: the first phase largest raw file
+    first; after the joint solve, the group (perijove, filter set) with the most frames
+    first and in it the image with the most frames (the largest maps) first. A group is
+    balanced as soon as its own products are projected (others may still be projecting),
+    and its filter set's mosaics are made in a worker as soon as its products are
+    finished, while the rest go on. ``after_products(results)`` runs here once every
+    product is finished (the contact sheet), beside the last mosaics."""
     from concurrent.futures.process import BrokenProcessPool
 
     results: list[ProductResult] = []
@@ -964,6 +1025,10 @@ def _run(todo: Sequence[Any], built: Sequence[Any], options: BuildOptions, jobs:
     detected: list[Detected] = []  # limbs detected, not yet solved
     finishing: dict[Future[ProductResult], Projected] = {}
     entries = {e.product_id: e for e in todo}
+    group_of: dict[str, tuple[Any, str]] = {}  # product being built -> (perijove, filter set)
+    open_ids = set(entries)  # products being built, not done or failed yet
+    mosaics: dict[str, list[str]] = {}
+    after_done = False
     with _executor(jobs, bars) as (pool, events):
         project_fn: Callable[..., Any] = _worker_detect if events is not None else \
             partial(project_product, on_stage=bars.stage, joint=True)
@@ -972,70 +1037,112 @@ def _run(todo: Sequence[Any], built: Sequence[Any], options: BuildOptions, jobs:
         finish_fn: Callable[..., Any] = _worker_finish if events is not None else \
             partial(finish_product, on_stage=bars.stage)
         built_fn: Callable[..., Any] = _worker_detect_built if events is not None else detect_built
-        pending: dict[Future[Any], str] = {}
+        mosaic_fn: Callable[..., Any] = _worker_mosaics if events is not None else \
+            (lambda *args: make_mosaics(*args[:3], label=args[3], on_stage=bars.stage))
+        pending: dict[Future[Any], tuple[str, str]] = {}  # future -> (kind, product or filter set)
+
+        def busy(*kinds: str) -> list[str]:
+            return [name for kind, name in pending.values() if kind in kinds]
+
         try:
-            for entry in todo:
-                pending[pool.submit(project_fn, entry, options)] = entry.product_id
+            for entry in sorted(todo, key=_raw_bytes, reverse=True):
+                pending[pool.submit(project_fn, entry, options)] = ("detect", entry.product_id)
             for entry in built:
-                pending[pool.submit(built_fn, entry, options)] = entry.product_id
+                pending[pool.submit(built_fn, entry, options)] = ("built", entry.product_id)
             while pending:
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
                 if events is not None:
                     _drain(events, bars)
                 for fut in done:
-                    product_id = pending.pop(fut)
+                    kind, name = pending.pop(fut)
                     try:
                         out = fut.result()
                     except BrokenProcessPool:
-                        out = ProductResult(product_id, "failed", "the worker process died "
+                        out = ProductResult(name, "failed", "the worker process died "
                                             "(out of memory? try -j 1)")
+                    if kind == "mosaic":
+                        bars.release(f"mosaics {name}")
+                        if isinstance(out, ProductResult):
+                            print(f"junoproc: mosaic {name} not made: {out.message}", file=sys.stderr)
+                        else:
+                            mosaics[name], warnings = out
+                            for line in warnings:
+                                print(f"junoproc: {line}", file=sys.stderr)
+                        continue
+                    if kind == "built":
+                        if isinstance(out, str) or isinstance(out, ProductResult):
+                            print(f"junoproc: {name} (built) left out of the joint solve: "
+                                  f"{getattr(out, 'message', out)}", file=sys.stderr)
+                        elif out is not None:
+                            detected.append(out)
+                        continue
                     if isinstance(out, Detected):
                         detected.append(out)
-                        continue
-                    if out is None or isinstance(out, str):  # a built product not re-detected
-                        if out:
-                            print(f"junoproc: {product_id} (built) left out of the joint solve: {out}",
-                                  file=sys.stderr)
+                        group_of[name] = out.group
                         continue
                     if isinstance(out, Projected):
                         waiting.append(out)
-                        bars.projected(product_id)
+                        group_of[name] = out.group
+                        bars.projected(name)
                         continue
                     projected = finishing.pop(fut, None)
                     if projected is not None and out.status != "done":
                         shutil.rmtree(projected.work_dir, ignore_errors=True)
                     results.append(out)
+                    open_ids.discard(name)
                     bars.finished(out)
-                if detected and not any(fut not in finishing for fut in pending):
+                if detected and not busy("detect", "built"):
                     # every limb detected: one joint pointing solve, then on in the workers
                     solved = []
                     if not all(d.built for d in detected):
                         with phases("joint_solve"):
                             solved = solve_jointly(detected, options, on_stage=bars.stage)
-                    for det, sol in solved:
+                    frames = _group_frames([d for d, _ in solved if not d.built], group_of)
+                    for det, sol in sorted(solved, key=frames, reverse=True):
                         if det.built:  # its axis helped; its outputs stay as they are
                             continue
                         if isinstance(sol, BaseException):
                             out = _solve_failed(det, sol, options)
                             results.append(out)
+                            open_ids.discard(det.product_id)
                             bars.finished(out)
                         else:
                             fut = pool.submit(solved_fn, entries[det.product_id], options, det, sol)
-                            pending[fut] = det.product_id
+                            pending[fut] = ("solved", det.product_id)
                     detected.clear()
-                if waiting and not any(fut not in finishing for fut in pending):
-                    # every product projected: one balance per perijove and filter set
-                    for members in _groups(waiting).values():
+                if waiting and not busy("detect") and not detected:
+                    # a group whose products are all projected: its one balance, then finish
+                    projecting = {group_of.get(pid) for pid in busy("solved")}
+                    for group, members in _groups(waiting).items():
+                        if group in projecting:
+                            continue
                         with phases("balance"):
-                            balance = earlier.get(members[0].group) or shared_balance(members, options)
-                        if members[0].group in earlier:
+                            balance = earlier.get(group) or shared_balance(members, options)
+                        if group in earlier:
                             balance = {**balance, "reused_for": sorted(p.product_id for p in members)}
-                        for p in members:
+                        for p in sorted(members, key=_map_pixels, reverse=True):
                             fut = pool.submit(finish_fn, p.to_finish() if events is not None else p,
                                               balance, options)
                             finishing[fut] = p
-                            pending[fut] = p.product_id
+                            pending[fut] = ("finish", p.product_id)
                             waiting.remove(p)
+                if busy("detect") or detected:
+                    continue
+                if options.mosaic:
+                    # a filter set whose products are all finished: its mosaics, in a worker
+                    built_now = {r.product_id: group_of[r.product_id][1] for r in results
+                                 if r.status == "done" and r.product_id in group_of}
+                    still_open = {group_of.get(pid, (None, None))[1] for pid in open_ids}
+                    for fset in sorted(set(built_now.values()) - still_open - set(mosaics)):
+                        members = sorted(pid for pid, f in {**built_filter_sets, **built_now}.items()
+                                         if f == fset)
+                        mosaics[fset] = []
+                        fut = pool.submit(mosaic_fn, str(options.out_dir), members, options,
+                                          f"mosaics {fset}")
+                        pending[fut] = ("mosaic", fset)
+                if not open_ids and not after_done:
+                    after_done = True
+                    after_products(results)
         except KeyboardInterrupt:
             if events is not None:
                 # SIGINT to the build alone (not its process group): pass it on, so each busy
@@ -1049,7 +1156,52 @@ def _run(todo: Sequence[Any], built: Sequence[Any], options: BuildOptions, jobs:
                                           and f.exception() is None and isinstance(f.result(), Projected)]
             for p in unfinished:
                 shutil.rmtree(p.work_dir, ignore_errors=True)
-    return results
+    if not after_done:
+        after_products(results)
+    return results, mosaics
+
+
+def _raw_bytes(entry: Any) -> int:
+    """Size of a product's raw image file (a zip member's uncompressed size): the first
+    phase takes the largest first."""
+    import zipfile
+
+    raw = getattr(entry, "raw", None)
+    try:
+        if raw is None:
+            return 0
+        if getattr(raw, "member", None):
+            with zipfile.ZipFile(raw.path) as zf:
+                return int(zf.getinfo(raw.member).file_size)
+        return int(os.stat(raw.path).st_size)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return 0
+
+
+def _frames(det: Detected) -> int:
+    """Frames of a detected product (its maps' size grows with them)."""
+    meta = getattr(det.observation, "meta", None)
+    return int(getattr(meta, "n_frames", 0) or 0)
+
+
+def _group_frames(detected: Sequence[Detected], group_of: Mapping[str, tuple[Any, str]]
+                  ) -> Callable[[tuple[Detected, Any]], tuple[int, int]]:
+    """Sort key of the second phase: (frames of the product's group, its own frames). The
+    group projected first is balanced, finished and mosaicked while the rest project."""
+    per_group: dict[Any, int] = {}
+    for d in detected:
+        g = group_of.get(d.product_id)
+        per_group[g] = per_group.get(g, 0) + _frames(d)
+    return lambda ds: (per_group.get(group_of.get(ds[0].product_id), 0), _frames(ds[0]))
+
+
+def _map_pixels(p: Projected) -> int:
+    """Pixels of a projected product's maps (its enhancement's cost)."""
+    total = 0
+    for m in p.sidecar.get("maps", {}).values():
+        d = m.get("map", {}) if isinstance(m, Mapping) else {}
+        total += int(d.get("rows", 0) or 0) * int(d.get("columns", 0) or 0)
+    return total
 
 
 def _project_solved(entry: Any, options: BuildOptions, detected: Detected, solution: Any, *,
@@ -1125,15 +1277,28 @@ def _groups(projected: Sequence[Projected]) -> dict[tuple[Any, str], list[Projec
 # ---------------------------------------------------------------------------------------
 # per folder: contact sheet and mosaics
 # ---------------------------------------------------------------------------------------
-def _perijove_products(out_root: Path, results: Sequence[ProductResult],
-                       options: BuildOptions, phases: _Phases) -> tuple[str, ...]:
-    """Contact sheet of every composite, and the mosaics; remade only when a product was
-    (re)built in this run or they are missing."""
+def _filter_sets(out_root: Path, results: Sequence[ProductResult]) -> dict[str, str]:
+    """Built product -> its filter set (``RGB``, ``METHANE``), from its sidecar."""
+    found: dict[str, str] = {}
+    for r in results:
+        if r.status not in ("done", "skipped"):
+            continue
+        try:
+            side = json.loads((out_root / r.product_id / f"{r.product_id}.json").read_text())
+            found[r.product_id] = str(side["colour_balance"]["filter_set"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _contact_sheet(out_root: Path, results: Sequence[ProductResult], options: BuildOptions,
+                   phases: _Phases) -> list[str]:
+    """Contact sheet of every composite; remade only when a product was (re)built in this
+    run or it is missing."""
     from . import io
 
     done = [r for r in results if r.status in ("done", "skipped")]
     changed = any(r.status == "done" for r in results)
-    written: list[str] = []
     pngs = [out_root / r.product_id / f"{r.product_id}-{name}.png"
             for r in done for name in options.projections]
     pngs = [p for p in pngs if p.is_file()]
@@ -1142,54 +1307,92 @@ def _perijove_products(out_root: Path, results: Sequence[ProductResult],
         labels = [p.stem.replace("-", "  ", 1) for p in pngs]
         with phases("contact_sheet"):
             io.write_png(sheet_path, contact_sheet(pngs, labels=labels))
-    if pngs:
-        written.append(str(sheet_path))
-    if options.mosaic:
+    return [str(sheet_path)] if pngs else []
+
+
+def _mosaic_pngs(out_root: Path, fset: str) -> list[str]:
+    return sorted(str(p) for p in out_root.glob(f"mosaic-{fset}-*.png"))
+
+
+def _other_mosaics(out_root: Path, results: Sequence[ProductResult], options: BuildOptions,
+                   phases: _Phases, made: Mapping[str, Sequence[str]]) -> list[str]:
+    """The mosaics of every filter set with built products: those made by the workers in
+    this run (``made``), those of filter sets with nothing rebuilt (kept, or made here
+    when missing)."""
+    if not options.mosaic:
+        return []
+    fsets = _filter_sets(out_root, results)
+    rebuilt = {fsets[r.product_id] for r in results if r.status == "done" and r.product_id in fsets}
+    written: list[str] = []
+    for fset in sorted(set(fsets.values())):
+        if fset in made:
+            written.extend(made[fset])
+            continue
+        existing = _mosaic_pngs(out_root, fset)
+        if existing and fset not in rebuilt:
+            written.extend(existing)
+            continue
         with phases("mosaics"):
-            written.extend(_mosaics(out_root, done, options, changed))
-    return tuple(written)
+            files, warnings = make_mosaics(str(out_root), sorted(p for p, f in fsets.items() if f == fset),
+                                           options)
+        for line in warnings:
+            print(f"junoproc: {line}", file=sys.stderr)
+        written.extend(files)
+    return written
 
 
-def _mosaics(out_root: Path, done: Sequence[ProductResult], options: BuildOptions,
-             changed: bool) -> list[str]:
-    """Per filter set, a cylindrical and a polar mosaic (linear TIFF, composite PNG):
-    :func:`projection.perijove_mosaics` of the products' equirectangular maps."""
+def make_mosaics(out_dir: str, product_ids: Sequence[str], options: BuildOptions, *,
+                 label: str = "mosaics", on_stage: StageCallback | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """The mosaics of one filter set's built products (:func:`projection.perijove_mosaics`
+    of their equirectangular linear maps): a cylindrical and a polar one, each a linear
+    TIFF and a composite PNG in ``out_dir``. Returns (PNG files written, one-line warnings);
+    it never raises (a mosaic is an extra: the products are built)."""
     from . import io
     from .enhance import enhance
     from .projection import perijove_mosaics
 
-    previous = sorted(str(p) for p in out_root.glob("mosaic-*.png"))
-    if not changed and previous:
-        return previous
-    paths = [out_root / r.product_id / f"{r.product_id}-equirectangular-linear.tif" for r in done]
-    maps = [io.read_linear_map(p, backplanes=MOSAIC_BACKPLANES) for p in paths if p.is_file()]
-    if not maps:
-        return []
-    perijove = _perijove_of(out_root, done)
+    out_root = Path(out_dir)
+    steps = ("read", "mosaic", "write")
+
+    def step(name: str) -> None:
+        if on_stage is not None:
+            on_stage(label, name, steps.index(name), len(steps))
+
     try:
+        step("read")
+        paths = [out_root / pid / f"{pid}-equirectangular-linear.tif" for pid in product_ids]
+        maps = [io.read_linear_map(p, backplanes=MOSAIC_BACKPLANES) for p in paths if p.is_file()]
+        if not maps:
+            return [], []
+        perijove = _perijove_of(out_root, product_ids)
+        step("mosaic")
         mosaics = perijove_mosaics(maps)
+        del maps
+        step("write")
+        written, warnings = [], []
+        for key, lm in mosaics.items():
+            stem = out_root / f"mosaic-{key}"
+            io.write_linear_map(stem.with_name(stem.name + "-linear.tif"), lm)
+            try:
+                comp = enhance(lm, preset=options.preset, overrides=list(options.enhance_overrides) or None,
+                               perijove=perijove)
+            except JunoprocError as err:
+                warnings.append(f"mosaic {key} not enhanced: {err.one_line()}")
+                continue
+            written.append(str(io.write_png(stem.with_suffix(".png"), comp.rgb8)))
+        return written, warnings
     except JunoprocError as err:
-        print(f"junoproc: mosaic skipped: {err.one_line()}", file=sys.stderr)
-        return []
-    del maps
-    written = []
-    for key, lm in mosaics.items():
-        stem = out_root / f"mosaic-{key}"
-        io.write_linear_map(stem.with_name(stem.name + "-linear.tif"), lm)
-        try:
-            comp = enhance(lm, preset=options.preset, overrides=list(options.enhance_overrides) or None,
-                           perijove=perijove)
-        except JunoprocError as err:
-            print(f"junoproc: mosaic {key} not enhanced: {err.one_line()}", file=sys.stderr)
-            continue
-        written.append(str(io.write_png(stem.with_suffix(".png"), comp.rgb8)))
-    return written
+        return [], [f"mosaic skipped: {err.one_line()}"]
+    except Exception as err:  # a bug: the products are built, say where
+        detail = "".join(traceback.format_exception(err)) if options.debug else f"{type(err).__name__}: {err}"
+        return [], [f"mosaic skipped: internal error: {detail}".strip()]
 
 
-def _perijove_of(out_root: Path, done: Sequence[ProductResult]) -> int | None:
-    for r in done:
+def _perijove_of(out_root: Path, product_ids: Sequence[str]) -> int | None:
+    for pid in product_ids:
         try:
-            label = json.loads((out_root / r.product_id / f"{r.product_id}.json").read_text())["label"]
+            label = json.loads((out_root / pid / f"{pid}.json").read_text())["label"]
             return int(label["PJ"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
