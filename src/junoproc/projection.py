@@ -363,11 +363,17 @@ def grid_xy_from_body(grid: MapGrid, pos_body_km: np.ndarray, *,
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Footprint:
-    """Surface points of a coarse lattice of one framelet's pixels (incl. its border)."""
+    """Surface points of a coarse lattice of one framelet's pixels (incl. its border), and
+    in the lattice cells cut by the limb the hit points found next to it."""
 
     frame: int
     band: str
     points: SurfacePoints  # (ny, nx) lattice
+    #: (k, 3) body-fixed points within :data:`LIMB_SEARCH_PX` framelet px of the limb, on
+    #: the edges and diagonals of the lattice cells whose corners do not all hit
+    limb_pos_body_km: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    #: (k,) flat index of the lattice cell (of the (ny - 1, nx - 1) cells) each belongs to
+    limb_cell: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _lattice(n0: float, n1: float, step: float) -> np.ndarray:
@@ -375,8 +381,46 @@ def _lattice(n0: float, n1: float, step: float) -> np.ndarray:
     return np.linspace(n0, n1, n)
 
 
+#: Framelet pixels within which the limb is located in footprint cells it cuts (bisection).
+LIMB_SEARCH_PX = 0.25
+
+
+def _limb_points(geometry: ImageGeometry, frame: int, band: str, xx: np.ndarray, yy: np.ndarray,
+                 hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hit points next to the limb on the edges and diagonals of the lattice cells cut by it
+    (bisection from the hit corner towards the missing one), and their cells' flat indices."""
+    quads = _corner_stack(hit)
+    cut = np.flatnonzero((quads.any(axis=0) & ~quads.all(axis=0)).ravel())
+    if not len(cut):
+        return np.zeros((0, 3)), np.zeros(0, np.int64)
+    n_c = hit.shape[1] - 1
+    ci, cj = np.divmod(cut, n_c)
+    corners = ((0, 0), (1, 0), (0, 1), (1, 1))
+    inner, outer, cell = [], [], []
+    for a in range(4):
+        for b in range(a + 1, 4):
+            ia, ja = ci + corners[a][0], cj + corners[a][1]
+            ib, jb = ci + corners[b][0], cj + corners[b][1]
+            ha, hb = hit[ia, ja], hit[ib, jb]
+            for sel, (i_in, j_in, i_out, j_out) in ((ha & ~hb, (ia, ja, ib, jb)),
+                                                    (hb & ~ha, (ib, jb, ia, ja))):
+                inner.append(np.stack([xx[i_in, j_in][sel], yy[i_in, j_in][sel]], axis=-1))
+                outer.append(np.stack([xx[i_out, j_out][sel], yy[i_out, j_out][sel]], axis=-1))
+                cell.append(cut[sel])
+    lo, hi, cells = np.concatenate(inner), np.concatenate(outer), np.concatenate(cell)
+    length = float(np.max(np.hypot(*(hi - lo).T))) if len(lo) else 0.0
+    for _ in range(max(1, math.ceil(math.log2(max(length, 1.0) / LIMB_SEARCH_PX)))):
+        mid = 0.5 * (lo + hi)
+        pts = geometry.surface_points(frame, band, mid[:, 0], mid[:, 1])
+        lo = np.where(pts.hit[:, None], mid, lo)
+        hi = np.where(pts.hit[:, None], hi, mid)
+    pos = geometry.surface_points(frame, band, lo[:, 0], lo[:, 1])
+    return pos.pos_body_km[pos.hit], cells[pos.hit]
+
+
 def framelet_footprints(geometry: ImageGeometry, *, step_px: float = 16.0) -> list[Footprint]:
-    """Surface points of a lattice (every ``step_px``, border included) of every framelet."""
+    """Surface points of a lattice (every ``step_px``, border included) of every framelet,
+    and next to the limb where it cuts a lattice cell (:func:`_limb_points`)."""
     out = []
     for band in geometry.meta.filters:
         cam = geometry.cameras[band]
@@ -386,7 +430,9 @@ def framelet_footprints(geometry: ImageGeometry, *, step_px: float = 16.0) -> li
         y = _lattice(0.5, rows - 0.5, step_px / 2.0)
         xx, yy = np.meshgrid(x, y)
         for frame in range(geometry.n_frames):
-            out.append(Footprint(frame, band, geometry.surface_points(frame, band, xx, yy)))
+            pts = geometry.surface_points(frame, band, xx, yy)
+            limb, cells = _limb_points(geometry, frame, band, xx, yy, pts.hit)
+            out.append(Footprint(frame, band, pts, limb, cells))
     return out
 
 
@@ -598,8 +644,10 @@ def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None
 
     One box per cell of the footprint lattice (corners + 2 px; cells whose corners do not all
     hit get the largest neighbour gap as margin), so a tilted or curved strip is covered
-    tightly. Equirectangular cells that wrap in longitude or contain a pole get the full width
-    up to the map's top or bottom edge.
+    tightly. Equirectangular cells are unwrapped in longitude (a cell across the map's
+    longitude seam gives a box on each side), grow towards the pole by the most an arc
+    between their corners can bulge there, and only cells around a pole (or cut by the
+    limb and wider than a quarter turn) get the full width up to the map's top or bottom edge.
     """
     hit = fp.points.hit
     if not hit.any():
@@ -615,6 +663,29 @@ def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None
     quads_r = np.stack([r[:-1, :-1], r[1:, :-1], r[:-1, 1:], r[1:, 1:]])
     full = np.isfinite(quads_c).all(axis=0)
     some = np.isfinite(quads_c).any(axis=0)
+    equirect = grid.projection == "equirectangular"
+    if len(fp.limb_cell):  # cells cut by the limb reach (nearly) to it: its points join them
+        lc, lr = grid_xy_from_body(grid, fp.limb_pos_body_km, state=state)
+        good = np.isfinite(lc) & np.isfinite(lr)
+        extra_c = np.full((len(fp.limb_cell),) + full.shape, np.nan).reshape(len(fp.limb_cell), -1)
+        extra_r = extra_c.copy()
+        k = np.flatnonzero(good)
+        extra_c[k, fp.limb_cell[good]] = lc[good]
+        extra_r[k, fp.limb_cell[good]] = lr[good]
+        quads_c = np.concatenate([quads_c, extra_c.reshape((-1,) + full.shape)])
+        quads_r = np.concatenate([quads_r, extra_r.reshape((-1,) + full.shape)])
+    pole = np.zeros_like(full)
+    bulge = np.zeros(full.shape)
+    if equirect and some.any():
+        ppd = float(grid.params["px_per_deg"])
+        turn = 360.0 * ppd
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.fmax.reduce(quads_c, axis=0)  # a corner that hit (NaN where none)
+            quads_c = ref + np.mod(quads_c - ref + turn / 2, turn) - turn / 2  # unwrapped
+            cyc = quads_c[[0, 1, 3, 2]]  # around the cell
+            winding = (np.mod(np.roll(cyc, -1, axis=0) - cyc + turn / 2, turn) - turn / 2).sum(axis=0)
+        pole = full & (np.abs(np.nan_to_num(winding)) > turn / 2)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells are dropped below
         cmin, cmax = np.nanmin(quads_c, axis=0), np.nanmax(quads_c, axis=0)
@@ -623,38 +694,58 @@ def _chunk_boxes(grid: MapGrid, fp: Footprint, state: FrameState | None
     # own extent (capped: at grazing emission the weight is ~0 anyway)
     own = np.nan_to_num(np.maximum(cmax - cmin, rmax - rmin))
     margin = np.where(full, 2.0, np.clip(own, 4.0, 64.0) + 2.0)
-    wrap = np.zeros_like(full)
-    if grid.projection == "equirectangular":
-        wrap = some & (cmax - cmin > 0.25 * 360.0 * float(grid.params["px_per_deg"]))
+    wrap = pole
+    north = rmin < h / 2
+    if equirect:
+        ppd = float(grid.params["px_per_deg"])
+        wrap = pole | (some & ~full & (cmax - cmin > 0.25 * 360.0 * ppd))
+        # an arc between corners at latitude <= lat spanning dlon reaches at most
+        # atan(tan(lat) / cos(dlon / 2)) (a great circle on the sphere)
+        top = float(grid.params["lat_top_deg"])
+        with np.errstate(invalid="ignore"):
+            lat = np.radians(np.clip(np.abs(top - (np.where(north, rmin, rmax) + 0.5) / ppd), 0.0, 90.0))
+            half = np.radians(np.clip((cmax - cmin) / ppd, 0.0, 179.0)) / 2.0
+            reach = np.arctan2(np.tan(np.minimum(lat, np.radians(89.999))), np.cos(half))
+            bulge = np.nan_to_num(np.degrees(reach - lat) * ppd)
     cmin, cmax, rmin, rmax = (np.nan_to_num(a, nan=-1.0) for a in (cmin, cmax, rmin, rmax))
-    c0 = np.clip(np.floor(cmin - margin), 0, w).astype(int)
-    c1 = np.clip(np.ceil(cmax + margin) + 1, 0, w).astype(int)
-    r0 = np.clip(np.floor(rmin - margin), 0, h).astype(int)
-    r1 = np.clip(np.ceil(rmax + margin) + 1, 0, h).astype(int)
+    c0 = np.floor(cmin - margin)
+    c1 = np.ceil(cmax + margin) + 1
+    r0 = np.clip(np.floor(rmin - margin - np.where(north, bulge, 0.0)), 0, h).astype(int)
+    r1 = np.clip(np.ceil(rmax + margin + np.where(north, 0.0, bulge)) + 1, 0, h).astype(int)
     if wrap.any():
         c0[wrap], c1[wrap] = 0, w
-        north = rmin < h / 2
         r0[wrap & north] = 0
         r1[wrap & ~north] = h
-    keep = some & (c0 < c1) & (r0 < r1)
-    return list(zip(r0[keep].tolist(), r1[keep].tolist(), c0[keep].tolist(), c1[keep].tolist(), strict=True))
+    keep = some & (r0 < r1)
+    boxes = []
+    shifts = (0.0, 360.0 * float(grid.params["px_per_deg"]), -360.0 * float(grid.params["px_per_deg"])) \
+        if equirect else (0.0,)
+    for shift in shifts:  # the parts of unwrapped boxes beyond the seam, on the other side
+        a = np.clip(c0 + shift, 0, w).astype(int)
+        b = np.clip(c1 + shift, 0, w).astype(int)
+        k = keep & (a < b) & (~wrap if shift else True)
+        boxes += list(zip(r0[k].tolist(), r1[k].tolist(), a[k].tolist(), b[k].tolist(), strict=True))
+    return boxes
 
 
-def _cells_from_boxes(boxes: Sequence[tuple[int, int, int, int]], step: int,
-                      n_cells: tuple[int, int]) -> np.ndarray:
-    """Lattice cells (bool (rows, cols)) touched by any output-pixel box (r0, r1, c0, c1)."""
-    out = np.zeros(n_cells, bool)
+def _cell_box(boxes: Sequence[tuple[int, int, int, int]], step: int
+              ) -> tuple[int, int, np.ndarray] | None:
+    """Lattice cells touched by any output-pixel box (r0, r1, c0, c1), on the boxes' own
+    bounding box only: ``(first cell row, first cell column, bool cells)``, None without boxes."""
     if not boxes:
-        return out
+        return None
     b = np.asarray(boxes, np.int64)
     r0, r1 = b[:, 0] // step, -(-b[:, 1] // step)
     c0, c1 = b[:, 2] // step, -(-b[:, 3] // step)
-    acc = np.zeros((n_cells[0] + 1, n_cells[1] + 1), np.int32)  # 2-D difference array
+    i0, j0 = int(r0.min()), int(c0.min())
+    n_r, n_c = int(r1.max()) - i0, int(c1.max()) - j0
+    r0, r1, c0, c1 = r0 - i0, r1 - i0, c0 - j0, c1 - j0
+    acc = np.zeros((n_r + 1, n_c + 1), np.int32)  # 2-D difference array
     np.add.at(acc, (r0, c0), 1)
     np.add.at(acc, (r0, c1), -1)
     np.add.at(acc, (r1, c0), -1)
     np.add.at(acc, (r1, c1), 1)
-    return acc.cumsum(axis=0).cumsum(axis=1)[:n_cells[0], :n_cells[1]] > 0
+    return i0, j0, acc.cumsum(axis=0).cumsum(axis=1)[:n_r, :n_c] > 0
 
 
 def _corners(cells: np.ndarray) -> np.ndarray:
@@ -833,16 +924,19 @@ class _Projector:
             self.bands.append(_Band(band, rows, cols, geometry.ifov_rad(band), feather,
                                     self._erode(mask).astype(np.float32)))
         by_key = {(fp.frame, fp.band): fp for fp in footprints}
-        self.frame_cells: dict[int, np.ndarray] = {}
+        # per frame, per band: the lattice cells its footprint may reach, on their bounding
+        # box (b, first cell row, first cell column, cells); the bands of one frame see
+        # different strips of the surface, so each is mapped on its own cells only
+        self.band_cells: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
         for frame in range(geometry.n_frames):
-            boxes: list[tuple[int, int, int, int]] = []
-            for band in geometry.meta.filters:
+            entries = []
+            for b, band in enumerate(geometry.meta.filters):
                 fp = by_key.get((frame, band))
-                if fp is not None:
-                    boxes += _chunk_boxes(grid, fp, grid_state)
-            cells = _cells_from_boxes(boxes, s, self.n_cells)
-            if cells.any():
-                self.frame_cells[frame] = cells
+                found = None if fp is None else _cell_box(_chunk_boxes(grid, fp, grid_state), s)
+                if found is not None and found[2].any():
+                    entries.append((b, *found))
+            if entries:
+                self.band_cells[frame] = entries
         self.mid_state = geometry.states[geometry.n_frames // 2]
         self._sources: dict[tuple[int, int], _Source] = {}
         self._lock = threading.Lock()
@@ -870,7 +964,9 @@ class _Projector:
         prepared source is dropped once the last strip that needs it is done."""
         step = STRIP_ROWS // self.step
         strips = [(k0, min(k0 + step, self.n_cells[0])) for k0 in range(0, self.n_cells[0], step)]
-        needs = {f: [k0 for k0, k1 in strips if cells[k0:k1].any()] for f, cells in self.frame_cells.items()}
+        needs = {f: [k0 for k0, k1 in strips
+                     if any(cells[max(k0 - i0, 0):max(k1 - i0, 0)].any() for _, i0, _, cells in entries)]
+                 for f, entries in self.band_cells.items()}
         remaining = {f: len(v) for f, v in needs.items()}
 
         def task(k0: int, k1: int) -> float:
@@ -990,14 +1086,17 @@ class _Projector:
         seen_valid = np.zeros((nb, sr, w), bool)
         touched = np.zeros((nb, sr, w), bool)  # a saturated sample was blended in
         for frame in self.frame_order:
-            cells = self.frame_cells.get(frame)
-            if cells is None:
-                continue
-            cand = cells[k0:k1] & any_hit
-            if not cand.any():
-                continue
-            self._frame(frame, k0, cand, smooth_grid, exact_grid, ex_grid, pos_n, pos_c,
-                        (num, den, count, seen_valid, touched))
+            for b, i0, j0, cells in self.band_cells.get(frame, ()):
+                part = cells[max(k0 - i0, 0):max(k1 - i0, 0)]
+                if not part.any():
+                    continue
+                cand = np.zeros_like(any_hit)
+                a = max(i0 - k0, 0)
+                cand[a:a + part.shape[0], j0:j0 + part.shape[1]] = part
+                cand &= any_hit
+                if cand.any():
+                    self._frame_band(frame, b, k0, cand, smooth_grid, exact_grid, ex_grid, pos_n, pos_c,
+                                     (num, den, count, seen_valid, touched))
 
         t0 = time.perf_counter()
         rows = slice(r0, r1)
@@ -1042,13 +1141,16 @@ class _Projector:
         cos_e = np.einsum("ij,ij->i", normal, d) / dist
         return cos_e * dist ** -self.k_res
 
-    def _frame(self, frame: int, k0: int, cand: np.ndarray, smooth_grid: np.ndarray,
-               exact_grid: np.ndarray, ex_grid: tuple[np.ndarray, np.ndarray, np.ndarray],
-               pos_n: np.ndarray, pos_c: np.ndarray, acc: tuple[np.ndarray, ...]) -> None:
+    def _frame_band(self, frame: int, b: int, k0: int, cand: np.ndarray, smooth_grid: np.ndarray,
+                    exact_grid: np.ndarray, ex_grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    pos_n: np.ndarray, pos_c: np.ndarray, acc: tuple[np.ndarray, ...]) -> None:
+        """Sample band ``b`` of ``frame`` over the candidate cells ``cand`` of a strip."""
         s = self.step
         h, w = self.grid.shape
         geometry = self.geometry
+        band = self.bands[b]
         obs = geometry.states[frame].observer_pos_body_km
+        k_band = band.ifov_rad ** -self.k_res
         t0 = time.perf_counter()
         # nodes are needed on the bounding box of the candidate cells only
         rows_any = np.flatnonzero(cand.any(axis=1))
@@ -1058,32 +1160,26 @@ class _Projector:
         cand = cand[ia:ib, ja:jb]
         smooth = cand & smooth_grid[ia:ib, ja:jb]
         node_sel = np.flatnonzero(_corners(smooth))
-        sub_pos = pos_n[ia:ib + 1, ja:jb + 1].reshape(-1, 3)
         shape_n = (ib - ia + 1, jb - ja + 1)
-        ci, cj = np.nonzero(smooth)
-        pts_c = pos_c[ia:ib, ja:jb][ci, cj]
+        xy = np.zeros(shape_n + (2,), np.float32)  # (x, y) index nodes
+        vw_n = np.zeros(shape_n, np.float32)  # view-weight nodes
         if len(node_sel):
-            pts = sub_pos[node_sel]
-            view = self._view_weight(pts, obs)
+            pts = pos_n[ia:ib + 1, ja:jb + 1].reshape(-1, 3)[node_sel]
+            x, y = _surface_to_px(geometry, frame, band.name, pts[:, 0], pts[:, 1], pts[:, 2])
+            flat = xy.reshape(-1, 2)
+            flat[node_sel, 0] = x - 0.5
+            flat[node_sel, 1] = y - 0.5
+            vw_n.reshape(-1)[node_sel] = self._view_weight(pts, obs) * k_band
             self.stats["nodes"] += len(node_sel)
-        centre_err = np.zeros(smooth.shape)
-        nodes = []  # per band: (x, y) index nodes (n_r, n_c, 2) and view-weight nodes (n_r, n_c)
-        for band in self.bands:
-            xy = np.zeros(shape_n + (2,), np.float32)
-            vw = np.zeros(shape_n, np.float32)
-            if len(node_sel):
-                x, y = _surface_to_px(geometry, frame, band.name, pts[:, 0], pts[:, 1], pts[:, 2])
-                flat = xy.reshape(-1, 2)
-                flat[node_sel, 0] = x - 0.5
-                flat[node_sel, 1] = y - 0.5
-                vw.reshape(-1)[node_sel] = view * band.ifov_rad ** -self.k_res
-            if len(ci) and s > 1:  # the bilinear error is largest at the cell centres
-                xc, yc = _surface_to_px(geometry, frame, band.name, pts_c[:, 0], pts_c[:, 1], pts_c[:, 2])
-                mean = 0.25 * (xy[:-1, :-1] + xy[1:, :-1] + xy[:-1, 1:] + xy[1:, 1:])[ci, cj]
-                err = np.nan_to_num(np.hypot(mean[:, 0] - (xc - 0.5), mean[:, 1] - (yc - 0.5)), nan=np.inf)
-                centre_err[ci, cj] = np.maximum(centre_err[ci, cj], err)
-            nodes.append((xy, vw))
-        exact_cells = (cand & exact_grid[ia:ib, ja:jb]) | (smooth & (centre_err > self.max_error_px))
+        exact_cells = cand & exact_grid[ia:ib, ja:jb]
+        ci, cj = np.nonzero(smooth)
+        if len(ci) and s > 1:  # the bilinear error is largest at the cell centres
+            pts_c = pos_c[ia:ib, ja:jb][ci, cj]
+            xc, yc = _surface_to_px(geometry, frame, band.name, pts_c[:, 0], pts_c[:, 1], pts_c[:, 2])
+            mean = 0.25 * (xy[:-1, :-1] + xy[1:, :-1] + xy[:-1, 1:] + xy[1:, 1:])[ci, cj]
+            err = np.nan_to_num(np.hypot(mean[:, 0] - (xc - 0.5), mean[:, 1] - (yc - 0.5)), nan=np.inf)
+            bad = err > self.max_error_px
+            exact_cells[ci[bad], cj[bad]] = True
         smooth &= ~exact_cells
         self.stats["lattice_s"] += time.perf_counter() - t0
 
@@ -1102,69 +1198,64 @@ class _Projector:
             more = self._exact_pixels(full, k0)
             e_rr, e_cc = np.concatenate([e_rr, more[0]]), np.concatenate([e_cc, more[1]])
             e_pos = np.concatenate([e_pos, more[2]])
-        e_view = self._view_weight(e_pos, obs) if len(e_rr) else np.zeros(0)
-        self.stats["exact_s"] += time.perf_counter() - t0
 
         margin = 1.0 + self.support
-        for b, band in enumerate(self.bands):
-            t0 = time.perf_counter()
-            xy, vw_n = nodes[b]
-            # active cells: the interpolated position can fall on the framelet and be visible
-            x4 = (xy[:-1, :-1, 0], xy[1:, :-1, 0], xy[:-1, 1:, 0], xy[1:, 1:, 0])
-            y4 = (xy[:-1, :-1, 1], xy[1:, :-1, 1], xy[:-1, 1:, 1], xy[1:, 1:, 1])
-            v4 = (vw_n[:-1, :-1], vw_n[1:, :-1], vw_n[:-1, 1:], vw_n[1:, 1:])
-            active = smooth & (np.maximum.reduce(x4) >= band.cols.start - margin) \
-                & (np.minimum.reduce(x4) <= band.cols.stop - 1 + margin) \
-                & (np.maximum.reduce(y4) >= -margin) & (np.minimum.reduce(y4) <= band.rows - 1 + margin) \
-                & (np.maximum.reduce(v4) > 0)
-            ecell = np.zeros_like(active)
-            er = ec = np.zeros(0, np.int64)
-            if len(e_rr):
-                ex, ey = _surface_to_px(geometry, frame, band.name, e_pos[:, 0], e_pos[:, 1], e_pos[:, 2])
-                ex, ey = ex - 0.5, ey - 0.5
-                ev = e_view * band.ifov_rad ** -self.k_res
-                on = (ev > 0) & (ex >= band.cols.start - margin) & (ex <= band.cols.stop - 1 + margin) \
-                    & (ey >= -margin) & (ey <= band.rows - 1 + margin)
-                order = np.argsort(e_cc[on], kind="stable")
-                er, ec = e_rr[on][order], e_cc[on][order]
-                e_xy = np.stack([ex[on], ey[on]], axis=-1)[order].astype(np.float32)
-                ev = ev[on][order].astype(np.float32)
-                ecell[er // s - k0 - ia, ec // s - ja] = True
-            any_cell = active | ecell
-            self.stats["exact_s"] += time.perf_counter() - t0
-            if not any_cell.any():
+        # active cells: the interpolated position can fall on the framelet and be visible
+        x4 = (xy[:-1, :-1, 0], xy[1:, :-1, 0], xy[:-1, 1:, 0], xy[1:, 1:, 0])
+        y4 = (xy[:-1, :-1, 1], xy[1:, :-1, 1], xy[:-1, 1:, 1], xy[1:, 1:, 1])
+        v4 = (vw_n[:-1, :-1], vw_n[1:, :-1], vw_n[:-1, 1:], vw_n[1:, 1:])
+        active = smooth & (np.maximum.reduce(x4) >= band.cols.start - margin) \
+            & (np.minimum.reduce(x4) <= band.cols.stop - 1 + margin) \
+            & (np.maximum.reduce(y4) >= -margin) & (np.minimum.reduce(y4) <= band.rows - 1 + margin) \
+            & (np.maximum.reduce(v4) > 0)
+        ecell = np.zeros_like(active)
+        er = ec = np.zeros(0, np.int64)
+        if len(e_rr):
+            ex, ey = _surface_to_px(geometry, frame, band.name, e_pos[:, 0], e_pos[:, 1], e_pos[:, 2])
+            ex, ey = ex - 0.5, ey - 0.5
+            ev = self._view_weight(e_pos, obs) * k_band
+            on = (ev > 0) & (ex >= band.cols.start - margin) & (ex <= band.cols.stop - 1 + margin) \
+                & (ey >= -margin) & (ey <= band.rows - 1 + margin)
+            order = np.argsort(e_cc[on], kind="stable")
+            er, ec = e_rr[on][order], e_cc[on][order]
+            e_xy = np.stack([ex[on], ey[on]], axis=-1)[order].astype(np.float32)
+            ev = ev[on][order].astype(np.float32)
+            ecell[er // s - k0 - ia, ec // s - ja] = True
+        any_cell = active | ecell
+        self.stats["exact_s"] += time.perf_counter() - t0
+        if not any_cell.any():
+            return
+        tile_cells = TILE_COLS // s
+        for t_j in range(0, any_cell.shape[1], tile_cells):
+            sub = any_cell[:, t_j:t_j + tile_cells]
+            if not sub.any():
                 continue
-            tile_cells = TILE_COLS // s
-            for t_j in range(0, any_cell.shape[1], tile_cells):
-                sub = any_cell[:, t_j:t_j + tile_cells]
-                if not sub.any():
-                    continue
-                t0 = time.perf_counter()
-                sub_rows = np.flatnonzero(sub.any(axis=1))
-                sub_cols = np.flatnonzero(sub.any(axis=0))
-                i0, i1 = int(sub_rows[0]), int(sub_rows[-1]) + 1
-                j0, j1 = t_j + int(sub_cols[0]), t_j + int(sub_cols[-1]) + 1
-                ra, rb = (k0 + ia + i0) * s, min((k0 + ia + i1) * s, h)
-                ca, cb = (ja + j0) * s, min((ja + j1) * s, w)
-                node_org = (k0 + ia + i0, ja + j0)
-                maps = _warp_nodes(xy[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
-                vw = _warp_nodes(vw_n[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
-                cells_here = active[i0:i1, j0:j1]
-                if not cells_here.all():
-                    vw *= np.repeat(np.repeat(cells_here, s, axis=0), s, axis=1)[:rb - ra, :cb - ca]
-                if len(er):
-                    lo_i, hi_i = np.searchsorted(ec, [ca, cb])
-                    if hi_i > lo_i:
-                        sel = np.arange(lo_i, hi_i)
-                        sel = sel[(er[sel] >= ra) & (er[sel] < rb)]
-                        pr, pc = er[sel] - ra, ec[sel] - ca
-                        maps[pr, pc] = e_xy[sel]
-                        vw[pr, pc] = ev[sel]
-                self.stats["exact_s"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self._sample(frame, b, maps, vw, (slice(ra - k0 * s, rb - k0 * s), slice(ca, cb)), acc)
-                self.stats["dense_px"] += vw.size
-                self.stats["sample_blend_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sub_rows = np.flatnonzero(sub.any(axis=1))
+            sub_cols = np.flatnonzero(sub.any(axis=0))
+            i0, i1 = int(sub_rows[0]), int(sub_rows[-1]) + 1
+            j0, j1 = t_j + int(sub_cols[0]), t_j + int(sub_cols[-1]) + 1
+            ra, rb = (k0 + ia + i0) * s, min((k0 + ia + i1) * s, h)
+            ca, cb = (ja + j0) * s, min((ja + j1) * s, w)
+            node_org = (k0 + ia + i0, ja + j0)
+            maps = _warp_nodes(xy[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
+            vw = _warp_nodes(vw_n[i0:i1 + 1, j0:j1 + 1], s, *node_org, (ra, rb), (ca, cb))
+            cells_here = active[i0:i1, j0:j1]
+            if not cells_here.all():
+                vw *= np.repeat(np.repeat(cells_here, s, axis=0), s, axis=1)[:rb - ra, :cb - ca]
+            if len(er):
+                lo_i, hi_i = np.searchsorted(ec, [ca, cb])
+                if hi_i > lo_i:
+                    sel = np.arange(lo_i, hi_i)
+                    sel = sel[(er[sel] >= ra) & (er[sel] < rb)]
+                    pr, pc = er[sel] - ra, ec[sel] - ca
+                    maps[pr, pc] = e_xy[sel]
+                    vw[pr, pc] = ev[sel]
+            self.stats["exact_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._sample(frame, b, maps, vw, (slice(ra - k0 * s, rb - k0 * s), slice(ca, cb)), acc)
+            self.stats["dense_px"] += vw.size
+            self.stats["sample_blend_s"] += time.perf_counter() - t0
 
     def _sample(self, frame: int, b: int, maps: np.ndarray, vw: np.ndarray,
                 box: tuple[slice, slice], acc: tuple[np.ndarray, ...]) -> None:
@@ -1243,16 +1334,9 @@ class _Projector:
             xyz = _warp_nodes(np.nan_to_num(pos_n).astype(np.float32), s, k0, 0, (r0, r1), (0, w))
             if len(e_r):
                 xyz[e_r, e_c] = e_pos
-            if hit_px is None:
-                ll = lonlat_from_body(xyz.astype(np.float64), grid.target)
-                for name, v in ll.items():
-                    out.backplanes[name][rows] = v
-            else:
-                sel = np.nonzero(hit_px)
-                for name, v in lonlat_from_body(xyz[sel].astype(np.float64), grid.target).items():
-                    plane = np.full((sr, w), nan, np.float32)
-                    plane[sel] = v
-                    out.backplanes[name][rows] = plane
+            miss = None if hit_px is None else ~hit_px
+            names = ("lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg")
+            _lonlat_f32(xyz, grid.target, {name: out.backplanes[name][rows] for name in names}, miss)
         vis = seen if hit_px is None else seen & hit_px
         if not vis.any():
             for name in ("emission_deg", "incidence_deg", "phase_deg", "range_km", "resolution_km_per_px"):
@@ -1293,6 +1377,33 @@ class _Projector:
         np.multiply(rng, nan_mask, out=range_km)
         ifov = np.float32(self.geometry.ifov_rad(self.geometry.meta.filters[0]))
         np.multiply(range_km, ifov, out=out.backplanes["resolution_km_per_px"][rows])
+
+
+def _lonlat_f32(xyz: np.ndarray, target: Target, out: Mapping[str, np.ndarray],
+                miss: np.ndarray | None) -> None:
+    """:func:`geometry.lonlat_from_body` of float32 body-fixed points (H, W, 3) in float32
+    (within ~1e-5 deg of it), into the (H, W) float32 views ``out``; NaN where ``miss``."""
+    x, y, z = cv2.split(xyz)
+    deg = np.float32(180.0 / math.pi)
+    a, b, c = (float(v) for v in target.radii_km)
+    r = np.hypot(x, y)
+    lat_c, lat_g = out["lat_centric_deg"], out["lat_graphic_deg"]
+    np.arctan2(z, r, out=lat_c)
+    if a == b:  # a spheroid: the normal's equatorial part is r / a**2
+        np.arctan2(z * np.float32((a / c) ** 2), r, out=lat_g)
+    else:
+        nxy = np.hypot(x * np.float32(1.0 / a**2), y * np.float32(1.0 / b**2))
+        np.arctan2(z * np.float32(1.0 / c**2), nxy, out=lat_g)
+    lon_e, lon_w = out["lon_east_deg"], out["lon_west_deg"]
+    np.arctan2(y, x, out=lon_e)
+    for plane in (lat_c, lat_g, lon_e):
+        plane *= deg
+    np.mod(lon_e, np.float32(360.0), out=lon_e)
+    np.negative(lon_e, out=lon_w)
+    np.mod(lon_w, np.float32(360.0), out=lon_w)
+    if miss is not None:
+        for plane in (lat_c, lat_g, lon_e, lon_w):
+            plane[miss] = np.nan
 
 
 @dataclass
