@@ -261,7 +261,7 @@ def test_backplanes_cropped_compressed_and_coordinates_derived(tmp_path: Path) -
     with tifffile.TiffFile(backplanes_path(tmp_path / "m.tif")) as tif:
         page = tif.pages.first
         desc = json.loads(page.description)
-        assert page.predictor == 3 and page.compression == 8  # deflate + floating-point predictor
+        assert page.predictor == 3 and page.compression == 50000  # zstd + floating-point predictor
         assert desc["crop"] == {"row": 5, "column": 30, "rows": 15, "columns": 30}
         assert desc["plane_names"] == ["emission_deg", "weight", "n_samples"]
         assert set(desc["derived_planes"]) == {"lat_centric_deg", "lat_graphic_deg", "lon_east_deg",
@@ -308,12 +308,29 @@ def test_backplane_selection_reads_only_the_named_planes_exactly(tmp_path: Path)
     np.testing.assert_array_equal(eq.backplanes["weight"], lm.backplanes["weight"])
 
 
-def test_floating_point_predictor_is_libtiffs(tmp_path: Path) -> None:
-    """Pillow decodes with libtiff: our predictor-3 encoding must read back bit-exact."""
+@pytest.mark.parametrize("compression", ["deflate", "zstd"])
+def test_floating_point_predictor_is_libtiffs(tmp_path: Path, compression: str) -> None:
+    """Pillow decodes with libtiff: our predictor-3 encoding, with deflate (the maps) and
+    Zstandard (the backplanes, libtiff >= 4.0.10 with zstd), must read back bit-exact."""
     image = pytest.importorskip("PIL.Image")
     plane = (np.random.default_rng(5).random((50, 77)) * 1e3).astype(np.float32)
-    write_tiff(tmp_path / "p.tif", plane, compression="deflate")
-    np.testing.assert_array_equal(np.asarray(image.open(tmp_path / "p.tif")), plane)
+    write_tiff(tmp_path / "p.tif", plane, compression=compression)
+    with image.open(tmp_path / "p.tif") as im:
+        assert im.info.get("compression") == {"deflate": "tiff_adobe_deflate", "zstd": "zstd"}[compression]
+        np.testing.assert_array_equal(np.asarray(im), plane)
+
+
+def test_backplanes_for_any_reader_on_request(tmp_path: Path) -> None:
+    import tifffile
+
+    lm = _equirect_map(tmp_path)
+    write_linear_map(tmp_path / "m.tif", lm, backplanes_compression="deflate")
+    for path in (tmp_path / "m.tif", backplanes_path(tmp_path / "m.tif")):
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages.first.compression == 8 and tif.pages.first.predictor == 3
+    back = read_linear_map(tmp_path / "m.tif")
+    for name, plane in lm.backplanes.items():
+        np.testing.assert_array_equal(back.backplanes[name], plane)
 
 
 @pytest.mark.parametrize("graphic", [False, True])

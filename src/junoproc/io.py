@@ -16,9 +16,15 @@ Conventions
   bounding box of the footprint only (``crop`` in the description; outside it every plane
   is NaN or 0, restored on reading), and leaves out the latitude/longitude planes that an
   equirectangular map definition gives exactly (``derived_planes``; recomputed on reading).
-- Float TIFFs are compressed with deflate and the floating-point predictor (TIFF
-  predictor 3, libtiff's byte-plane layout, done here when ``imagecodecs`` is missing):
-  the PJ44 native map's backplanes shrink ~9x (499 -> 55 MB before cropping).
+- Float TIFFs are compressed with the floating-point predictor (TIFF predictor 3,
+  libtiff's byte-plane layout, done here when ``imagecodecs`` is missing): the PJ44 native
+  map's backplanes shrink ~9x (499 -> 55 MB before cropping). The map ``FILE.tif`` uses
+  deflate (level 1), which every TIFF reader decodes. The backplanes ``FILE-backplanes.tif``
+  use Zstandard (TIFF compression 50000, level 1) by default: 2.3x less CPU to write than
+  deflate at +3 % size (PJ44 44C00032's two maps: 1.12 -> 0.50 s, 44.8 -> 46.0 MB). Readers:
+  libtiff >= 4.0.10 built with zstd (e.g. Pillow's wheels), GDAL >= 2.3, tifffile with
+  imagecodecs; not older libtiffs or ImageJ's own reader. ``write_linear_map(...,
+  backplanes_compression="deflate")`` writes them for any reader.
 - A linear map whose sidecar holds an equirectangular map definition carries GeoTIFF tags
   (ModelPixelScale, ModelTiepoint, GeoKeyDirectory): a geographic CRS on a user-defined
   datum of the body (the PCK radii): an ellipsoid for planetographic latitude, a sphere of
@@ -75,6 +81,12 @@ _FORMAT_VERSION = 1
 _EXACT_IN_FLOAT32 = {"bool", "uint8", "int8", "uint16", "int16", "float32"}
 #: Deflate level of compressed TIFFs (1: with the predictor within 20% of level 6, 2x faster).
 DEFLATE_LEVEL = 1
+#: Zstandard level of ``"zstd"`` TIFFs (1: 4x faster than deflate level 1, same size).
+ZSTD_LEVEL = 1
+#: Compression of a linear map's backplanes file (see the module notes on readers).
+BACKPLANES_COMPRESSION = "zstd"
+#: TIFF compression codes junoproc writes (tifffile's names).
+_TIFF_COMPRESSION = {"zlib": 8, "deflate": 8, "zstd": 50000}
 #: Backplanes an equirectangular map definition gives exactly (not stored).
 DERIVED_PLANES = ("lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg")
 _PREDICTOR_FLOAT = 3
@@ -121,6 +133,15 @@ def _io_workers() -> int:
     """Threads for (de)compressing TIFF strips: $JUNOPROC_THREADS, else up to 4 CPUs."""
     env = os.environ.get("JUNOPROC_THREADS", "").strip()
     return max(1, int(env)) if env.isdigit() else max(1, min(4, os.cpu_count() or 1))
+
+
+def _zstd_available() -> bool:
+    """tifffile encodes Zstandard through ``imagecodecs`` (a dependency; checked anyway)."""
+    try:
+        tifffile.TIFF.COMPRESSORS[_TIFF_COMPRESSION["zstd"]]
+        return True
+    except (KeyError, ImportError):  # pragma: no cover - imagecodecs without zstd
+        return False
 
 
 def _float_predictor_available() -> bool:
@@ -329,15 +350,18 @@ def write_tiff(
     float32 arrays ``(H, W)`` or ``(H, W, B)`` are written as one page with ``B`` planar
     sample planes (``minisblack``), NaN preserved. ``description`` (a string, or a mapping
     written as JSON) goes into the ImageDescription tag. ``compression``: ``None`` (fast,
-    default), ``"zlib"`` (deflate, level 6) or ``"deflate"`` (level :data:`DEFLATE_LEVEL`,
-    with the floating-point predictor for float32). ``extratags``: tifffile's
+    default), ``"zlib"`` (deflate, level 6), ``"deflate"`` (level :data:`DEFLATE_LEVEL`) or
+    ``"zstd"`` (Zstandard, level :data:`ZSTD_LEVEL`; deflate when this tifffile cannot),
+    the last two with the floating-point predictor for float32. ``extratags``: tifffile's
     ``(code, dtype, count, value, writeonce)`` (GeoTIFF tags).
     """
     if not isinstance(array, np.ndarray):
         raise OutputError(f"TIFF wants a numpy array, got {type(array).__name__}", path=Path(path))
-    if compression not in (None, "zlib", "deflate"):
+    if compression not in (None, "zlib", "deflate", "zstd"):
         raise OutputError(f"unknown TIFF compression {compression!r}", path=Path(path),
-                          hint="None, 'zlib' or 'deflate'")
+                          hint="None, 'zlib', 'deflate' or 'zstd'")
+    if compression == "zstd" and not _zstd_available():
+        compression = "deflate"
     if isinstance(description, Mapping):
         description = json.dumps(to_jsonable(description), allow_nan=False)
     kwargs: dict[str, Any] = {"metadata": None, "description": description}
@@ -345,9 +369,10 @@ def write_tiff(
         kwargs["extratags"] = list(extratags)
     if compression == "zlib":
         kwargs["compression"] = "zlib"
-    elif compression == "deflate":
-        kwargs.update(compression="zlib", compressionargs={"level": DEFLATE_LEVEL}, rowsperstrip=64,
-                      maxworkers=_io_workers())
+    elif compression in ("deflate", "zstd"):
+        kwargs.update(compression="zlib" if compression == "deflate" else "zstd",
+                      compressionargs={"level": DEFLATE_LEVEL if compression == "deflate" else ZSTD_LEVEL},
+                      rowsperstrip=64, maxworkers=_io_workers())
         if array.dtype == np.float32 and _float_predictor_available():
             kwargs["predictor"] = _PREDICTOR_FLOAT
     if array.dtype == np.float32:
@@ -420,6 +445,7 @@ def write_linear_map(
     *,
     sidecar: Mapping[str, Any] | None = None,
     compression: str | None = "deflate",
+    backplanes_compression: str | None = BACKPLANES_COMPRESSION,
 ) -> list[Path]:
     """Write a linear map ``FILE.tif`` (+ ``FILE-backplanes.tif``, + ``FILE.json``).
 
@@ -428,8 +454,10 @@ def write_linear_map(
     NaN is preserved. Backplanes are written when there are any (cropped to the footprint,
     without the coordinates an equirectangular map definition gives), the sidecar when it
     is given (or the LinearMap has one); GeoTIFF tags when the sidecar's ``map`` is
-    equirectangular. ``compression``: see :func:`write_tiff` (default deflate with the
-    floating-point predictor). Returns the paths written, map first.
+    equirectangular. ``compression`` (the map) and ``backplanes_compression``: see
+    :func:`write_tiff` (defaults: deflate for the map, Zstandard for the backplanes, both
+    with the floating-point predictor; the module notes say which readers take which).
+    Returns the paths written, map first.
     """
     if isinstance(data, LinearMap):
         lm = data
@@ -480,7 +508,7 @@ def write_linear_map(
                     "fills": fills,
                     "derived_planes": derived,
                 },
-                compression=compression,
+                compression=backplanes_compression,
             )
         )
     if lm.sidecar:
