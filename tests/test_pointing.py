@@ -130,13 +130,60 @@ def _simulated(tmp_path, kernel_dir, write_ck: bool):
                     write_ck=write_ck, seed=11, n_particle_hits=0)
 
 
+def _furnish_pass(products) -> None:
+    """The generic kernels once (each product carries copies) and every product's SPK."""
+    seen: set[str] = set()
+    files = []
+    for product in products:
+        for path in product.kernel_files:
+            if path.suffix.lower() in (".bsp", ".bc") or path.name not in seen:
+                seen.add(path.name)
+                files.append(path)
+    _furnish(files)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: spin axis 0.007 deg from the truth (one image alone: 0.17 deg), but truth px "
+    "error max 0.23/0.29/0.24 px (median ~0.2) over the three images: the shared limb "
+    "altitude comes out -20 km and the shared rate -0.003 deg/s, pulled by the limb points "
+    "texture still biases (77 of 910 > 0.3 px off); the altitude held at the truth: 0.07-0.24 px"))
+def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir):
+    """Issue #5 without a CK, the physical fix: three products of one pass 15 min apart (the
+    line of sight turns 9 and 18 deg), one spin axis solved from all their limbs."""
+    from junoproc.simulate import simulate_pass
+
+    products = simulate_pass(tmp_path, n_images=3, spacing_s=900.0, kernel_dir=kernel_dir, n_frames=8,
+                             altitude_km=200_000.0, texture_width=1024, time_offset_s=0.030,
+                             write_ck=False, seed=11, n_particle_hits=0)
+    _furnish_pass(products)
+    try:
+        raws = [load_entry(next(iter(find_products(p.out_dir)))) for p in products]
+        axis = products[0].attitude.axis_j2000
+        off = pointing.spin_basis(axis)[0]  # a prior 6 deg off the truth, as for one image
+        centre = axis * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
+        prior = pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),),
+                                   source="test")
+        sols = pointing.solve_from_limbs([pointing.detect_limbs(r) for r in raws], images=raws,
+                                         axis_prior=prior)
+        errors = [_truth_vs_solution_px(p, s) for p, s in zip(products, sols, strict=True)]
+        sep = pointing._angle_deg(sols[0].attitude.axis_j2000, axis)
+        print(f"\nsimulated pass, joint no-CK: axis {sep:.4f} deg from truth, limb alt "
+              f"{sols[0].limb_alt_km:.1f} km, truth px error max {[round(e.max(), 3) for e in errors]}")
+        assert all(len(s.joint["products"]) == 3 and s.quality == "good" for s in sols)
+        assert sep < 0.02
+        assert all(e.size > 1000 and e.max() < 0.1 for e in errors)
+    finally:
+        spiceypy.kclear()
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "out of reach from one image's limb. Measured: truth px error max 1.40 px (median 0.80), "
     "spin axis 0.17 deg off, limb altitude -21 km, with the detector dropping two-step and "
     "stretched limb profiles (texture at the limb; 2.8 px and 0.35 deg before). Cramer-Rao "
     "from the limb Jacobian: axis 1-sigma 0.056 deg = ~0.45 px at the image ends (8 px/deg), "
-    "4.5x the 0.1 px goal, even with unbiased limb points; several images of the pass solved "
-    "jointly reach it (test_simulated_pass_joint_without_ck_matches_truth)"))
+    "4.5x the 0.1 px goal, even with unbiased limb points; three images of the pass solved "
+    "jointly bring the axis to 0.007 deg and the error to 0.29 px "
+    "(test_simulated_pass_joint_without_ck_matches_truth)"))
 def test_simulated_rgb_without_ck_matches_truth(tmp_path, kernel_dir):
     """30 ms label-timing error, no CK: the spin solve puts true surface points within 0.1 px."""
     product = _simulated(tmp_path, kernel_dir, write_ck=False)

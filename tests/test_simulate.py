@@ -212,3 +212,33 @@ def test_bad_band_boresight_is_refused(tmp_path, kernel_dir):
                  band_boresight_rad={"RED": (0.0, 1e-4, 0.0)})
     with pytest.raises(SimulationError, match="band boresight"):
         simulate(tmp_path, kernel_dir=kernel_dir, filters=("GREEN",), band_boresight_rad={"GREEN": (1e-4,)})
+
+
+def test_simulated_pass_shares_one_trajectory_and_spin_axis(tmp_path, kernel_dir):
+    """simulate_pass: the images of a pass share Juno's line, the Sun, Jupiter and the spin
+    axis (their SPKs agree where they overlap), and the line of sight turns between them."""
+    import spiceypy
+
+    from junoproc.pointing import _angle_deg
+    from junoproc.simulate import simulate_pass
+
+    products = simulate_pass(tmp_path, n_images=2, spacing_s=600.0, kernel_dir=kernel_dir, n_frames=2,
+                             altitude_km=200_000.0, texture_width=256, write_ck=False, seed=3,
+                             n_particle_hits=0, n_hot_pixels=0)
+    a, b = products
+    assert a.product_id != b.product_id
+    assert _angle_deg(a.attitude.axis_j2000, b.attitude.axis_j2000) < 1e-9
+    assert a.attitude.rate_deg_s == b.attitude.rate_deg_s
+    assert b.frame_ets[0] - a.frame_ets[0] == pytest.approx(600.0, abs=1e-3)
+    los = []
+    et = float(np.mean(a.frame_ets))
+    for product in (a, b):  # each product's own kernels give the same states at a's time
+        spiceypy.kclear()
+        for path in product.kernel_files:
+            spiceypy.furnsh(str(path))
+        los.append([np.asarray(spiceypy.spkezr("JUNO", e, "J2000", "NONE", "JUPITER")[0])
+                    for e in (et, float(np.mean(b.frame_ets)))])
+    spiceypy.kclear()
+    assert np.allclose(los[0][0], los[1][0], atol=1e-6)  # Juno's state at a's mid-time, from both SPKs
+    turn = _angle_deg(los[1][0][:3], los[1][1][:3])
+    assert 3.0 < turn < 15.0, turn  # ~atan(50 km/s x 600 s / 270,000 km)

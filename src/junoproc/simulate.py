@@ -67,6 +67,7 @@ from .products import CCD_SAMPLES, FRAMELET_ROWS
 
 __all__ = [
     "SimulatedProduct",
+    "PassGeometry",
     "SimulationError",
     "SpinAttitude",
     "compand_sqroot",
@@ -74,6 +75,7 @@ __all__ = [
     "jupiter_texture",
     "moon_texture",
     "simulate",
+    "simulate_pass",
 ]
 
 #: The targets the simulator knows how to texture.
@@ -517,6 +519,23 @@ def _line_states(p0: np.ndarray, v: np.ndarray, et0: float, epochs: np.ndarray) 
 
 # ---------------------------------------------------------------------------------------
 # the product record
+@dataclass(frozen=True)
+class PassGeometry:
+    """One imaging pass shared by several simulated products (:func:`simulate_pass`): the
+    straight-line states of Juno relative to the target and of Jupiter relative to the Sun
+    at ``et_ref`` (J2000, km and km/s; the SPKs of all products then hold the same lines),
+    and the spin axis (J2000) and rate, inertially fixed over the pass as on Juno."""
+
+    et_ref: float
+    obs_pos_j2000_km: tuple[float, float, float]
+    obs_vel_j2000_km_s: tuple[float, float, float]
+    sun_dir_j2000: tuple[float, float, float]
+    jupiter_pos_j2000_km: tuple[float, float, float]
+    jupiter_vel_j2000_km_s: tuple[float, float, float]
+    spin_axis_j2000: tuple[float, float, float]
+    spin_rate_deg_s: float
+
+
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SimulatedProduct:
@@ -541,6 +560,8 @@ class SimulatedProduct:
     synthetic_kernels: bool
     wrote_ck: bool
     elapsed_s: float
+    #: The pass this product belongs to (its own when simulated alone).
+    pass_geometry: PassGeometry | None = None
 
     @property
     def spin(self) -> Mapping[str, object]:
@@ -735,6 +756,10 @@ def _rotate(v: np.ndarray, axis: np.ndarray, angle_rad: float) -> np.ndarray:
             + axis * float(axis @ v) * (1 - math.cos(angle_rad)))
 
 
+def _tuple3(v: np.ndarray) -> tuple[float, float, float]:
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
 def _radec_deg(v: np.ndarray) -> tuple[float, float]:
     _, ra, dec = spiceypy.recrad(_unit(v))
     return math.degrees(ra), math.degrees(dec)
@@ -785,6 +810,8 @@ def simulate(
     texture_width: int | None = None,
     synthetic_kernels: bool = False,
     band_boresight_rad: Mapping[str, Sequence[float]] | None = None,
+    texture_seed: int | None = None,
+    pass_geometry: PassGeometry | None = None,
 ) -> SimulatedProduct:
     """Write a synthetic raw product, its kernels and its truth under ``out_dir``.
 
@@ -796,6 +823,10 @@ def simulate(
     ``band_boresight_rad``: per band, the true camera's rotation vector (rad) away from the
     IK's model (JUNO_JUNOCAM -> band, see :class:`camera.CameraModel`): the bands then
     misregister by it unless the pointing stage finds it (the CK holds the spacecraft only).
+    ``texture_seed``: the planet's texture (default ``seed``, which also sets the noise and
+    the product id). ``pass_geometry``: place Juno, Jupiter, the Sun and the spin axis as
+    in that pass instead of from ``altitude_km``, ``sub_spacecraft_*``, ``phase_angle_deg``,
+    ``relative_speed_km_s``, ``axis_tilt_deg`` and ``spin_rate_deg_s`` (see :func:`simulate_pass`).
     """
     t_start = time.perf_counter()
     target = target.strip().upper()
@@ -870,15 +901,27 @@ def simulate(
         from .geometry import body_from_lonlat
 
         surf = body_from_lonlat(np.array(sub_spacecraft_lat_deg), np.array(sub_spacecraft_lon_deg), tgt)
-        obs_dir = _unit(rot_body.T @ _unit(surf))
-        obs_pos = obs_dir * (float(np.linalg.norm(surf)) + altitude_km)  # Juno wrt target, J2000
         pole = rot_body.T @ np.array([0.0, 0.0, 1.0])
-        side = _unit(np.cross(obs_dir, pole))
-        sun_dir = _rotate(obs_dir, np.cross(obs_dir, side), math.radians(phase_angle_deg))
-        sun_dir = _unit(sun_dir)
-        v_rel = speed * _unit(np.cross(obs_dir, sun_dir) if phase_angle_deg > 1 else side)
-        jupiter_pos = -sun_dir * _JUPITER_SUN_KM  # wrt SSB (the Sun rests at the SSB)
-        jupiter_vel = _JUPITER_HELIO_SPEED_KM_S * _unit(np.cross(pole, sun_dir))
+        if pass_geometry is None:
+            obs_dir = _unit(rot_body.T @ _unit(surf))
+            obs_pos = obs_dir * (float(np.linalg.norm(surf)) + altitude_km)  # Juno wrt target, J2000
+            side = _unit(np.cross(obs_dir, pole))
+            sun_dir = _rotate(obs_dir, np.cross(obs_dir, side), math.radians(phase_angle_deg))
+            sun_dir = _unit(sun_dir)
+            v_rel = speed * _unit(np.cross(obs_dir, sun_dir) if phase_angle_deg > 1 else side)
+            jupiter_pos = -sun_dir * _JUPITER_SUN_KM  # wrt SSB (the Sun rests at the SSB)
+            jupiter_vel = _JUPITER_HELIO_SPEED_KM_S * _unit(np.cross(pole, sun_dir))
+        else:  # the pass's lines, moved to this image's mid-time
+            pg = pass_geometry
+            v_rel = np.asarray(pg.obs_vel_j2000_km_s, dtype=np.float64)
+            obs_pos = np.asarray(pg.obs_pos_j2000_km, dtype=np.float64) + v_rel * (et_mid - pg.et_ref)
+            obs_dir = _unit(obs_pos)
+            sun_dir = np.asarray(pg.sun_dir_j2000, dtype=np.float64)
+            jupiter_vel = np.asarray(pg.jupiter_vel_j2000_km_s, dtype=np.float64)
+            jupiter_pos = (np.asarray(pg.jupiter_pos_j2000_km, dtype=np.float64)
+                           + jupiter_vel * (et_mid - pg.et_ref))
+            spin_rate_deg_s = pg.spin_rate_deg_s
+            altitude_km = float(np.linalg.norm(obs_pos)) - float(np.mean(tgt.radii_km))
         moon_pos = moon_vel = None
         if not is_jupiter:
             # Jupiter seen from the moon ~110-130 deg from the Sun: lights part of the night side
@@ -891,6 +934,13 @@ def simulate(
         axis = _unit(np.cross(to_target, _unit(v_rel)))
         if axis_tilt_deg:
             axis = _unit(_rotate(axis, np.cross(axis, to_target), math.radians(axis_tilt_deg)))
+        if pass_geometry is not None:
+            axis = _unit(np.asarray(pass_geometry.spin_axis_j2000, dtype=np.float64))
+        this_pass = pass_geometry or PassGeometry(
+            et_ref=et_mid, obs_pos_j2000_km=_tuple3(obs_pos), obs_vel_j2000_km_s=_tuple3(v_rel),
+            sun_dir_j2000=_tuple3(sun_dir), jupiter_pos_j2000_km=_tuple3(jupiter_pos),
+            jupiter_vel_j2000_km_s=_tuple3(jupiter_vel), spin_axis_j2000=_tuple3(axis),
+            spin_rate_deg_s=float(spin_rate_deg_s))
         ra, dec = _radec_deg(axis)
         rot_sc_to_cam = np.asarray(spiceypy.pxform(_SPACECRAFT_FRAME, CAMERA_FRAME, et_mid))
         look_cam = np.zeros(3)
@@ -941,12 +991,13 @@ def simulate(
         with _furnished([spk_path]):
             # --- texture and rendering ---------------------------------------------
             bands_needed = tuple(filters)
+            tex_seed = seed if texture_seed is None else int(texture_seed)
             if is_jupiter:
                 width = texture_width or 8192
-                textures, tex_desc = jupiter_texture(seed, width, bands_needed)
+                textures, tex_desc = jupiter_texture(tex_seed, width, bands_needed)
             else:
                 width = texture_width or 4096
-                textures, tex_desc = moon_texture(target, seed, width, bands_needed)
+                textures, tex_desc = moon_texture(target, tex_seed, width, bands_needed)
             tex_shape = textures[filters[0]].shape
             scene = _Scene(target=tgt, attitude=attitude, frame_ets=frame_ets, cameras=cameras,
                            textures=textures, texture_shape=(int(tex_shape[0]), int(tex_shape[1])),
@@ -1137,4 +1188,40 @@ def simulate(
         n_frames=n_frames, attitude=attitude, time_offset_s=float(time_offset_s),
         frame_ets=tuple(float(e) for e in frame_ets), kernel_files=tuple(kernel_files),
         synthetic_kernels=used_synthetic, wrote_ck=bool(write_ck), elapsed_s=time.perf_counter() - t_start,
+        pass_geometry=this_pass,
     )
+
+
+def simulate_pass(out_dir: str | os.PathLike[str], *, n_images: int = 3, spacing_s: float = 900.0,
+                  seed: int = 0, start_time_utc: str = "2022-08-17T14:05:00.000",
+                  **options: Any) -> list[SimulatedProduct]:
+    """``n_images`` products of ONE imaging pass, ``spacing_s`` apart, under
+    ``out_dir/image<k>/`` (each a :func:`simulate` folder with its kernels and truth).
+
+    The first is placed by ``options`` (:func:`simulate`'s); the others share its pass
+    (:class:`PassGeometry`): Juno on the same straight line relative to the target, the
+    same Sun and Jupiter lines, the same spin axis and rate, the same planet texture
+    (``seed``), their own noise and product ids (seeds ``seed + k``). The SPKs of all
+    products hold the same lines, so loading several together is consistent. A product
+    whose mid-time falls after the first's sees the target from a point further along the
+    line: the line of sight turns between images (by ~atan(speed x spacing / range)), and
+    one spin axis for all fixes each image's rotation about its own line of sight, which
+    its limb alone leaves loose.
+    """
+    if n_images < 1:
+        raise SimulationError(f"{n_images} images in a pass", hint="n_images >= 1")
+    if str(options.get("target", "JUPITER")).strip().upper() != "JUPITER":
+        raise SimulationError("a simulated pass is of Jupiter only (a moon's own orbit is not shared)",
+                              hint="target='jupiter'")
+    out = Path(out_dir)
+    products = [simulate(out / "image0", seed=seed, texture_seed=seed, start_time_utc=start_time_utc,
+                         **options)]
+    geometry = products[0].pass_geometry
+    assert geometry is not None
+    with _furnished([p for p in products[0].kernel_files if p.suffix.lower() == ".tls"]):
+        et0 = float(spiceypy.str2et(start_time_utc))
+        starts = [str(spiceypy.et2utc(et0 + k * spacing_s, "ISOC", 3)) for k in range(n_images)]
+    for k in range(1, n_images):
+        products.append(simulate(out / f"image{k}", seed=seed + k, texture_seed=seed,
+                                 start_time_utc=starts[k], pass_geometry=geometry, **options))
+    return products
