@@ -68,8 +68,9 @@ def test_good_product_is_built_with_its_sidecar(batch):
     assert sidecar["product_id"] == PRODUCT
     assert sidecar["kernels"] and sidecar["pointing"] and sidecar["maps"]["perspective"]
     assert set(sidecar["stage_seconds"]) >= {"decode", "calibrate", "pointing", "write"}
-    # no hidden partial folders left behind
+    # no hidden partial folders left behind, nor the enhancement's scratch input in the product
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in product_dir.iterdir() if p.name.startswith(".")]
     # the map is on the perijove lattice: edges on whole pixels of 1/10 deg
     grid = sidecar["maps"]["equirectangular"]["map"]
     for key in ("lon_left_east_deg", "lat_top_deg", "lat_bottom_deg"):
@@ -80,6 +81,31 @@ def test_good_product_is_built_with_its_sidecar(batch):
     assert json.loads(sidecar["pointing"])["joint"] == sidecar["joint"]
     assert sidecar["stage_cpu_seconds"]["limbs"] > 0 and sidecar["stage_cpu_seconds"]["pointing"] > 0
     assert sidecar["stage_cpu_seconds"]["align_bands"] > 0  # measured in the worker, after the solve
+
+
+def test_enhancement_input_is_saved_and_mapped_back_exactly(tmp_path):
+    """What the finishing worker enhances instead of the linear TIFFs: the map and the
+    backplanes enhancement reads (sensor saturation included), bit for bit; writing into
+    the mapped arrays does not change the files."""
+    from junoproc.enhance import SATURATED_BACKPLANE
+
+    rng = np.random.default_rng(1)
+    data = rng.random((5, 7, 3)).astype(np.float32)
+    data[0, 0] = np.nan
+    planes = {k: rng.random((5, 7)).astype(np.float32) for k in pipeline.ENHANCE_BACKPLANES}
+    planes[SATURATED_BACKPLANE] = rng.integers(0, 4, (5, 7)).astype(np.uint8)
+    planes["weight"] = np.ones((5, 7), np.float32)  # not read by enhancement: not saved
+    m = LinearMap(data, ("BLUE", "GREEN", "RED"), planes, {"map": {"projection": "perspective"}})
+    pipeline._save_for_enhancement(tmp_path, "perspective", m)
+    back = pipeline._load_for_enhancement(tmp_path, "perspective", m.band_names, m.sidecar)
+    assert np.array_equal(back.data, data, equal_nan=True) and back.band_names == m.band_names
+    assert set(back.backplanes) == set(pipeline.ENHANCE_BACKPLANES) and SATURATED_BACKPLANE in back.backplanes
+    for k, v in back.backplanes.items():
+        assert v.dtype == planes[k].dtype and np.array_equal(v, planes[k]), k
+    assert back.sidecar == m.sidecar
+    back.data[1, 1] = 5.0
+    again = pipeline._load_for_enhancement(tmp_path, "perspective", m.band_names, m.sidecar)
+    assert again.data[1, 1, 0] == data[1, 1, 0]
 
 
 def test_joint_solve_returns_each_products_solution_or_its_error(monkeypatch):

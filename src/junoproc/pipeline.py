@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .enhance import SATURATED_BACKPLANE
 from .errors import JunoprocError
 
 #: Projections made by default for every product.
@@ -51,9 +52,13 @@ PARTIAL_TAG = ".partial-"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: A footprint whose longitudes leave a gap narrower than this (deg) spans all of them.
 FULL_CIRCLE_GAP_DEG = 20.0
-#: The backplanes enhancement reads (photometry, terminator colour): all a product's maps
-#: are read back with for its composites.
-ENHANCE_BACKPLANES = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg")
+#: The backplanes enhancement reads (photometry, terminator colour, sensor saturation): all
+#: a product's maps are handed to its enhancement with.
+ENHANCE_BACKPLANES = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg", SATURATED_BACKPLANE)
+#: Subfolder of a product's hidden work folder with what its enhancement reads of its maps,
+#: uncompressed (``.npy``): the worker that finishes the product maps it instead of
+#: decoding the linear TIFFs again (removed before the folder's rename).
+SCRATCH_DIR = ".enhance-input"
 #: The backplanes :func:`projection.perijove_mosaics` uses.
 MOSAIC_BACKPLANES = ("weight", "incidence_deg", "emission_deg")
 
@@ -379,6 +384,9 @@ class Projected:
     balance_maps: tuple[tuple[Any, tuple[str, ...], dict[str, Any], dict[str, Any]], ...] = ()
     #: the full maps, kept only when the same process finishes the product
     maps: Mapping[str, Any] | None = None
+    #: projection -> band names of its map saved in ``work_dir/SCRATCH_DIR`` (see
+    #: :func:`_save_for_enhancement`); empty: the linear TIFFs are read back
+    scratch_bands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def balance_linear_maps(self) -> list[Any]:
         from .io import LinearMap
@@ -400,6 +408,32 @@ def _decimated(m: Any) -> tuple[Any, tuple[str, ...], dict[str, Any], dict[str, 
     planes = {k: np.ascontiguousarray(np.asarray(m.backplanes[k])[::s, ::s])
               for k in ENHANCE_BACKPLANES if k in m.backplanes}
     return np.ascontiguousarray(m.data[::s, ::s]), tuple(m.band_names), planes, dict(m.sidecar)
+
+
+def _save_for_enhancement(work_dir: Path, name: str, m: Any) -> None:
+    """The arrays enhancement reads of map ``name`` as ``.npy`` in ``work_dir/SCRATCH_DIR``."""
+    import numpy as np
+
+    folder = work_dir / SCRATCH_DIR
+    folder.mkdir(exist_ok=True)
+    np.save(folder / f"{name}.data.npy", m.data)
+    for key in ENHANCE_BACKPLANES:
+        if key in m.backplanes:
+            np.save(folder / f"{name}.{key}.npy", np.asarray(m.backplanes[key]))
+
+
+def _load_for_enhancement(work_dir: Path, name: str, band_names: Sequence[str],
+                          sidecar: Mapping[str, Any]) -> Any:
+    """The LinearMap :func:`_save_for_enhancement` saved, memory-mapped copy-on-write."""
+    import numpy as np
+
+    from .io import LinearMap
+
+    folder = work_dir / SCRATCH_DIR
+    planes = {key: np.load(folder / f"{name}.{key}.npy", mmap_mode="c") for key in ENHANCE_BACKPLANES
+              if (folder / f"{name}.{key}.npy").is_file()}
+    return LinearMap(np.load(folder / f"{name}.data.npy", mmap_mode="c"), tuple(band_names), planes,
+                     dict(sidecar))
 
 
 def _finished(final_dir: Path, product_id: str) -> bool:
@@ -486,6 +520,8 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
             with io.unsynced_writes():  # the folder is renamed whole; see finish_product
                 for name, linear in maps.items():
                     io.write_linear_map(work_dir / files[name], linear)
+                    if not keep_maps:  # another worker finishes it: see finish_product
+                        _save_for_enhancement(work_dir, name, linear)
 
         stages.run("write_linear", write_linear)
         # the balance is measured on one projection per product: the equirectangular maps
@@ -508,7 +544,8 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
             product_id, str(work_dir), (meta.perijove, projection.filter_set(maps[measured].band_names)),
             files, io.to_jsonable(sidecar), getattr(solution, "rms_px", None), stages.wall, stages.cpu,
             _peak_rss_mb(), balance_maps=(_decimated(maps[measured]),),
-            maps=maps if keep_maps else None)
+            maps=maps if keep_maps else None,
+            scratch_bands={} if keep_maps else {name: tuple(m.band_names) for name, m in maps.items()})
         kept = True
         return result
     except Exception as err:
@@ -560,9 +597,17 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
     stages.cpu["balance"] = float(balance.get("cpu_seconds", 0.0))
     stages.complete()
     try:
-        maps = stages.run("read_linear", lambda: dict(projected.maps) if projected.maps is not None else {
-            name: io.read_linear_map(work_dir / f, backplanes=ENHANCE_BACKPLANES)
-            for name, f in projected.map_files.items()})
+        def read_linear() -> dict[str, Any]:
+            if projected.maps is not None:
+                return dict(projected.maps)
+            if projected.scratch_bands and (work_dir / SCRATCH_DIR).is_dir():
+                return {name: _load_for_enhancement(work_dir, name, projected.scratch_bands[name],
+                                                    projected.sidecar["maps"][name])
+                        for name in projected.map_files}
+            return {name: io.read_linear_map(work_dir / f, backplanes=ENHANCE_BACKPLANES)
+                    for name, f in projected.map_files.items()}
+
+        maps = stages.run("read_linear", read_linear)
         bal = ColourBalance.from_dict(balance["balance"]) if balance.get("balance") else None
         overrides = list(options.enhance_overrides) or None
         composites = {}
@@ -571,6 +616,7 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
                 linear, preset=options.preset, overrides=overrides, perijove=projected.group[0],
                 balance=bal))
         del maps
+        shutil.rmtree(work_dir / SCRATCH_DIR, ignore_errors=True)
 
         def write_all() -> list[str]:
             with io.unsynced_writes():
