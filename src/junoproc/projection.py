@@ -58,6 +58,7 @@ import math
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -418,9 +419,30 @@ def _limb_points(geometry: ImageGeometry, frame: int, band: str, xx: np.ndarray,
     return pos.pos_body_km[pos.hit], cells[pos.hit]
 
 
+#: Footprints of the geometries alive: (id, step) -> (weak reference, footprints).
+_FOOTPRINTS: dict[tuple[int, float], tuple[weakref.ref[Any], list[Footprint]]] = {}
+
+
 def framelet_footprints(geometry: ImageGeometry, *, step_px: float = 16.0) -> list[Footprint]:
     """Surface points of a lattice (every ``step_px``, border included) of every framelet,
-    and next to the limb where it cuts a lattice cell (:func:`_limb_points`)."""
+    and next to the limb where it cuts a lattice cell (:func:`_limb_points`).
+
+    Remembered while ``geometry`` lives (an :class:`ImageGeometry` is immutable): a
+    product's grids and projections (make_grid, project, each projection) share them."""
+    key = (id(geometry), float(step_px))
+    known = _FOOTPRINTS.get(key)
+    if known is not None and known[0]() is geometry:
+        return known[1]
+    out = _footprints(geometry, step_px)
+    try:
+        ref = weakref.ref(geometry, lambda _, key=key: _FOOTPRINTS.pop(key, None))  # type: ignore[misc]
+    except TypeError:  # not weakly referable (a stand-in geometry): not remembered
+        return out
+    _FOOTPRINTS[key] = (ref, out)
+    return out
+
+
+def _footprints(geometry: ImageGeometry, step_px: float) -> list[Footprint]:
     out = []
     for band in geometry.meta.filters:
         cam = geometry.cameras[band]
