@@ -2,22 +2,28 @@
 
 Per product, in a worker: decode -> calibrate -> kernels -> pointing -> geometry ->
 projection(s) -> linear maps written. Then, in the build process, ONE colour balance per
-perijove and filter set (:func:`enhance.colour_balance_from` over those products' maps),
-so that all images of a perijove share one colour and tone scale. Then, in a worker
-again: enhancement with that balance -> composites and sidecar written (the balance
-recorded in it). Each product is written into a hidden temporary folder and renamed into
+perijove and filter set (:func:`enhance.colour_balance_from` over those products' maps,
+as soon as that group's products are projected), so that all images of a perijove share
+one colour and tone scale. Then, in a worker again: enhancement with that balance (of
+the maps saved uncompressed beside the linear TIFFs, not decoded again) -> composites
+and sidecar written (the balance recorded in it). Products without a CK are solved
+jointly between the two worker phases (one spin axis per pass, finished products of a
+resumed build included). Each product is written into a hidden temporary folder and renamed into
 place when its composites and sidecar are there, so an interrupted build leaves no
 half-written product and a second run skips what is finished (unless ``force``); hidden
 folders left by a killed run are removed by the next one. One failing product is
 reported and the others go on. SPICE is not thread-safe: workers are processes, each
-loading its own kernels and limited to its share of the cores (one thread each when
-there is one worker per core).
+loading its own kernels and using its share of the cores: the cores divided among the
+workers busy at the moment (one thread each when all are busy, every core for a worker
+alone at the tail). Biggest work first: see :func:`_run`.
 
 Map projections other than ``perspective`` are made on one lattice per perijove (fixed
 pixels per degree, edges on multiples of the pixel size) and cropped to each image's
 footprint, so the per-folder mosaics only paste and blend. Per folder: a contact sheet of
 every composite and, per filter set (RGB, METHANE), one cylindrical (equirectangular)
-and one polar mosaic (:func:`projection.perijove_mosaics`).
+and one polar mosaic (:func:`projection.perijove_mosaics`), made in a worker as soon as
+that filter set's products are finished. :class:`BuildReport` ``phases`` times the build
+process's own (serial) work.
 """
 
 from __future__ import annotations
@@ -218,9 +224,10 @@ def product_stages(options: BuildOptions) -> tuple[str, ...]:
     """The stage names of one product, in order (their timings are in the sidecar).
 
     ``decode`` ... ``write_linear`` run in a worker; ``balance`` (one colour balance per
-    perijove and filter set) in the build process once every product is projected; then
-    ``read_linear`` ... ``write`` in a worker again (``read_linear`` takes no time when the
-    maps are still in memory: :func:`process_product`).
+    perijove and filter set) in the build process once that group's products are projected;
+    then ``read_linear`` ... ``write`` in a worker again (``read_linear`` maps the arrays
+    enhancement reads, saved uncompressed by ``write_linear``; no time when the maps are
+    still in memory: :func:`process_product`).
 
     Without a CK, ``build`` detects the limb (``limbs``) in a worker, solves the pointing of
     all such products of the run jointly (``pointing``: one spin axis per pass,
