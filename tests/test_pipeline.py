@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -308,6 +309,24 @@ def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
         pipeline.options_with_config(pipeline.BuildOptions(), pipeline.load_config(tmp_path), set())
 
 
+def test_build_finds_the_kernels_beside_the_folder_it_builds(tmp_path, monkeypatch):
+    """No --kernels, variable or config: a kernels/ folder beside the data is used (not
+    beside a product's own file, which is too deep in an unzipped image set), and named so."""
+    monkeypatch.delenv("JUNOPROC_KERNELS", raising=False)
+    monkeypatch.setenv("JUNOPROC_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "data" / "kernels").mkdir(parents=True)
+    (tmp_path / "data" / "kernels" / "naif0012.tls").write_text("\\begindata\n")
+    folder = tmp_path / "data" / "perijove44"
+    png = folder / "13544-ImageSet" / "ImageSet" / "JNCE_2022229_44C00032_V01-raw.png"
+    png.parent.mkdir(parents=True)
+    entry = SimpleNamespace(product_id="P", raw=SimpleNamespace(path=str(png)))
+    kdir, source = pipeline._kernel_dir(entry, pipeline.BuildOptions(data_folder=str(folder)))
+    assert kdir == (tmp_path / "data" / "kernels").resolve() and source.kind == "beside"
+    kdir, source = pipeline._kernel_dir(entry, pipeline.BuildOptions(data_folder=str(folder),
+                                                                     kernels=str(tmp_path)))
+    assert kdir == tmp_path and source.kind == "flag"
+
+
 def test_contact_sheet_tiles_images(tmp_path):
     import cv2
     import numpy as np
@@ -401,8 +420,6 @@ def test_a_workers_threads_follow_the_busy_workers(monkeypatch):
 def test_second_phase_order_biggest_group_then_biggest_image():
     """After the joint solve: the group with the most frames first (it is balanced,
     finished and mosaicked while the others project), in it the image with the most."""
-    from types import SimpleNamespace
-
     def det(pid: str, frames: int) -> pipeline.Detected:
         return pipeline.Detected(pid, SimpleNamespace(meta=SimpleNamespace(n_frames=frames)), None, {}, {})
 

@@ -153,7 +153,7 @@ def kernels_check_cmd(path: str, kernels_dir: str | None, need_ck: bool) -> None
     """What covers each image of PATH (folder, zip or metadata); exit 1 if kernels are missing."""
     from .kernels import coverage_report, image_spans, resolve_kernel_dir, scan_image_spans
 
-    kdir, source = resolve_kernel_dir(kernels_dir)
+    kdir, source = resolve_kernel_dir(kernels_dir, data=path)
     click.echo(f"kernels: {kdir} (from {source})")
     spans, problems = scan_image_spans(path)
     if not spans:
@@ -401,7 +401,7 @@ def locate_cmd(meta: str, frame: int, band: str, pixels: tuple[tuple[float, floa
 @click.option("--linear", is_flag=True, help="Write float32 linear bands (FILE.tif) instead of a composite.")
 @click.option("--preset", default="natural", show_default=True, help="Enhance preset of the composite.")
 @click.option("--kernels", "kernel_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Kernel folder [$JUNOPROC_KERNELS > config > cache].")
+              help="Kernel folder [$JUNOPROC_KERNELS > config > kernels/ beside PRODUCT > cache].")
 @click.option("--pointing", "pointing_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pointing solution JSON (junoproc pointing -o FILE), used when no CK covers the image.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -424,7 +424,7 @@ def project_cmd(product: str, projection: str, bounds: tuple[float, float, float
     raw = load(product)
     cal = calibrate(raw)
     meta = raw.meta
-    kdir, ksource = kernels.resolve_kernel_dir(kernel_dir)
+    kdir, ksource = kernels.resolve_kernel_dir(kernel_dir, data=product)
     kset = kernels.select_kernels_for(meta, kdir, source=ksource)
     with kernels.furnished(kset):
         if kset.ck_covered:

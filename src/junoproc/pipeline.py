@@ -87,6 +87,9 @@ class BuildOptions:
     #: (edges on multiples of 1 / resolution degrees), cropped to each image's footprint, so
     #: every product of a perijove pastes onto the same grid for the mosaics.
     map_resolution_px_per_deg: float = 10.0
+    #: the folder being built (``build`` sets it): with no ``kernels``, ``$JUNOPROC_KERNELS``
+    #: or config, a ``kernels/`` folder beside it is used (:func:`kernels.resolve_kernel_dir`)
+    data_folder: str | None = None
 
     def resolved_jobs(self) -> int:
         return self.jobs if self.jobs > 0 else max(1, os.cpu_count() or 1)
@@ -305,7 +308,7 @@ def detect_built(entry: Any, options: BuildOptions, *,
     try:
         raw = products.load_entry(entry) if isinstance(entry, products.ProductEntry) else products.load(entry)
         cal = calibrate(raw)
-        kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
+        kdir, ksource = _kernel_dir(entry, options)
         kset = kernels.select_kernels_for(raw.meta, kdir, source=ksource)
         if kset.ck_covered:
             return None
@@ -417,6 +420,16 @@ def _decimated(m: Any) -> tuple[Any, tuple[str, ...], dict[str, Any], dict[str, 
     return np.ascontiguousarray(m.data[::s, ::s]), tuple(m.band_names), planes, dict(m.sidecar)
 
 
+def _kernel_dir(entry: Any, options: BuildOptions) -> tuple[Path, Any]:
+    """:func:`kernels.resolve_kernel_dir` for a product of the build: the data it looks
+    beside is the folder being built, else the product's own file."""
+    from . import kernels
+
+    raw = getattr(entry, "raw", None)
+    data = options.data_folder or (raw.path if raw is not None else str(entry))
+    return kernels.resolve_kernel_dir(options.kernels, data=data)
+
+
 def _save_for_enhancement(work_dir: Path, name: str, m: Any) -> None:
     """The arrays enhancement reads of map ``name`` as ``.npy`` in ``work_dir/SCRATCH_DIR``."""
     import numpy as np
@@ -500,7 +513,7 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
         else:
             raw = stages.run("decode", decode)
             cal = stages.run("calibrate", lambda: calibrate(raw))
-            kdir, ksource = kernels.resolve_kernel_dir(options.kernels)
+            kdir, ksource = _kernel_dir(entry, options)
             kset = stages.run("kernels", lambda: kernels.select_kernels_for(raw.meta, kdir, source=ksource))
         meta = raw.meta
         with kernels.furnished(kset):
@@ -968,6 +981,8 @@ def build(folder: str | Path, options: BuildOptions | None = None, *,
     t0 = time.perf_counter()
     phases = _Phases()
     folder = Path(folder)
+    if options.data_folder is None:
+        options = replace(options, data_folder=str(folder))
     entries = products.find_products(folder)
     if not entries:
         raise JunoprocError("no JunoCam products found", path=folder,
