@@ -5,7 +5,10 @@
 1. Each real product (PJ43, PJ44) built alone in a fresh process: wall and CPU seconds of
    every stage (decode, calibrate, kernels, pointing, geometry, projection, linear maps
    written, colour balance, enhancement, composites written), end to end (the sum of its
-   stages), and the process's peak memory.
+   stages), and the process's peak memory. The process may use every core (``--threads N``
+   to limit it), as one image alone does in ``junoproc build`` (a worker's threads are the
+   cores divided among the busy workers); with ``--threads 1`` the wall time is what one
+   image costs while the other worker keeps the second core busy.
 2. Each perijove folder built with 2 worker processes (``junoproc build -j 2``): wall
    time, the workers' CPU time per stage (summed over the products; ``read_linear`` is
    reading the maps back for enhancement after the perijove's shared colour balance), the
@@ -19,6 +22,8 @@ The development machine is shared (2 cores, other jobs running): wall times incl
 waiting for a core. The load average is printed before and after; CPU time is the work
 the process did itself (all its threads), the figure to compare between runs. ``--quick``
 skips the folder builds, the enhancement and the simulator.
+
+    python benchmarks/bench.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -70,10 +75,10 @@ def _one_product(entry, out_dir: str, kernels: str) -> pipeline.ProductResult:
     return pipeline.process_product(entry, options)
 
 
-def bench_products(data: Path, out: Path, worst: Worst) -> None:
+def bench_products(data: Path, out: Path, worst: Worst, threads: int) -> None:
     kernels = str(data / "kernels")
     ctx = mp.get_context("spawn")
-    print("\n1. one product per fresh process (seconds; CPU = the process's own work)")
+    print(f"\n1. one product per fresh process, {threads} thread(s) (seconds; CPU = the process's own work)")
     print(f"{'product':27s} {'stage':26s} {'wall':>7s} {'CPU':>7s} {'goal':>6s}")
     for folder in FOLDERS:
         for entry in products.find_products(data / folder):
@@ -81,7 +86,7 @@ def bench_products(data: Path, out: Path, worst: Worst) -> None:
                 print(f"{entry.product_id:27s} skipped: metadata only, no {entry.missing}")
                 continue
             with ctx.Pool(1) as pool:  # a fresh process: its peak memory is this product's
-                pool.apply(pipeline.limit_threads, (1,))  # as in `build -j 2` on 2 cores
+                pool.apply(pipeline.limit_threads, (threads,))
                 r = pool.apply(_one_product, (entry, str(out), kernels))
             if r.status != "done":
                 print(f"{entry.product_id:27s} FAILED: {r.message}")
@@ -169,7 +174,10 @@ def main(argv: list[str]) -> int:
     out = Path(tempfile.mkdtemp(prefix="junoproc-bench-"))
     worst = Worst()
     try:
-        bench_products(data, out, worst)
+        threads = os.cpu_count() or 1
+        if "--threads" in argv:
+            threads = max(1, int(argv[argv.index("--threads") + 1]))
+        bench_products(data, out, worst, threads)
         if "--quick" not in argv:
             bench_folders(data, out, worst)
             bench_enhance_and_simulate(data, out, worst)
