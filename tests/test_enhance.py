@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from junoproc.cli import main as cli_main
 from junoproc.enhance import (
     COLOUR_WEIGHT_ERAS,
+    ENHANCE_BACKPLANES,
     PRESETS,
     ColourBalance,
     EnhanceParams,
@@ -1137,3 +1138,22 @@ def test_simulated_io_jupitershine_end_to_end(tmp_path: Path, kernel_dir: Path) 
     assert y[night].mean() > 0.2 and yn[night].mean() < 0.12  # lifted into view
     assert shine.stats["clipped_high_fraction"] < 0.005 and y[day].mean() < 0.85  # day side not saturated
     assert _corr(y[day], albedo[day]) > 0.7  # and its texture still shows
+
+
+@pytest.mark.parametrize("preset", ["natural", "jupitershine"])
+def test_enhance_reads_only_the_backplanes_it_declares(preset: str) -> None:
+    """The build hands enhancement only ENHANCE_BACKPLANES: with every other plane added
+    (lat/lon, weight, phase...) the composite is bit-identical, and without one of the
+    declared planes it changes (the list is not longer than needed)."""
+    lm, _, _ = _saturated_disc()
+    n = lm.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    declared = {**lm.backplanes, "lat_centric_deg": 60 - yy * 0.5, "lon_east_deg": xx * 0.5}
+    extra = {"weight": np.ones_like(yy), "phase_deg": yy, "lat_graphic_deg": yy, "range_km": xx}
+    assert set(declared) <= set(ENHANCE_BACKPLANES)
+    only = enhance(LinearMap(lm.data, lm.band_names, declared, lm.sidecar), preset=preset)
+    full = enhance(LinearMap(lm.data, lm.band_names, {**declared, **extra}, lm.sidecar), preset=preset)
+    assert np.array_equal(only.rgb16, full.rgb16)
+    without = {k: v for k, v in declared.items() if k != "saturated_bands"}
+    less = enhance(LinearMap(lm.data, lm.band_names, without, lm.sidecar), preset=preset)
+    assert not np.array_equal(only.rgb16, less.rgb16)

@@ -67,6 +67,7 @@ from .io import LinearMap
 
 __all__ = [
     "COLOUR_WEIGHT_ERAS",
+    "ENHANCE_BACKPLANES",
     "PRESETS",
     "BalanceParams",
     "BandValues",
@@ -1890,6 +1891,9 @@ def _valid_mask(data: np.ndarray) -> np.ndarray:
 #: Backplane of a linear map: per pixel, how many of the map's bands had a sensor-saturated
 #: sample blended in (junoproc.projection); such a value is a lower bound of the signal.
 SATURATED_BACKPLANE = "saturated_bands"
+#: Every backplane enhancement reads (photometry and its fit, terminator colour zones, the
+#: night-side black level and Jupiter-light model, sensor saturation); others are ignored.
+ENHANCE_BACKPLANES = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg", SATURATED_BACKPLANE)
 
 
 def _saturated_channels(data: np.ndarray, planes: Mapping[str, np.ndarray], plan: _Plan) -> np.ndarray | None:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .enhance import SATURATED_BACKPLANE
+from .enhance import ENHANCE_BACKPLANES
 from .errors import JunoprocError
 
 #: Projections made by default for every product.
@@ -58,9 +58,6 @@ PARTIAL_TAG = ".partial-"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: A footprint whose longitudes leave a gap narrower than this (deg) spans all of them.
 FULL_CIRCLE_GAP_DEG = 20.0
-#: The backplanes enhancement reads (photometry, terminator colour, sensor saturation): all
-#: a product's maps are handed to its enhancement with.
-ENHANCE_BACKPLANES = ("incidence_deg", "emission_deg", "lat_centric_deg", "lon_east_deg", SATURATED_BACKPLANE)
 #: Subfolder of a product's hidden work folder with what its enhancement reads of its maps,
 #: uncompressed (``.npy``): the worker that finishes the product maps it instead of
 #: decoding the linear TIFFs again (removed before the folder's rename).
