@@ -105,3 +105,36 @@ def test_equirectangular_mosaic_is_cut_to_its_data_across_the_seam() -> None:
     # the polar map still reaches the lowest latitude seen, around the pole
     polar = next(v for k, v in out.items() if "polar-north" in k)
     assert polar.sidecar["map"]["radius_deg"] == 70.0
+
+
+def test_polar_mosaic_is_cut_to_its_data_and_places_every_pixel() -> None:
+    """Issue #6: the polar mosaic of data from 330 E to 30 E, 20..50 N is the window of its
+    data (plus 1 deg), not the 280 px disc out to 20 N with the data in one corner; the pole
+    lies outside the window, and map_coordinates of the sidecar's definition gives every
+    pixel the lat/lon its data says (bands = latitude, cos/sin of longitude)."""
+    ppd = 2.0
+    out = perijove_mosaics([_global_map(ppd, (330.0, 30.0), (20.0, 50.0))], max_emission_deg=90.0)
+    polar = out["RGB-polar-north"]
+    d = polar.sidecar["map"]
+    h, w = polar.data.shape[:2]
+    assert (d["rows"], d["columns"]) == (h, w) and d["radius_deg"] == 70.0
+    assert h * w < 0.25 * (2 * 70 * ppd) ** 2, (h, w)
+    assert not (0 <= d["pole_col_px"] <= w and 0 <= d["pole_row_px"] <= h)  # the pole is outside
+    seen = np.isfinite(polar.data).all(axis=2)
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    margins = (rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1])
+    # 1 deg (+ the pixel's own extent), unless the window stops at the disc's edge (20 N at
+    # 0 E lies straight below the pole at the disc's rim)
+    rim = 70.0 * ppd
+    at_rim = (d["pole_row_px"] - rim >= 0, d["pole_row_px"] + rim <= h, d["pole_col_px"] - rim >= 0,
+              d["pole_col_px"] + rim <= w)
+    assert all(ppd <= k <= ppd + 3 or (k < ppd and edge) for k, edge in zip(margins, at_rim, strict=True)), \
+        (margins, at_rim)
+    assert margins[1] < ppd and at_rim[1]
+    coords = map_coordinates(map_grid_from_dict(d))
+    np.testing.assert_allclose(polar.data[..., 0][seen], coords["lat_centric_deg"][seen], atol=0.02)
+    lon = np.degrees(np.arctan2(polar.data[..., 2], polar.data[..., 1]))[seen]
+    dlon = (lon - coords["lon_east_deg"][seen] + 180.0) % 360.0 - 180.0
+    assert np.abs(dlon).max() < 0.1
+    for name in ("lat_centric_deg", "lon_east_deg"):  # the backplanes say the same
+        np.testing.assert_allclose(polar.backplanes[name][seen], coords[name][seen], atol=1e-4)

@@ -265,7 +265,7 @@ def test_longitude_and_latitude_conventions(synthetic):
 
 def test_polar_grid_orientation(synthetic):
     from junoproc.geometry import lonlat_from_body
-    from junoproc.projection import grid_surface_points, grid_xy_from_body, make_grid
+    from junoproc.projection import grid_points_at, grid_surface_points, grid_xy_from_body, make_grid
 
     geometry, _ = synthetic
     for pole in ("north", "south"):
@@ -276,9 +276,56 @@ def test_polar_grid_orientation(synthetic):
             r, c = np.nonzero(hit)
             np.testing.assert_allclose(col, c, atol=1e-6)
             np.testing.assert_allclose(row, r, atol=1e-6)
-            h, w = g.shape
-            below = lonlat_from_body(pts[h - 2 if pole == "north" else 1, w // 2], geometry.target)
-            assert below["lon_east_deg"] % 360 < 1.0 or below["lon_east_deg"] > 359.0
+            # the pole is where the definition puts it (edges -> index: - 0.5), longitude 0
+            # straight below it (north) or above it (south), east counter-clockwise (north)
+            pc, pr = g.params["pole_col_px"] - 0.5, g.params["pole_row_px"] - 0.5
+            at = lonlat_from_body(grid_points_at(g, np.array([pr, pr + 5.0, pr, pr - 5.0]),
+                                                 np.array([pc, pc, pc + 5.0, pc]))[0], geometry.target)
+            assert abs(abs(at["lat_centric_deg"][0]) - 90.0) < 1e-9
+            sign = 1.0 if pole == "north" else -1.0
+            np.testing.assert_allclose(at["lon_east_deg"][1:] % 360.0,
+                                       [0.0 if pole == "north" else 180.0, 90.0 if pole == "north" else 270.0,
+                                        180.0 if pole == "north" else 0.0], atol=1e-9)
+            assert sign * at["lat_centric_deg"][1] > 84.0
+
+
+def test_default_polar_map_is_framed_on_its_data(synthetic):
+    """Issue #6: an image's default polar map is cut to its footprint plus
+    POLAR_MARGIN_PX (the pole outside it here), the same pixels as the whole disc's map
+    at that place (crop round trip), nothing lost, and its sidecar places every pixel:
+    map_coordinates of the definition read back = the projected lat/lon backplanes."""
+    from junoproc.projection import POLAR_MARGIN_PX, make_grid, map_coordinates, map_grid_from_dict, project
+
+    geometry, image = synthetic
+    ppd = 3.0
+    grid = make_grid(geometry, "polar", resolution_px_per_deg=ppd)
+    disc = make_grid(geometry, "polar", resolution_px_per_deg=ppd, bounds=(grid.params["radius_deg"],))
+    m = project(image, geometry, grid=grid)
+    full = project(image, geometry, grid=disc)
+    h, w = grid.shape
+    side = disc.shape[0]
+    assert h * w < 0.5 * side * side  # framed: 418 x 403 of a 601 px disc (the pole inside)
+    c0 = int(round(disc.params["pole_col_px"] - grid.params["pole_col_px"]))
+    r0 = int(round(disc.params["pole_row_px"] - grid.params["pole_row_px"]))
+    window = (slice(r0, r0 + h), slice(c0, c0 + w))
+    np.testing.assert_array_equal(m.data, full.data[window])
+    for name in ("lat_centric_deg", "lon_east_deg", "emission_deg", "n_samples"):
+        np.testing.assert_array_equal(m.backplanes[name], full.backplanes[name][window])
+    outside = np.isfinite(full.data).any(axis=-1)
+    outside[window] = False
+    assert not outside.any()  # nothing lost
+    seen = np.isfinite(m.data).any(axis=-1)
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    margins = (rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1])
+    assert all(POLAR_MARGIN_PX - 1 <= k <= POLAR_MARGIN_PX + 1 for k in margins), margins  # 4 4 5 4
+    coords = map_coordinates(map_grid_from_dict(m.sidecar["map"]))
+    hit = np.isfinite(m.backplanes["lat_centric_deg"])
+    np.testing.assert_array_equal(hit, np.isfinite(coords["lat_centric_deg"]))
+    for name in ("lat_centric_deg", "lat_graphic_deg"):
+        assert np.abs(coords[name][hit] - m.backplanes[name][hit]).max() < 1e-4, name
+    for name in ("lon_east_deg", "lon_west_deg"):
+        d = (coords[name][hit] - m.backplanes[name][hit] + 180.0) % 360.0 - 180.0
+        assert np.abs(d).max() < 1e-4, name
 
 
 def test_mosaic_matches_gain_and_blends(synthetic):

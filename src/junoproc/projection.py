@@ -9,11 +9,17 @@ shows (NaN where none):
   on the right (360 W ... 0 W for a global map), an *east* map from its smallest east
   longitude on the left. Pixel ``[r, c]`` covers ``lat_top - (r + 0.5) / ppd`` and
   ``lon_left_east + (c + 0.5) / ppd``.
-* ``polar``: centred on the north or south pole, azimuthal equidistant (``kind="equidistant"``,
+* ``polar``: about the north or south pole, azimuthal equidistant (``kind="equidistant"``,
   radius proportional to the planetocentric colatitude) or stereographic on the sphere of
-  the equatorial radius (``kind="stereographic"``). Seen from above the pole: east longitude
-  increases counter-clockwise at the north pole and clockwise at the south pole; longitude
-  0 is straight down (north) or straight up (south).
+  the equatorial radius (``kind="stereographic"``), out to ``radius_deg`` of colatitude.
+  Seen from above the pole: east longitude increases counter-clockwise at the north pole
+  and clockwise at the south pole; longitude 0 is straight down (north) or straight up
+  (south). The grid is a window of that plane: the pole lies ``pole_col_px`` from the left
+  edge and ``pole_row_px`` from the top edge (pixel units; the centre of the window when
+  absent, as in old map definitions; it may lie outside the window), so pixel ``[r, c]``
+  is at ``x = (c + 0.5 - pole_col_px) / px_per_deg``, ``y = (r + 0.5 - pole_row_px) /
+  px_per_deg`` degrees (of colatitude for ``equidistant``) from the pole. Default grids
+  and polar mosaics are cut to their data.
 * ``orthographic``: the ellipsoid seen from infinitely far along the surface normal... of
   the centre point (any planetocentric centre); north is up.
 * ``perspective``: a distortion-free pinhole camera at Juno's position at the image's
@@ -93,6 +99,7 @@ __all__ = [
     "grid_points_at",
     "grid_surface_points",
     "grid_xy_from_body",
+    "crop_grid",
     "make_grid",
     "map_coordinates",
     "map_grid_from_dict",
@@ -111,6 +118,8 @@ INTERPOLATIONS: Mapping[str, tuple[int, int]] = {
     "lanczos": (cv2.INTER_LANCZOS4, 3),
 }
 _INTERP_ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczos"}
+#: Margin (output px) around the footprint of an image's default polar grid.
+POLAR_MARGIN_PX = 4
 #: Largest side of an output grid (a guard against absurd resolutions).
 MAX_GRID_SIDE = 20000
 #: Relative weight of samples that touch invalid pixels (filled values): a last resort.
@@ -188,12 +197,17 @@ def map_grid_from_dict(definition: Mapping[str, Any]) -> MapGrid:
 
 def map_coordinates(grid: MapGrid) -> dict[str, np.ndarray]:
     """Exact ``lat_centric_deg``, ``lat_graphic_deg``, ``lon_east_deg``, ``lon_west_deg`` (H, W)
-    float32 of an equirectangular grid: read-only broadcasts of one column and one row (the
-    map definition gives them; map files need not store them)."""
-    if grid.projection != "equirectangular":
-        raise ProjectionError(f"{grid.projection} coordinates are not separable",
-                              hint="read them from the backplanes")
+    float32 of every pixel centre of an equirectangular or polar grid, from its definition
+    alone (map files need not store them). Equirectangular: read-only broadcasts of one
+    column and one row; polar: NaN beyond ``radius_deg`` (longitude 0 at the pole itself)."""
     h, w = grid.shape
+    if grid.projection == "polar":
+        pos, hit = grid_surface_points(grid)
+        ll = lonlat_from_body(pos, grid.target)
+        return {name: np.where(hit, v, np.nan).astype(np.float32) for name, v in ll.items()}
+    if grid.projection != "equirectangular":
+        raise ProjectionError(f"{grid.projection} coordinates need the observation",
+                              hint="read them from the backplanes")
     rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     lat_col = lonlat_from_body(grid_points_at(grid, rows, np.zeros(h))[0], grid.target)
     lon_row = lonlat_from_body(grid_points_at(grid, np.zeros(w), cols)[0], grid.target)
@@ -262,8 +276,9 @@ def grid_points_at(grid: MapGrid, row_idx: np.ndarray, col_idx: np.ndarray, *,
         return body_from_lonlat(lat, lon_e, target), np.ones(rows.shape, bool)
     if grid.projection == "polar":
         ppd = float(p["px_per_deg"])
-        x = (cols - w / 2.0) / ppd
-        y = (rows - h / 2.0) / ppd
+        pole_col, pole_row = _pole_px(grid)
+        x = (cols - pole_col) / ppd
+        y = (rows - pole_row) / ppd
         rho_deg = np.hypot(x, y)
         if p["kind"] == "stereographic":
             colat = np.degrees(2.0 * np.arctan(np.radians(rho_deg) / 2.0))
@@ -299,6 +314,57 @@ def grid_points_at(grid: MapGrid, row_idx: np.ndarray, col_idx: np.ndarray, *,
         pts = intersect_rays(state, rot, rays, target)
         return pts.pos_body_km, pts.hit
     raise ProjectionError(f"unknown projection {grid.projection!r}", hint=f"one of {PROJECTIONS}")
+
+
+def _pole_px(grid: MapGrid) -> tuple[float, float]:
+    """(column, row) of a polar grid's pole in pixels from its left and top edges (the
+    grid's centre when the definition predates windows)."""
+    p = grid.params
+    return float(p.get("pole_col_px", grid.width / 2.0)), float(p.get("pole_row_px", grid.height / 2.0))
+
+
+def crop_grid(grid: MapGrid, rows: tuple[int, int], cols: tuple[int, int]) -> MapGrid:
+    """The window ``[rows[0]:rows[1], cols[0]:cols[1]]`` (array indices, half-open; may
+    reach past the grid) of an equirectangular or polar grid as a grid of its own: pixel
+    ``[r, c]`` of the result shows what pixel ``[r + rows[0], c + cols[0]]`` of ``grid``
+    shows (the same lattice; polar: the pole moves, equirectangular: the edges)."""
+    r0, r1 = (int(v) for v in rows)
+    c0, c1 = (int(v) for v in cols)
+    if r1 <= r0 or c1 <= c0:
+        raise ProjectionError(f"empty window rows {r0}..{r1}, columns {c0}..{c1}")
+    p = dict(grid.params)
+    shape = (r1 - r0, c1 - c0)
+    if grid.projection == "polar":
+        pole_col, pole_row = _pole_px(grid)
+        p.update(pole_col_px=pole_col - c0, pole_row_px=pole_row - r0)
+    elif grid.projection == "equirectangular":  # edges as make_grid writes them
+        ppd = float(p["px_per_deg"])
+        left_e = float(np.mod(float(p["lon_left_east_deg"]) + c0 / ppd, 360.0))
+        top = float(p["lat_top_deg"]) - r0 / ppd
+        right_e = left_e + shape[1] / ppd
+        east = grid.lon_convention == "east"
+        p.update(lon_left_east_deg=left_e, lat_top_deg=top, lat_bottom_deg=top - shape[0] / ppd,
+                 lon_left_deg=left_e if east else float(np.mod(-left_e, 360.0) or 360.0),
+                 lon_right_deg=float(np.mod(right_e if east else -right_e, 360.0)))
+    else:
+        raise ProjectionError(f"{grid.projection} grids are not cropped",
+                              hint="crop equirectangular or polar grids")
+    return MapGrid(grid.projection, shape, grid.target, grid.lon_convention, grid.lat_convention, p)
+
+
+def _window(col: np.ndarray, row: np.ndarray, margin_px: int, shape: tuple[int, int]
+            ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(rows, columns) half-open ranges of the pixels holding points at index coordinates
+    (col, row), plus ``margin_px``, within a grid of ``shape`` (a point at index x lies in
+    pixel floor(x + 0.5))."""
+    ok = np.isfinite(col) & np.isfinite(row)
+    col, row = col[ok], row[ok]
+    if not len(col):
+        raise ProjectionError("nothing to frame: no point falls on the grid")
+    m = margin_px
+    (r0, r1), (c0, c1) = (math.floor(float(row.min()) + 0.5), math.floor(float(row.max()) + 0.5)), \
+        (math.floor(float(col.min()) + 0.5), math.floor(float(col.max()) + 0.5))
+    return (max(0, r0 - m), min(shape[0], r1 + m + 1)), (max(0, c0 - m), min(shape[1], c1 + m + 1))
 
 
 def _ortho_axes(p: Mapping[str, Any], target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -343,7 +409,8 @@ def grid_xy_from_body(grid: MapGrid, pos_body_km: np.ndarray, *,
         ppd = float(p["px_per_deg"])
         x = rho * np.sin(lon) * (1.0 if north else -1.0)
         y = rho * np.cos(lon) * (1.0 if north else -1.0)
-        return x * ppd + w / 2.0 - 0.5, y * ppd + h / 2.0 - 0.5
+        pole_col, pole_row = _pole_px(grid)
+        return x * ppd + pole_col - 0.5, y * ppd + pole_row - 0.5
     if grid.projection == "orthographic":
         e_n, e_e, _ = _ortho_axes(p, target)
         km = float(p["km_per_px"])
@@ -467,6 +534,14 @@ def _hit_points(footprints: Sequence[Footprint]) -> np.ndarray:
     return np.concatenate(pts)
 
 
+def _extent_points(footprints: Sequence[Footprint]) -> np.ndarray:
+    """Body-fixed points bounding what the framelets see: the footprint lattice's hits and
+    the points next to the limb in the cells it cuts (the lattice's last hit corner can lie
+    far from the limb at grazing emission)."""
+    limb = [fp.limb_pos_body_km for fp in footprints if len(fp.limb_pos_body_km)]
+    return np.concatenate([_hit_points(footprints), *limb])
+
+
 def _best_resolution_km(geometry: ImageGeometry, footprints: Sequence[Footprint]) -> float:
     best = math.inf
     for fp in footprints:
@@ -510,7 +585,10 @@ def make_grid(
     degree of latitude (map projections; default: the image's best ground resolution) or
     per degree of field (perspective; default: JunoCam's IFOV). Polar: ``pole``
     north/south (default: the hemisphere seen most), ``polar_kind``
-    equidistant/stereographic. Orthographic: ``centre_lat_lon_deg`` in the chosen
+    equidistant/stereographic; by default out to the colatitude seen farthest from the pole
+    and cut to the footprint plus :data:`POLAR_MARGIN_PX` (the pole may lie outside:
+    ``pole_col_px``/``pole_row_px`` place it), ``bounds=(radius_deg,)`` or ``"global"``
+    the whole disc of that radius. Orthographic: ``centre_lat_lon_deg`` in the chosen
     conventions (default: centre of the swept area). Perspective: ``fov_deg`` (width,
     height) (default: covers the swept area).
     """
@@ -571,13 +649,29 @@ def make_grid(
         kind = _check_choice("polar kind", polar_kind, ("equidistant", "stereographic"))
         colat = 90.0 - ll["lat_centric_deg"] if pole == "north" else 90.0 + ll["lat_centric_deg"]
         cap = 120.0 if kind == "stereographic" else 180.0  # stereographic blows up towards 180
-        radius = float(min(cap, colat.max() + 1.0 / ppd)) if bounds is None else float(bounds[0])
+        if isinstance(bounds, str):
+            if bounds.lower() != "global":
+                raise ProjectionError(f"unknown bounds {bounds!r}", hint="a radius (deg) or 'global'")
+            radius = cap
+        elif bounds is None:
+            radius = float(min(cap, colat.max() + 1.0 / ppd))
+        else:
+            radius = float(bounds[0])
+            if not 0.0 < radius <= cap:
+                raise ProjectionError(f"polar radius {radius} deg of colatitude is out of range",
+                                      hint=f"give 0 < radius <= {cap:g}")
         rho = math.degrees(2 * math.tan(math.radians(min(radius, 179.0)) / 2)) \
             if kind == "stereographic" else radius
         side = _grid_side(2 * rho * ppd, "the polar map")
         params = {**base, "pole": pole, "kind": kind, "radius_deg": radius,
-                  "latitude_used": "planetocentric colatitude"}
-        return MapGrid(projection, (side, side), target, lon, lat, params)
+                  "latitude_used": "planetocentric colatitude",
+                  "pole_col_px": side / 2.0, "pole_row_px": side / 2.0}
+        disc = MapGrid(projection, (side, side), target, lon, lat, params)
+        if bounds is not None:  # the radius asked for: the whole disc
+            return disc
+        # cut to the footprint (lattice and limb points) plus POLAR_MARGIN_PX
+        col, row = grid_xy_from_body(disc, _extent_points(footprints))
+        return crop_grid(disc, *_window(col, row, POLAR_MARGIN_PX, disc.shape))
 
     if projection == "orthographic":
         if centre_lat_lon_deg is None:
@@ -1733,29 +1827,37 @@ def _paste_global(maps: Sequence[LinearMap]) -> list[LinearMap]:
     return out
 
 
-def _polar_from_global(m: LinearMap, pole: str) -> LinearMap:
+def _polar_from_global(m: LinearMap, pole: str, margin_px: int = 0) -> LinearMap:
     """An all-longitude equirectangular map resampled (bilinear, wrapping in longitude) onto
     the equidistant polar grid of the same px/deg, out to the covered latitude farthest from
-    the pole."""
+    the pole, cut to the data plus ``margin_px`` (the pole may lie outside the window)."""
     grid = map_grid_from_dict(m.sidecar["map"])
     ppd = float(grid.params["px_per_deg"])
     h, w = grid.shape
     lat_top = float(grid.params["lat_top_deg"])
-    seen_rows = np.flatnonzero(np.isfinite(m.data).any(axis=(1, 2)))
+    seen = np.isfinite(m.data).any(axis=2)
+    seen_rows = np.flatnonzero(seen.any(axis=1))
     if not len(seen_rows):
         raise ProjectionError("the mosaic is empty", hint="check the maps' footprints")
     far_lat = lat_top - (seen_rows.max() + 1) / ppd if pole == "north" else lat_top - seen_rows.min() / ppd
-    radius = min(180.0, 90.0 - far_lat if pole == "north" else 90.0 + far_lat)
+    radius = float(min(180.0, 90.0 - far_lat if pole == "north" else 90.0 + far_lat))
     side = _grid_side(2 * radius * ppd, "the polar mosaic")
-    polar = MapGrid("polar", (side, side), grid.target, grid.lon_convention, grid.lat_convention,
-                    {"px_per_deg": ppd, "native_px_per_deg": grid.params.get("native_px_per_deg", ppd),
-                     "pole": pole, "kind": "equidistant", "radius_deg": radius,
-                     "latitude_used": "planetocentric colatitude"})
+    disc = MapGrid("polar", (side, side), grid.target, grid.lon_convention, grid.lat_convention,
+                   {"px_per_deg": ppd, "native_px_per_deg": grid.params.get("native_px_per_deg", ppd),
+                    "pole": pole, "kind": "equidistant", "radius_deg": radius,
+                    "latitude_used": "planetocentric colatitude", "pole_col_px": side / 2.0,
+                    "pole_row_px": side / 2.0})
+    # the window: every seen pixel centre (an equirectangular pixel spans < 1 + pi px here)
+    r_seen, c_seen = np.nonzero(seen)
+    col, row = grid_xy_from_body(disc, grid_points_at(grid, r_seen, c_seen)[0])
+    polar = crop_grid(disc, *_window(col, row, margin_px + 2, disc.shape))
+    del r_seen, c_seen, col, row
+    side_r, side_c = polar.shape
     pos, hit = grid_surface_points(polar)
     ll = lonlat_from_body(pos[hit], grid.target)
     lat = ll["lat_graphic_deg" if grid.lat_convention == "graphic" else "lat_centric_deg"]
-    x = np.full((side, side), -1.0, np.float32)
-    y = np.full((side, side), -1.0, np.float32)
+    x = np.full((side_r, side_c), -1.0, np.float32)
+    y = np.full((side_r, side_c), -1.0, np.float32)
     x[hit] = np.mod(ll["lon_east_deg"], 360.0) * ppd - 0.5 + 1  # +1: the wrap column padded left
     y[hit] = (lat_top - lat) * ppd - 0.5
 
@@ -1768,7 +1870,7 @@ def _polar_from_global(m: LinearMap, pole: str) -> LinearMap:
     data = np.stack([resample(m.data[..., b], np.nan) for b in range(m.data.shape[2])], axis=-1)
     planes = {"weight": resample(np.asarray(m.backplanes["weight"]), 0.0)} if "weight" in m.backplanes else {}
     for name, v in ll.items():
-        plane = np.full((side, side), np.nan, np.float32)
+        plane = np.full((side_r, side_c), np.nan, np.float32)
         plane[hit] = v
         planes[name] = plane
     side_car = {**m.sidecar, "map": polar.to_dict(),
@@ -1825,7 +1927,7 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
     """A perijove's equirectangular maps -> per filter set one equirectangular mosaic, cut
     to the data (plus 1 deg; longitudes wrap, so data across 0 deg east stays in one
     piece), and one polar mosaic of the pole seen most, out to the lowest latitude seen
-    (keys ``RGB-equirectangular``, ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
+    and cut to the data (plus 1 deg; the pole may lie outside the window) (keys ``RGB-equirectangular``, ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
 
     Maps are grouped by filter set and grid lattice (mixed input is grouped, never
     skipped); each must lie on the lattice of its px/deg (edges on multiples of the pixel
@@ -1864,7 +1966,7 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
         lat = map_coordinates(grid)["lat_centric_deg"][:, 0]
         area = np.isfinite(blend.data).all(axis=2).sum(axis=1) * np.cos(np.radians(lat))
         pole = "north" if area[lat > 0].sum() >= area[lat < 0].sum() else "south"
-        polar = _polar_from_global(blend, pole)  # from the all-longitude map (it wraps)
+        polar = _polar_from_global(blend, pole, margin_px=int(round(key[2])))  # all longitudes: wraps
         out[f"{name}-equirectangular"] = _crop_equirectangular(blend, margin_px=int(round(key[2])))
         out[f"{name}-polar-{pole}"] = polar
     return out
