@@ -138,3 +138,24 @@ def test_polar_mosaic_is_cut_to_its_data_and_places_every_pixel() -> None:
     assert np.abs(dlon).max() < 0.1
     for name in ("lat_centric_deg", "lon_east_deg"):  # the backplanes say the same
         np.testing.assert_allclose(polar.backplanes[name][seen], coords[name][seen], atol=1e-4)
+
+
+def test_all_longitude_mosaic_is_cut_on_the_night_side() -> None:
+    """Issue #6: a mosaic seen at every longitude (around the north pole, 60..90 N) keeps
+    all 360 deg, cut in the middle of the longitudes without well-lit data (lit from 100 E
+    to 250 E: the cut at 355 E), not at 0 E."""
+    ppd = 2.0
+    m = _global_map(ppd, (0.0, 360.0), (60.0, 90.0))
+    lon = (np.arange(m.data.shape[1]) + 0.5) / ppd
+    inc = np.where((lon > 100.0) & (lon < 250.0), 60.0, 95.0).astype(np.float32)
+    planes = {**m.backplanes, "incidence_deg": np.broadcast_to(inc, m.data.shape[:2])}
+    m = LinearMap(m.data, m.band_names, planes, m.sidecar)
+    out = perijove_mosaics([m], max_emission_deg=90.0, photometric="none")
+    d = out["RGB-equirectangular"].sidecar["map"]
+    assert d["columns"] == 360 * ppd and d["lon_left_east_deg"] == 355.0, d
+    coords = map_coordinates(map_grid_from_dict(d))
+    eq = out["RGB-equirectangular"].data
+    seen = np.isfinite(eq).all(axis=2)
+    got = np.degrees(np.arctan2(eq[..., 2], eq[..., 1]))[seen]
+    dlon = (got - coords["lon_east_deg"][seen] + 180.0) % 360.0 - 180.0
+    assert np.abs(dlon).max() < 1e-3  # every pixel where its definition says

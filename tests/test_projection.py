@@ -328,6 +328,32 @@ def test_default_polar_map_is_framed_on_its_data(synthetic):
         assert np.abs(d).max() < 1e-4, name
 
 
+def test_default_equirectangular_map_around_a_pole_is_cut_on_the_night_side(synthetic):
+    """Issue #6: the synthetic image sees the north pole, so its longitudes span all 360
+    deg; its default map keeps them all (and reaches the pole) but cuts them where the
+    image shows least: the well-lit part (incidence < 84 deg) comes out in one piece, away
+    from both edges, and nothing the image sees is left out."""
+    from junoproc.projection import CUT_LIT_INCIDENCE_DEG, make_grid, project
+
+    geometry, image = synthetic
+    ppd = 2.0
+    grid = make_grid(geometry, "equirectangular", lon="east", resolution_px_per_deg=ppd)
+    assert grid.shape[1] == 360 * ppd and grid.params["lat_top_deg"] == 90.0
+    m = project(image, geometry, grid=grid)
+    seen = np.isfinite(m.data).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        lit = seen & (m.backplanes["incidence_deg"] < CUT_LIT_INCIDENCE_DEG)
+    lit_cols = np.flatnonzero(lit.any(axis=0))
+    assert len(lit_cols) > 90 * ppd
+    assert np.all(np.diff(lit_cols) == 1), "the lit side is split"  # one piece
+    edge = min(lit_cols[0], grid.shape[1] - 1 - lit_cols[-1]) / ppd
+    assert edge > 20.0, edge  # 98 deg of night side on either side
+    full = project(image, geometry, grid=make_grid(geometry, "equirectangular", bounds="global", lon="east",
+                                                   resolution_px_per_deg=ppd))
+    lat = full.backplanes["lat_centric_deg"][:, 0][np.isfinite(full.data).any(axis=-1).any(axis=1)]
+    assert grid.params["lat_bottom_deg"] < lat.min()  # nothing left out (all longitudes kept)
+
+
 def test_mosaic_matches_gain_and_blends(synthetic):
     from junoproc.projection import make_grid, mosaic, project
 

@@ -118,6 +118,9 @@ INTERPOLATIONS: Mapping[str, tuple[int, int]] = {
     "lanczos": (cv2.INTER_LANCZOS4, 3),
 }
 _INTERP_ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczos"}
+#: A footprint whose longitudes leave no gap wider than this (deg) spans all of them: the
+#: footprint lattice leaves gaps around a pole (an image's default equirectangular map).
+FULL_CIRCLE_GAP_DEG = 20.0
 #: Margin (output px) around the footprint of an image's default polar grid.
 POLAR_MARGIN_PX = 4
 #: Largest side of an output grid (a guard against absurd resolutions).
@@ -551,14 +554,38 @@ def _best_resolution_km(geometry: ImageGeometry, footprints: Sequence[Footprint]
     return best
 
 
-def _lon_span_east(lon_east_deg: np.ndarray) -> tuple[float, float]:
-    """Smallest arc (left edge, width) covering east longitudes: complement of the largest gap."""
-    lon = np.sort(np.mod(lon_east_deg, 360.0))
+def _largest_gap_east(lon_east_deg: np.ndarray) -> tuple[float, float]:
+    """(start, width) of the largest circular gap between east longitudes (deg)."""
+    lon = np.sort(np.mod(np.asarray(lon_east_deg, np.float64).ravel(), 360.0))
     gaps = np.diff(np.concatenate([lon, [lon[0] + 360.0]]))
     i = int(np.argmax(gaps))
-    left = float(lon[(i + 1) % len(lon)])
-    width = 360.0 - float(gaps[i])
-    return left, width
+    return float(lon[i]), float(gaps[i])
+
+
+#: Footprint points lit from higher than this (incidence below, deg) place the cut of an
+#: all-longitude map: near a pole of Jupiter (axial tilt 3 deg) the Sun is always lower, so
+#: the ring of points around a pole does not hide where the night side lies.
+CUT_LIT_INCIDENCE_DEG = 84.0
+
+
+def _lon_window_east(lon_east_deg: np.ndarray, incidence_deg: np.ndarray, pad_deg: float
+                     ) -> tuple[float, float]:
+    """Default longitude window (left edge east, width) of an equirectangular map of points
+    at ``lon_east_deg``: the smallest arc covering them plus ``pad_deg`` on each side; when
+    they leave no gap of :data:`FULL_CIRCLE_GAP_DEG` (an image around a pole), all 360 deg,
+    cut where the image shows least: in the middle of the largest gap between the
+    longitudes of the points lit from higher than :data:`CUT_LIT_INCIDENCE_DEG` (the middle
+    of the night side), failing that of the points lit at all, failing that of all points."""
+    lon = np.mod(np.asarray(lon_east_deg, np.float64).ravel(), 360.0)
+    start, gap = _largest_gap_east(lon)
+    if gap > FULL_CIRCLE_GAP_DEG:
+        return float(np.mod(start + gap, 360.0)) - pad_deg, min(360.0, 360.0 - gap + 2.0 * pad_deg)
+    inc = np.asarray(incidence_deg, np.float64).ravel()
+    for sel in (inc < CUT_LIT_INCIDENCE_DEG, inc < 90.0, np.ones(lon.shape, bool)):
+        if sel.any():
+            start, gap = _largest_gap_east(lon[sel])
+            break
+    return float(np.mod(start + gap / 2.0, 360.0)), 360.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -614,11 +641,20 @@ def make_grid(
                 raise ProjectionError(f"unknown bounds {bounds!r}", hint="4 numbers or 'global'")
             bounds = (0.0, 360.0, -90.0, 90.0)
         if bounds is None:
-            left_e, width = _lon_span_east(ll["lon_east_deg"])
-            pad = 1.0 / ppd
-            left_e, width = left_e - pad, min(360.0, width + 2 * pad)
-            lat_min = max(-90.0, float(ll[lat_key].min()) - pad)
-            lat_max = min(90.0, float(ll[lat_key].max()) + pad)
+            pad = 2.0 / ppd  # 1 px left a grazing limb pixel out (44M00040)
+            ext = _extent_points(footprints)
+            mid = geometry.states[geometry.n_frames // 2]
+            incidence = np.degrees(np.arccos(np.clip(_view_angles(
+                ext, target.radii, mid.observer_pos_body_km, mid.sun_pos_body_km)[:, 1], -1.0, 1.0)))
+            ll_ext = lonlat_from_body(ext, target)
+            left_e, width = _lon_window_east(ll_ext["lon_east_deg"], incidence, pad)
+            lat_min = max(-90.0, float(ll_ext[lat_key].min()) - pad)
+            lat_max = min(90.0, float(ll_ext[lat_key].max()) + pad)
+            if width >= 360.0:  # all longitudes around a pole: it is seen, up to it
+                if lat_max >= -lat_min:
+                    lat_max = 90.0
+                else:
+                    lat_min = -90.0
         else:
             if len(bounds) != 4:
                 raise ProjectionError("bounds want 4 numbers: LON_MIN LON_MAX LAT_MIN LAT_MAX")
@@ -634,6 +670,8 @@ def make_grid(
         left_e = float(np.mod(left_e, 360.0))
         w = _grid_side(width * ppd, "the map")
         h = _grid_side((lat_max - lat_min) * ppd, "the map")
+        if lat_min + h / ppd > 90.0:  # rows past the pole would show its far side again
+            lat_min = 90.0 - h / ppd
         left_conv = left_e if lon == "east" else float(np.mod(-left_e, 360.0) or 360.0)
         right_e = left_e + w / ppd
         right_conv = float(np.mod(right_e, 360.0)) if lon == "east" else float(np.mod(-right_e, 360.0))
@@ -1878,12 +1916,16 @@ def _polar_from_global(m: LinearMap, pole: str, margin_px: int = 0) -> LinearMap
     return LinearMap(data.astype(np.float32), m.band_names, planes, side_car)
 
 
-def _crop_equirectangular(m: LinearMap, margin_px: int = 0) -> LinearMap:
+def _crop_equirectangular(m: LinearMap, margin_px: int = 0, lit_columns: np.ndarray | None = None
+                          ) -> LinearMap:
     """An all-longitude equirectangular map cut to its data (plus ``margin_px``): the rows
     from the northernmost to the southernmost seen pixel and the longitudes outside the
     widest run of unseen columns, wrapping, so data that crosses the map's seam comes out
-    in one piece. The map definition is updated (``lon_left_east_deg``, ``lat_top_deg``,
-    size, edges in the map's longitude convention): the crop lies on the same lattice."""
+    in one piece; data at every longitude (around a pole) keeps them all, cut in the
+    middle of the widest run of columns without ``lit_columns`` (bool per column: well
+    lit data there) as an image's default map is. The map definition is updated
+    (``lon_left_east_deg``, ``lat_top_deg``, size, edges in the map's longitude
+    convention): the crop lies on the same lattice."""
     d = dict(m.sidecar["map"])
     ppd = float(d["px_per_deg"])
     h, w = m.data.shape[:2]
@@ -1906,6 +1948,11 @@ def _crop_equirectangular(m: LinearMap, margin_px: int = 0) -> LinearMap:
             g = int(np.argmax(gaps))
             start = (filled[g] + gaps[g] + 1) % n_lon
             cols = (start + np.arange(n_lon - int(gaps[g]))) % n_lon
+        elif lit_columns is not None and np.any(lit_columns) and not np.all(lit_columns):
+            filled = np.flatnonzero(lit_columns)
+            gaps = np.diff(np.concatenate([filled, [filled[0] + n_lon]])) - 1
+            g = int(np.argmax(gaps))
+            cols = (filled[g] + 1 + int(gaps[g]) // 2 + np.arange(n_lon)) % n_lon
     left_e = round(float(np.mod(float(d["lon_left_east_deg"]) + cols[0] / ppd, 360.0)), 9)
     n_cols = len(cols)
     west = str(d.get("longitude", "")).startswith("System III")
@@ -1926,8 +1973,11 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
                      max_emission_deg: float = 75.0, **mosaic_options: Any) -> dict[str, LinearMap]:
     """A perijove's equirectangular maps -> per filter set one equirectangular mosaic, cut
     to the data (plus 1 deg; longitudes wrap, so data across 0 deg east stays in one
-    piece), and one polar mosaic of the pole seen most, out to the lowest latitude seen
-    and cut to the data (plus 1 deg; the pole may lie outside the window) (keys ``RGB-equirectangular``, ``RGB-polar-north``, ``METHANE-equirectangular``, ...).
+    piece; data at every longitude is cut in the middle of the widest run of longitudes
+    without well-lit data, as an image's default map), and one polar mosaic of the pole
+    seen most, out to the lowest latitude seen and cut to the data (plus 1 deg; the pole
+    may lie outside the window) (keys ``RGB-equirectangular``, ``RGB-polar-north``,
+    ``METHANE-equirectangular``, ...).
 
     Maps are grouped by filter set and grid lattice (mixed input is grouped, never
     skipped); each must lie on the lattice of its px/deg (edges on multiples of the pixel
@@ -1959,6 +2009,14 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
                 data[grazing] = np.nan
                 m = LinearMap(data, m.band_names, m.backplanes, m.sidecar)
             pasted.append(m)
+        # columns with well-lit data: an all-longitude mosaic is cut where none is
+        lit_columns = np.zeros(pasted[0].data.shape[1], bool)
+        for m in pasted:
+            if "incidence_deg" in m.backplanes:
+                with np.errstate(invalid="ignore"):
+                    lit = (np.asarray(m.backplanes["incidence_deg"]) < CUT_LIT_INCIDENCE_DEG) \
+                        & np.isfinite(m.data).all(axis=2)
+                lit_columns |= lit.any(axis=0)
         blend = mosaic(pasted, photometric=photometric, **mosaic_options)
         blend = LinearMap(blend.data, blend.band_names, blend.backplanes,
                           {**blend.sidecar, "filter_set": key[0]})
@@ -1967,6 +2025,7 @@ def perijove_mosaics(maps: Sequence[LinearMap], *, photometric: str = "lambert",
         area = np.isfinite(blend.data).all(axis=2).sum(axis=1) * np.cos(np.radians(lat))
         pole = "north" if area[lat > 0].sum() >= area[lat < 0].sum() else "south"
         polar = _polar_from_global(blend, pole, margin_px=int(round(key[2])))  # all longitudes: wraps
-        out[f"{name}-equirectangular"] = _crop_equirectangular(blend, margin_px=int(round(key[2])))
+        out[f"{name}-equirectangular"] = _crop_equirectangular(
+            blend, margin_px=int(round(key[2])), lit_columns=lit_columns)
         out[f"{name}-polar-{pole}"] = polar
     return out
