@@ -223,6 +223,41 @@ def test_invalid_pixels_are_dropped_where_valid_samples_exist(synthetic):
     assert np.nanmax(strict.data) < 1.0
 
 
+def test_projections_of_one_image_share_its_fill(synthetic):
+    """The invalid-pixel fill of a framelet is computed once per image and reused by its
+    next projection (the build makes two per product); the maps are those of a fresh
+    image's, bit for bit, and a changed mask is never served an old fill."""
+    from junoproc.projection import _filled, _fills_of, make_grid, project
+
+    geometry, image = synthetic
+    valid = image.valid.copy()
+    valid[:, :, 40:44, 300:303] = False  # a cosmic-ray hit in every framelet
+    valid[:, :, :, 800] = False          # and a bad column
+    img = _Image(image.data, valid)
+    box = _disk_box(geometry, 6.0)
+    first = make_grid(geometry, "orthographic", resolution_px_per_deg=3.0)
+    second = make_grid(geometry, "equirectangular", bounds=box, resolution_px_per_deg=3.0, lon="east")
+    project(img, geometry, grid=first)
+    fills = _fills_of(img)
+    before = dict(fills)
+    assert len(before) > N_FRAMES and all(len(f[0]) == 12 + 128 for f in before.values())
+    shared = project(img, geometry, grid=second)
+    assert all(fills[k] is f for k, f in before.items())  # reused, not recomputed
+    fresh = project(_Image(image.data, valid), geometry, grid=second)  # another object: filled anew
+    np.testing.assert_array_equal(shared.data, fresh.data)
+    # a fill is reused only for the same invalid pixels
+    ok = valid[0, 0].copy()
+    cols = geometry.cameras[geometry.meta.filters[0]].photoactive_columns()
+    ok[:, :cols.start] = ok[:, cols.stop:] = False
+    value, usable, fill = _filled(image.data[0, 0], ok, cols)
+    ok2 = ok.copy()
+    ok2[100, 900] = False
+    again = _filled(image.data[0, 0], ok2, cols, known=fill)
+    assert again[2] is not fill and len(again[2][0]) == len(fill[0]) + 1
+    np.testing.assert_array_equal(again[0], _filled(image.data[0, 0], ok2, cols)[0])
+    np.testing.assert_array_equal(_filled(image.data[0, 0], ok, cols, known=fill)[0], value)
+
+
 def test_longitude_and_latitude_conventions(synthetic):
     from junoproc.geometry import graphic_to_centric_deg
     from junoproc.projection import grid_surface_points, make_grid, project

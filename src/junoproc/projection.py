@@ -925,25 +925,63 @@ def _surface_to_px(geometry: ImageGeometry, frame: int, band: str, x_km: np.ndar
     return geometry.surface_to_px(frame, band, np.stack([x_km, y_km, z_km], axis=-1))
 
 
-def _filled(data: np.ndarray, ok_px: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+#: A framelet's fill: flat indices of its invalid photoactive pixels (int32), the values
+#: filled in there (float32) and whether each is usable (bool).
+_Fill = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _filled(data: np.ndarray, ok_px: np.ndarray, cols: slice, known: _Fill | None = None
+            ) -> tuple[np.ndarray, np.ndarray, _Fill | None]:
     """A framelet with invalid pixels filled by normalised Gaussian convolution of valid ones,
-    and where the fill is usable (float32 1/0), photoactive columns only."""
+    where the fill is usable (float32 1/0), photoactive columns only, and the fill itself
+    (None without invalid pixels). ``known``: the fill of an earlier call for the same
+    framelet, used when its invalid pixels are the same (the convolutions are skipped)."""
     src = np.where(ok_px, data, np.float32(0.0)).astype(np.float32)
     okf = ok_px.astype(np.float32)
     if ok_px[:, cols].all():
-        return src, okf
-    filled = src.copy()
-    todo = ~ok_px
-    for sigma in (1.5, 6.0):
-        num = cv2.GaussianBlur(src, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        wsum = cv2.GaussianBlur(okf, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        take = todo & (wsum > 1e-3)
-        filled[take] = num[take] / wsum[take]
-        todo &= ~take
-    usable = ~todo
-    usable[:, :cols.start] = False
-    usable[:, cols.stop:] = False
-    return filled, usable.astype(np.float32)
+        return src, okf, None
+    photo = np.zeros(ok_px.shape, bool)
+    photo[:, cols] = True
+    idx = np.flatnonzero(~ok_px & photo).astype(np.int32)
+    if known is not None and np.array_equal(known[0], idx):
+        fill = known
+    else:
+        filled = src.copy()
+        todo = ~ok_px
+        for sigma in (1.5, 6.0):
+            num = cv2.GaussianBlur(src, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+            wsum = cv2.GaussianBlur(okf, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+            take = todo & (wsum > 1e-3)
+            filled[take] = num[take] / wsum[take]
+            todo &= ~take
+        fill = (idx, filled.reshape(-1)[idx], ~todo.reshape(-1)[idx])
+    out = src.copy()
+    out.reshape(-1)[fill[0]] = fill[1]
+    usable = ok_px & photo
+    usable.reshape(-1)[fill[0]] = fill[2]
+    return out, usable.astype(np.float32), fill
+
+
+#: Fills of the images alive: id -> (weak reference, {(frame, band index): fill}).
+_FILLS: dict[int, tuple[weakref.ref[Any], dict[tuple[int, int], _Fill]]] = {}
+
+
+def _fills_of(image: Any) -> dict[tuple[int, int], _Fill]:
+    """The framelet fills computed for ``image`` while it lives (each projection of a
+    product fills the same invalid pixels; a fill is reused only where the framelet's
+    invalid pixels are the same). Images are records: their arrays are not changed in
+    place. An image that cannot be weakly referenced gets a fresh dict."""
+    key = id(image)
+    known = _FILLS.get(key)
+    if known is not None and known[0]() is image:
+        return known[1]
+    fills: dict[tuple[int, int], _Fill] = {}
+    try:
+        ref = weakref.ref(image, lambda _, key=key: _FILLS.pop(key, None))  # type: ignore[misc]
+    except TypeError:
+        return fills
+    _FILLS[key] = (ref, fills)
+    return fills
 
 
 def _image_arrays(image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -1036,8 +1074,10 @@ class _Projector:
                  geometry: ImageGeometry, grid: MapGrid,
                  grid_state: FrameState | None, footprints: Sequence[Footprint], *, flag: int,
                  support: int, feather_px: float, resolution_exponent: float, fill_invalid: bool,
-                 max_error_px: float, frame_order: Sequence[int]) -> None:
+                 max_error_px: float, frame_order: Sequence[int],
+                 fills: dict[tuple[int, int], _Fill] | None = None) -> None:
         self.data, self.valid, self.geometry, self.grid = data, valid, geometry, grid
+        self.fills: dict[tuple[int, int], _Fill] = {} if fills is None else fills
         self.saturated = saturated
         self.grid_state = grid_state
         self.flag, self.support, self.fill_invalid = flag, support, fill_invalid
@@ -1158,7 +1198,9 @@ class _Projector:
             ok_px[:, :band.cols.start] = False
             ok_px[:, band.cols.stop:] = False
             has_invalid = not ok_px[:, band.cols].all()
-            value, usable = _filled(self.data[frame, b], ok_px, band.cols)
+            value, usable, fill = _filled(self.data[frame, b], ok_px, band.cols, self.fills.get(key))
+            if fill is not None:
+                self.fills[key] = fill
             if has_invalid:
                 good = self._erode(ok_px.astype(np.uint8)).astype(bool)
                 gate = np.where(good, band.feather, np.float32(-_GATE_INVALID)).astype(np.float32)
@@ -1616,7 +1658,8 @@ def project(
     proj = _Projector(data, valid, saturated, geometry, grid, grid_state, footprints, flag=flag,
                       support=support,
                       feather_px=feather_px, resolution_exponent=resolution_exponent,
-                      fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order)
+                      fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order,
+                      fills=_fills_of(image))
     backplanes: dict[str, np.ndarray] = {}
     if grid.projection == "equirectangular":
         backplanes.update(map_coordinates(grid))
