@@ -322,6 +322,13 @@ def test_polar_grid_orientation(synthetic):
                                        [0.0 if pole == "north" else 180.0, 90.0 if pole == "north" else 270.0,
                                         180.0 if pole == "north" else 0.0], atol=1e-9)
             assert sign * at["lat_centric_deg"][1] > 84.0
+    # a definition from before windows (no pole_col_px/pole_row_px) is centred on the pole
+    disc = make_grid(geometry, "polar", polar_kind="stereographic", resolution_px_per_deg=1.0,
+                     bounds="global")
+    assert disc.params["pole_col_px"] == disc.width / 2 and disc.params["pole_row_px"] == disc.height / 2
+    old = dataclasses.replace(disc, params={k: v for k, v in disc.params.items() if not k.startswith("pole_")
+                                            or k == "pole"})
+    np.testing.assert_array_equal(grid_surface_points(old)[0], grid_surface_points(disc)[0])
 
 
 def test_default_polar_map_is_framed_on_its_data(synthetic):
