@@ -56,8 +56,6 @@ CONFIG_NAME = "junoproc.toml"
 PARTIAL_TAG = ".partial-"
 #: Environment variables that set the thread count of the numeric libraries in a worker.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-#: A footprint whose longitudes leave a gap narrower than this (deg) spans all of them.
-FULL_CIRCLE_GAP_DEG = 20.0
 #: Subfolder of a product's hidden work folder with what its enhancement reads of its maps,
 #: uncompressed (``.npy``): the worker that finishes the product maps it instead of
 #: decoding the linear TIFFs again (removed before the folder's rename).
@@ -358,9 +356,9 @@ def map_grid(geometry: Any, projection_name: str, options: BuildOptions) -> Any:
     left_k = math.floor(float(p["lon_left_east_deg"]) * ppd + 1e-6)
     right_k = math.ceil((float(p["lon_left_east_deg"]) + fit.width / ppd) * ppd - 1e-6)
     n_lon = int(round(360 * ppd))
-    if right_k - left_k >= n_lon - FULL_CIRCLE_GAP_DEG * ppd:
-        # an image around a pole sees every longitude; the footprint lattice leaves a gap
-        left_k, right_k = 0, n_lon
+    if right_k - left_k >= n_lon:
+        # around a pole make_grid keeps all 360 deg, cut in the night side: keep its cut
+        right_k = left_k + n_lon
     bottom_k = max(-int(round(90 * ppd)), math.floor(float(p["lat_bottom_deg"]) * ppd + 1e-6))
     top_k = min(int(round(90 * ppd)), math.ceil(float(p["lat_top_deg"]) * ppd - 1e-6))
     lon_max_west = float(-left_k / ppd) % 360.0
