@@ -321,6 +321,12 @@ def detect_limb(
     its band's median. On the real PJ43/PJ44 limbs (widths 1.2-1.5 px median, 90th
     percentile below 1.5 x median) this keeps 91-100 % of the points; on the simulated
     scene it drops 129 of 1039 and the detector's error goes from 0.35 to 0.16 px sd.
+    ``local_level``: the kept points' half level is then taken against the planet's level
+    just inside the edge (:func:`_local_half_level`), not the plateau 4-7 px in: on a
+    simulated pass of three images the error goes from 0.185 to 0.133 px sd (301 -> 98 of
+    2401 points > 0.3 px off), and the real limb fits' RMS drops in every band. What is
+    left is texture in the last pixel (a belt that only the limb pixel sees), which no
+    profile shows: on a texture-free scene the error is 0.066 px sd.
     """
     meta, data, valid = _image_arrays(image)
     n_frames, n_filters, rows, samples = data.shape
