@@ -11,7 +11,6 @@ windows) and the alignment of 13541 and 13544 projected onto one equirectangular
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -23,7 +22,7 @@ import spiceypy
 from junoproc.calibrate import calibrate
 from junoproc.geometry import image_geometry
 from junoproc.paths import shared_data_dir
-from junoproc.pointing import solve_pointing
+from junoproc.pointing import solve_pointing, solve_pointing_joint
 from junoproc.products import load
 from junoproc.projection import make_grid, project
 
@@ -66,11 +65,11 @@ def colour_alignment(m, size: int = 192) -> list[tuple[float, float, float, floa
     return rows
 
 
-def _geometry(pid: str):
+def _geometry(pid: str, sol=None):
     raw = load(shared_data_dir() / f"perijove44/{pid}-ImageSet")
     cal = calibrate(raw)
     t0 = time.perf_counter()
-    sol = solve_pointing(raw)
+    sol = sol if sol is not None else solve_pointing(raw)
     t1 = time.perf_counter()
     geom = image_geometry(raw.meta, sol.attitude, timing=sol.timing)
     t2 = time.perf_counter()
@@ -116,8 +115,13 @@ def main(quick: bool) -> None:
                   f"B-G ({np.median(a[:, 0]):+.2f}, {np.median(a[:, 1]):+.2f}) "
                   f"G-R ({np.median(a[:, 2]):+.2f}, {np.median(a[:, 3]):+.2f})")
         del m
-    # two images of one perijove on one grid
-    cal2, geom2 = _geometry("13541")
+    # two images of one perijove on one grid, pointing from one joint solve (as `build` does)
+    raws = [load(shared_data_dir() / f"perijove44/{pid}-ImageSet") for pid in ("13544", "13541")]
+    t0 = time.perf_counter()
+    joint = solve_pointing_joint([calibrate(r) for r in raws])
+    print(f"  joint pointing of 13544 + 13541: {time.perf_counter() - t0:.2f} s (incl. limb detection)")
+    cal, geom = _geometry("13544", joint[0])
+    cal2, geom2 = _geometry("13541", joint[1])
     grid = make_grid(geom, "equirectangular", lon="west", resolution_px_per_deg=8.0)
     a = project(cal, geom, grid=grid)
     b = project(cal2, geom2, grid=grid)
@@ -128,15 +132,21 @@ def main(quick: bool) -> None:
     for box in boxes:
         dx, dy, resp = _shift(_highpass(a.data[box + (1,)]), _highpass(b.data[box + (1,)]))
         if resp > 0.2:
-            shifts.append(math.hypot(dx, dy))
+            shifts.append((box[0].start, dx, dy))
             print(f"    window rows {box[0].start}-{box[0].stop} cols {box[1].start}-{box[1].stop}: "
                   f"shift ({dx:+.2f}, {dy:+.2f}) px, response {resp:.2f}")
     if shifts:
-        med = float(np.median(shifts))
-        print(f"    median |shift| {med:.2f} px, max {max(shifts):.2f} px; "
-              f"goal < {GOAL_TWO_IMAGES_PX:.0f} px: "
-              f"{'met' if med < GOAL_TWO_IMAGES_PX else 'NOT met'} (the same with the previous projection "
-              "code: the residual is the images' pointing)")
+        rows = np.asarray(shifts)
+        # clouds drift zonally in the 29 min between the images (the same at one latitude):
+        # geometry is dy, and dx less the mean dx of its window row (tests/test_pointing.py)
+        dx_resid = rows[:, 1] - np.array([rows[rows[:, 0] == r, 1].mean() for r in rows[:, 0]])
+        dy_abs, total = np.abs(rows[:, 2]), np.hypot(rows[:, 1], rows[:, 2])
+        print(f"    |shift| median {np.median(total):.2f} px (cloud drift included); geometry: "
+              f"|dy| median {np.median(dy_abs):.2f} p90 {np.percentile(dy_abs, 90):.2f} px (mean "
+              f"{rows[:, 2].mean():+.2f}), |dx less its row's mean| median {np.median(np.abs(dx_resid)):.2f} "
+              f"p90 {np.percentile(np.abs(dx_resid), 90):.2f} px. The goal (< {GOAL_TWO_IMAGES_PX:.0f} px) "
+              "is tested with refined shifts on the best windows: tests/test_pointing.py::"
+              "test_real_pj44_joint_axis_aligns_within_one_pixel")
 
 
 if __name__ == "__main__":
