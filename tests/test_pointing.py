@@ -150,7 +150,12 @@ def _furnish_pass(products) -> None:
     "texture-free scene): on the northern limb, which runs along a belt at 36 N, 150 px lie "
     "0.2-0.45 px inside. Oracle checks: every point moved halfway to the true limb 0.034 px; "
     "the northern-limb points dropped 0.05/0.06/0.12 px; weighting points by 1/(points at "
-    "their latitude) 0.18/0.17/0.18 px (not adopted)"))
+    "their latitude) 0.18/0.17/0.18 px (not adopted). Frame-to-frame overlap (13 rows, same "
+    "band) fixes only the rate and the twist, not the axis: with both held at the truth 0.13/"
+    "0.14/0.12 px (true rate alone 0.17/0.19/0.15), the rest a cross-scan offset of 0.09-0.12 px "
+    "= the axis 0.0048 deg off. Measured overlap shifts: 0.01-0.035 px sd per pair, but -0.011 "
+    "px/pair along the scan under the true attitude (the rate error's own signal: +0.0136), and "
+    "on PJ44 band-dependent (BLUE -0.15, RED +0.27 px/pair: camera scale), so not adopted"))
 def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir):
     """Issue #5 without a CK, the physical fix: three products of one pass 15 min apart (the
     line of sight turns 9 and 18 deg), one spin axis solved from all their limbs."""
