@@ -621,3 +621,24 @@ def test_every_pixel_a_framelet_sees_is_projected(synthetic):
         seen = np.isfinite(m.data[..., b])
         missed = expected & ~seen
         assert not missed.any(), f"{band}: {missed.sum()} of {expected.sum()} seen pixels are NaN"
+
+
+def test_cv2_serial_nests_and_restores_opencv_threads():
+    """Strip threads run OpenCV on one thread (its pool nested in them oversubscribes the
+    cores); the setting before the outermost projection comes back, also after an error."""
+    from junoproc.projection import _cv2_serial
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        with _cv2_serial():
+            assert cv2.getNumThreads() == 1
+            with _cv2_serial():  # a second projection running at the same time
+                assert cv2.getNumThreads() == 1
+            assert cv2.getNumThreads() == 1  # the first one is still running
+        assert cv2.getNumThreads() == 3
+        with pytest.raises(RuntimeError), _cv2_serial():
+            raise RuntimeError("strip failed")
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
