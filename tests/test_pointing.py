@@ -9,6 +9,7 @@ import pytest
 import spiceypy
 
 from junoproc import pointing
+from junoproc.camera import CameraModel
 from junoproc.errors import NoLimbError, PointingQualityError
 from junoproc.products import find_products, load_entry
 
@@ -97,6 +98,18 @@ def test_one_band_only_still_solves(rgb43, real_kernels):
 
 
 # --- simulated known truth --------------------------------------------------------------
+def _ik_focal_px(kernel_dir) -> float:
+    """JunoCam's focal length in pixels, from the instrument kernel in ``kernel_dir``."""
+    iks = sorted(str(p) for p in kernel_dir.rglob("*.ti"))
+    for ik in iks:
+        spiceypy.furnsh(ik)
+    try:
+        return CameraModel.from_pool("GREEN").focal_px
+    finally:
+        for ik in iks:
+            spiceypy.unload(ik)
+
+
 def _furnish(files):
     spiceypy.kclear()
     for path in files:
@@ -262,7 +275,7 @@ def test_exported_ck_reproduces_the_solution(tmp_path, kernel_dir):
             if str(path).endswith(".bc"):
                 spiceypy.unload(str(path))
         spiceypy.furnsh(str(ck_path))
-        focal_px = 1.0 / (0.0074 / 10.95637)
+        focal_px = CameraModel.from_pool("GREEN").focal_px
         for e, want in zip(ets, expected, strict=True):
             got = CkAttitude().rot_j2000_to_cam(float(e))
             angle = math.acos(min(1.0, (np.trace(got @ want.T) - 1) / 2))
@@ -321,7 +334,7 @@ def test_simulated_band_boresights_are_found_from_the_texture(tmp_path, kernel_d
     from junoproc.geometry import CkAttitude
     from junoproc.simulate import simulate
 
-    focal_px = 10.95637 / 0.0074
+    focal_px = _ik_focal_px(kernel_dir)
     truth = {"BLUE": (0.3 / focal_px, -0.25 / focal_px, 0.0), "RED": (-0.2 / focal_px, 0.35 / focal_px, 0.0)}
     product = simulate(tmp_path, kernel_dir=kernel_dir, n_frames=8, altitude_km=200_000.0, texture_width=2048,
                        time_offset_s=0.030, write_ck=True, seed=11, n_particle_hits=0,
@@ -549,7 +562,7 @@ def pj44_pair_shifts(pj44_pair, kernel_dir):
         joint = pointing.solve_pointing_joint(pj44_pair)
         hp, ok = _pair_maps(pj44_pair, joint)
         shifts = _window_shifts_px(hp, ok)
-        one_px_deg = math.degrees(1.0 / (10.95637 / 0.0074))
+        one_px_deg = math.degrees(1.0 / CameraModel.from_pool("GREEN").focal_px)
         injected = {}
         for sign in (-1, 1):
             att = joint[1].attitude
