@@ -546,6 +546,25 @@ HIT_MAX_PIXELS = 4
 HIT_SHARPNESS = 2.0
 #: A pixel flagged in at least this fraction of a band's frames is a hot pixel.
 HOT_FRACTION = 0.25
+#: Tracks (particles crossing the CCD at a slant): pixels of a connected component of the
+#: candidates at this fraction of the hit threshold (hysteresis: the faint ends too) that
+#: holds a full candidate, is thin (spread across its main axis <= HIT_TRACK_MAX_SD_PX,
+#: i.e. about 2 px wide: a w-px band has sd w/sqrt(12)) and long (spread along it >=
+#: HIT_TRACK_MIN_SD_PX, about 4 px), and sharp as a whole (the sharpness test summed over it).
+HIT_TRACK_LOW_FRACTION = 0.5
+HIT_TRACK_MAX_SD_PX = 0.7
+HIT_TRACK_MIN_SD_PX = 1.0
+HIT_TRACK_MAX_SHOULDER = 0.4
+#: Fixed pattern: with TDI a hot pixel adds its dark charge to every line passing over it,
+#: a streak TDI-stages long down its column, in every frame (44M00040, TDI 32: ~400 such
+#: streaks per framelet, most too faint for the per-frame test). A pixel whose excess over
+#: the 5x5 median has a median over the band's frames >= max(FIXED_MIN_EXCESS,
+#: FIXED_K_SIGMA x the noise of that median) is hot, and so is the run of its column whose
+#: median excess is >= half that (hysteresis: the faint tail of the streak). Needs at least
+#: FIXED_MIN_FRAMES frames; the scene moves between frames, the fixed pattern does not.
+FIXED_K_SIGMA = 4.5
+FIXED_MIN_EXCESS = 2
+FIXED_MIN_FRAMES = 5
 
 
 def _neighbour_sum(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, rows: int, radius: int,
@@ -564,6 +583,145 @@ def _neighbour_sum(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, rows: int,
             ok = y_ok & (xs + dx >= 0) & (xs + dx < width)
             total += np.where(ok, image[yy, np.clip(xs + dx, 0, width - 1)], 0)
     return total
+
+
+def _column_runs_touching(low: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The runs of ``low`` (rows, samples) along each column that hold a ``seed`` pixel."""
+    rows, samples = low.shape
+    by_column = np.zeros((samples, rows + 1), bool)  # a False row ends every column's runs
+    by_column[:, :rows] = low.T
+    flat = by_column.ravel()
+    starts = flat.copy()
+    starts[1:] &= ~flat[:-1]
+    run_id = np.cumsum(starts, dtype=np.int32)
+    run_id[~flat] = 0
+    seeded = np.zeros(int(np.count_nonzero(starts)) + 1, bool)
+    seeded[run_id.reshape(samples, rows + 1)[:, :rows][seed.T]] = True
+    seeded[0] = False
+    return seeded[run_id].reshape(samples, rows + 1)[:, :rows].T
+
+
+def _fixed_pattern(excess: np.ndarray, sigma: np.ndarray, cols: slice) -> tuple[np.ndarray, list[int]]:
+    """Hot pixels and their TDI streaks: bool (n_bands, rows, samples) from the uint8
+    excess over the 5x5 median, (n_frames, n_bands, rows, samples)."""
+    n_frames, n_bands, rows, samples = excess.shape
+    hot = np.zeros((n_bands, rows, samples), bool)
+    thresholds: list[int] = []
+    if n_frames < FIXED_MIN_FRAMES:
+        return hot, thresholds
+    half = n_frames // 2  # median over frames >= t  <=>  more than half of the frames reach t
+    for b in range(n_bands):
+        sigma_median = 1.2533 * sigma[b] / math.sqrt(n_frames)
+        high_t = max(FIXED_MIN_EXCESS, math.ceil(FIXED_K_SIGMA * sigma_median))
+        low_t = max(1, high_t // 2)
+        thresholds.append(high_t)
+        band = excess[:, b, :, cols]
+        # the median over frames, clipped at high_t + 2, by counting
+        level = np.zeros(band.shape[1:], np.uint8)
+        for t in range(1, high_t + 3):
+            reached = np.count_nonzero(band >= t, axis=0) > half
+            if not reached.any():
+                break
+            level += reached
+        # less the column's median level: column offsets are the dark step's, not hot pixels
+        column = np.median(level, axis=0).astype(np.uint8)
+        level = cv2.subtract(level, np.broadcast_to(column, level.shape).copy())
+        high = level >= high_t
+        if high.any():
+            hot[b, :, cols] = _column_runs_touching(level >= low_t, high)
+    return hot, thresholds
+
+
+def _tracks(stack: np.ndarray, excess: np.ndarray, low_thresholds: np.ndarray, high_ys: np.ndarray,
+            high_xs: np.ndarray, rows: int, n_bands: int, cols: slice, skip: np.ndarray,
+            sharpness: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Thin, long, sharp ridges among the low-threshold candidates that hold a full candidate.
+
+    ``stack`` (raw) and ``excess`` (over the 5x5 median) are uint8 (n_frames * n_bands *
+    rows, samples); ``skip`` bool (n_bands, rows, samples): pixels left out (the fixed
+    pattern). A column's own median excess is added to its low threshold (a column
+    brighter in every frame is the dark step's). Returns the (ys, xs) of the track pixels
+    in stack coordinates and how many tracks.
+    """
+    n_framelets, samples = excess.shape[0] // rows, excess.shape[1]
+    per_band = excess.reshape(-1, n_bands, rows, samples)
+    low = np.zeros((n_framelets, rows + 1, samples), np.uint8)  # a blank row between framelets
+    low4 = low.reshape(-1, n_bands, rows + 1, samples)
+    for b in range(n_bands):
+        sample = per_band[:, b, ::4, cols].reshape(-1, cols.stop - cols.start)
+        column = np.partition(sample, sample.shape[0] // 2, axis=0)[sample.shape[0] // 2]
+        level = np.minimum(column.astype(np.int64) + int(low_thresholds[b]), 255).astype(np.uint8)
+        low4[:, b, :rows, cols] = (per_band[:, b, :, cols] >= level) & ~skip[b, :, cols]
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(low.reshape(-1, samples), connectivity=8)
+    empty = np.zeros(0, np.int64)
+    if n_labels <= 1 or high_ys.size == 0:
+        return empty, empty, 0
+    seeded = np.zeros(n_labels, bool)
+    seeded[labels[high_ys + high_ys // rows, high_xs]] = True
+    seeded[0] = False
+    seeded &= stats[:, cv2.CC_STAT_AREA] > 2
+    if not seeded.any():
+        return empty, empty, 0
+    ys_sep, xs = np.nonzero(seeded[labels])
+    lab = labels[ys_sep, xs]
+    ys = ys_sep - ys_sep // (rows + 1)  # back to stack rows
+    # second moments of each component's pixels: thin across, long along its main axis
+    safe = np.maximum(np.bincount(lab, minlength=n_labels), 1).astype(np.float64)
+    fx, fy = xs.astype(np.float64), ys.astype(np.float64)
+    dx = fx - (np.bincount(lab, fx, n_labels) / safe)[lab]
+    dy = fy - (np.bincount(lab, fy, n_labels) / safe)[lab]
+    sxx = np.bincount(lab, dx * dx, n_labels) / safe
+    syy = np.bincount(lab, dy * dy, n_labels) / safe
+    sxy = np.bincount(lab, dx * dy, n_labels) / safe
+    mean, diff = (sxx + syy) / 2.0, np.sqrt(((sxx - syy) / 2.0) ** 2 + sxy**2)
+    minor_sd, major_sd = np.sqrt(np.maximum(mean - diff, 0.0)), np.sqrt(mean + diff)
+    # sharp: the 3x3 neighbours outside the component hold little of its excess, summed over it
+    calm = excess.copy()
+    calm[ys, xs] = 0
+    around = _neighbour_sum(calm, ys, xs, rows, 1, include_centre=False).astype(np.float64)
+    value = excess[ys, xs].astype(np.float64)
+    sharp = np.bincount(lab, around, n_labels) <= sharpness * np.bincount(lab, value, n_labels)
+    # a ridge on a level background: brighter than the scene 2 px away on both sides across
+    # its axis by at least the low threshold, and by more than twice the difference of the
+    # two sides (an edge such as the limb, even with a bright haze line on it, is much
+    # brighter on one side than on the other)
+    across = 0.5 * np.arctan2(2.0 * sxy, sxx - syy) + np.pi / 2.0  # radians, image axes
+    step_x = np.rint(2.0 * np.cos(across)).astype(np.int64)[lab]
+    step_y = np.rint(2.0 * np.sin(across)).astype(np.int64)[lab]
+    height = stack.shape[0]
+    raw_sum = np.bincount(lab, stack[ys, xs].astype(np.float64), n_labels)
+    side_mean = []
+    for sign in (1, -1):
+        y2, x2 = ys + sign * step_y, xs + sign * step_x
+        inside = (y2 // rows == ys // rows) & (y2 >= 0) & (y2 < height) & (x2 >= 0) & (x2 < samples)
+        side = stack[np.clip(y2, 0, height - 1), np.clip(x2, 0, samples - 1)].astype(np.float64)
+        counted = np.bincount(lab, inside.astype(np.float64), n_labels)
+        side_mean.append(np.where(counted > 0, np.bincount(lab, np.where(inside, side, 0.0), n_labels)
+                                  / np.maximum(counted, 1.0), np.nan))
+    side_a, side_b = side_mean  # NaN where a side lies wholly outside the framelet: no track
+    need = np.bincount(lab, low_thresholds[(ys // rows) % n_bands].astype(np.float64), n_labels) / safe
+    height_above = raw_sum / safe - np.maximum(side_a, side_b)
+    with np.errstate(invalid="ignore"):
+        ridge = (height_above >= need) & (height_above > 2.0 * np.abs(side_a - side_b))
+    # sharper than the optics: the pixels 1 px across, outside the component, stand at most
+    # HIT_TRACK_MAX_SHOULDER of its height above the sides (a blurred cloud band more)
+    shoulder_sum = np.zeros(n_labels)
+    shoulder_count = np.zeros(n_labels)
+    for sign in (1, -1):
+        dy1 = sign * np.rint(np.sin(across)).astype(np.int64)[lab]
+        dx1 = sign * np.rint(np.cos(across)).astype(np.int64)[lab]
+        y1s, x1 = ys_sep + dy1, np.clip(xs + dx1, 0, samples - 1)
+        y1s = np.clip(y1s, 0, labels.shape[0] - 1)
+        outside = labels[y1s, x1] != lab
+        outside &= (y1s % (rows + 1) != rows) & (xs + dx1 >= 0) & (xs + dx1 < samples)
+        y1 = y1s - y1s // (rows + 1)
+        shoulder_sum += np.bincount(lab, np.where(outside, stack[y1, x1], 0).astype(np.float64), n_labels)
+        shoulder_count += np.bincount(lab, outside.astype(np.float64), n_labels)
+    shoulder = shoulder_sum / np.maximum(shoulder_count, 1.0) - (side_a + side_b) / 2.0
+    ridge &= (shoulder_count == 0) | (shoulder <= HIT_TRACK_MAX_SHOULDER * height_above)
+    track = seeded & (minor_sd <= HIT_TRACK_MAX_SD_PX) & (major_sd >= HIT_TRACK_MIN_SD_PX) & sharp & ridge
+    keep = track[lab]
+    return ys[keep], xs[keep], int(track.sum())
 
 
 def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_excess: int = HIT_MIN_EXCESS,
@@ -624,9 +782,22 @@ def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_exce
         flat_index = (band * rows + ys % rows) * samples + xs
         repeats = np.bincount(flat_index, minlength=n_bands * rows * samples)
         hot = (repeats >= min_count).reshape(n_bands, rows, samples)
+    # the fixed pattern: hot pixels too faint for one frame, and their TDI streaks
+    fixed, fixed_thresholds = _fixed_pattern(excess.reshape(framelets.shape), sigma, cols)
+    hot |= fixed
+    # tracks: thin, long and sharp, of any length and angle (the compact test misses them)
+    n_tracks = 0
+    if points is not None:
+        low_thresholds = np.maximum(np.ceil(HIT_TRACK_LOW_FRACTION * thresholds), 1).astype(np.uint8)
+        ty, tx, n_tracks = _tracks(stack, excess, low_thresholds, ys, xs, rows, n_bands, cols, hot,
+                                   sharpness)
+        hits.reshape(-1, samples)[ty, tx] = True
     info = {"mad_raw": mad.tolist(), "threshold_raw": thresholds.astype(int).tolist(), "k_sigma": k_sigma,
             "min_excess_raw": min_excess, "max_pixels_5x5": max_pixels, "sharpness": sharpness,
-            "hot_min_frames": min_count, "candidates": n_candidates}
+            "hot_min_frames": min_count, "candidates": n_candidates, "tracks": n_tracks,
+            "track_low_fraction": HIT_TRACK_LOW_FRACTION, "track_max_sd_px": HIT_TRACK_MAX_SD_PX,
+            "track_min_sd_px": HIT_TRACK_MIN_SD_PX, "fixed_pattern_threshold_raw": fixed_thresholds,
+            "fixed_pattern_px": int(fixed.sum())}
     return hits, hot, info
 
 
