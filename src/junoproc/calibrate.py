@@ -648,22 +648,26 @@ def _tracks(stack: np.ndarray, excess: np.ndarray, low_thresholds: np.ndarray, h
     low = np.zeros((n_framelets, rows + 1, samples), np.uint8)  # a blank row between framelets
     low4 = low.reshape(-1, n_bands, rows + 1, samples)
     for b in range(n_bands):
-        sample = per_band[:, b, ::4, cols].reshape(-1, cols.stop - cols.start)
+        sample = per_band[:, b, ::8, cols].reshape(-1, cols.stop - cols.start)
         column = np.partition(sample, sample.shape[0] // 2, axis=0)[sample.shape[0] // 2]
         level = np.minimum(column.astype(np.int64) + int(low_thresholds[b]), 255).astype(np.uint8)
         low4[:, b, :rows, cols] = (per_band[:, b, :, cols] >= level) & ~skip[b, :, cols]
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(low.reshape(-1, samples), connectivity=8)
+    low2d = low.reshape(-1, samples)
+    n_labels, labels = cv2.connectedComponents(low2d, connectivity=8)  # no stats: 6x faster
     empty = np.zeros(0, np.int64)
     if n_labels <= 1 or high_ys.size == 0:
         return empty, empty, 0
     seeded = np.zeros(n_labels, bool)
     seeded[labels[high_ys + high_ys // rows, high_xs]] = True
     seeded[0] = False
-    seeded &= stats[:, cv2.CC_STAT_AREA] > 2
+    points = cv2.findNonZero(low2d).reshape(-1, 2)
+    xs, ys_sep = points[:, 0].astype(np.int64), points[:, 1].astype(np.int64)
+    lab = labels[ys_sep, xs]
+    seeded &= np.bincount(lab, minlength=n_labels) > 2
     if not seeded.any():
         return empty, empty, 0
-    ys_sep, xs = np.nonzero(seeded[labels])
-    lab = labels[ys_sep, xs]
+    mine = seeded[lab]
+    xs, ys_sep, lab = xs[mine], ys_sep[mine], lab[mine]
     ys = ys_sep - ys_sep // (rows + 1)  # back to stack rows
     # second moments of each component's pixels: thin across, long along its main axis
     safe = np.maximum(np.bincount(lab, minlength=n_labels), 1).astype(np.float64)
@@ -773,7 +777,7 @@ def detect_hits(framelets: np.ndarray, *, k_sigma: float = HIT_K_SIGMA, min_exce
         compact = _neighbour_sum(candidate, ys, xs, rows, 2, include_centre=True) <= max_pixels
         # sharp: the non-candidate 3x3 neighbours hold little of the excess
         calm = cv2.subtract(excess, candidate * np.uint8(255))
-        around = _neighbour_sum(calm, ys, xs, rows, 1, include_centre=False)
+        around = _neighbour_sum(calm, ys, xs, rows, 1, include_centre=False).astype(np.float64)
         sharp = around <= sharpness * excess[ys, xs].astype(np.float64)
         keep = compact & sharp
         hits.reshape(-1, samples)[ys[keep], xs[keep]] = True
