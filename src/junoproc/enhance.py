@@ -371,14 +371,18 @@ def _fit_colour_zone(
     if np.count_nonzero(ref_sel) < min_samples:
         return ones, info
     ref = np.median(x[ref_sel] / total[ref_sel, None], axis=0)
+    # samples sorted by bin once: each bin is a slice (medians do not depend on order)
     idx = np.digitize(m0, _COLOUR_EDGES) - 1
+    order = np.argsort(idx, kind="stable")
+    idx, x_b, total_b = idx[order], x[order], total[order]
+    starts = np.searchsorted(idx, np.arange(len(_COLOUR_EDGES)))
     centres, logs = [], []
     for b in range(len(_COLOUR_EDGES) - 1):
-        sel = idx == b
-        if np.count_nonzero(sel) < min_samples or np.median(total[sel]) < floor:
+        xb, tb = x_b[starts[b] : starts[b + 1]], total_b[starts[b] : starts[b + 1]]
+        if tb.size < min_samples or np.median(tb) < floor:
             continue
-        sel &= total > 0
-        chroma = np.median(x[sel] / total[sel, None], axis=0)
+        pos = tb > 0
+        chroma = np.median(xb[pos] / tb[pos, None], axis=0)
         if np.all(chroma > 0):
             centres.append(0.5 * (_COLOUR_EDGES[b] + _COLOUR_EDGES[b + 1]))
             logs.append(np.log(ref / chroma))
@@ -419,13 +423,14 @@ def terminator_colour_gain(
         raise EnhanceError("a terminator colour table with latitude zones needs lat_deg")
     pos = (np.asarray(lat_deg, np.float64) + 90.0) / _COLOUR_ZONE_DEG - 0.5  # zone index
     pos = np.clip(np.nan_to_num(pos, nan=0.0), 0, tables.shape[0] - 1)
-    i0 = np.minimum(pos.astype(np.int64), tables.shape[0] - 2)
-    frac = (pos - i0).astype(_F32)
     out = np.zeros((*inc.shape, tables.shape[1]), _F32)
-    for z in range(tables.shape[0]):
-        for sel, w in ((i0 == z, 1 - frac), (i0 + 1 == z, frac)):
-            if np.any(sel):
-                out[sel] += _colour_lookup(inc[sel], tables[z]) * w[sel][:, None]
+    # linear between zone centres: zone z weighs max(0, 1 - |pos - z|); each zone's
+    # lookup runs on the whole array (one cv2.remap for an image) where it weighs > 0
+    lo, hi = float(pos.min(initial=0.0)), float(pos.max(initial=0.0))
+    for z in range(max(0, math.floor(lo)), min(tables.shape[0] - 1, math.ceil(hi)) + 1):
+        w = (_F32(1) - np.abs(pos - z)).astype(_F32)
+        np.maximum(w, _F32(0), out=w)
+        out += _colour_lookup(inc, tables[z]) * w[..., None]
     return out
 
 
