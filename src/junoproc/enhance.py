@@ -1314,7 +1314,7 @@ def _fit_strip(rgb: np.ndarray, knee: float) -> None:
         e = cv2.exp(cv2.multiply(d, -1.0 / span))
         cv2.addWeighted(e, -span, target, 1.0, span, dst=target)  # + span (1 - e)
     factor = cv2.divide(target, v2)  # shoulder(v) / v; 0 where v == 0
-    np.multiply(rgb, factor[:, :, None], out=rgb)
+    cv2.multiply(rgb, cv2.merge([factor, factor, factor]), dst=rgb)  # numpy broadcasting: 2.5x slower
 
 
 def _convert(src: np.ndarray, factor: float, depth: int) -> np.ndarray:
@@ -2560,12 +2560,13 @@ def enhance(
                 f = cv2.divide(levels[0], y)  # black / Y (NaN where unseen)
                 np.subtract(_F32(1), f, out=f)
                 np.maximum(f, _F32(0), out=f)  # NaN -> 0 as well
-                np.multiply(xs, f[:, :, None], out=xs)
+                cv2.multiply(xs, cv2.merge([f] * nb), dst=xs)  # same products as numpy broadcasting, faster
             if gain3 is not None:
-                np.multiply(xs, gain3[r0:r1], out=xs)
+                g = gain3[r0:r1]
+                cv2.multiply(xs, g if g.shape[2] == nb else cv2.merge([g[:, :, 0]] * nb), dst=xs)
             cg = prep.colour_gain(slice(r0, r1))
             if cg is not None:
-                np.multiply(xs, cg, out=xs)
+                cv2.multiply(xs, cg, dst=xs)
             # NaN -> 0 (invalid pixels; partly valid ones keep their finite bands and are
             # masked at the end), +-inf -> [0, 1e6]
             cv2.patchNaNs(xs, 0)
@@ -2683,6 +2684,8 @@ def enhance(
             dark_sat = params.lift.dark_saturation if dark is not None else 1.0
             rgb16 = np.empty((h, w, 3), np.uint16)
             rows = max(1, min(h, (1 << 20) // max(w, 1)))
+            zeros16 = np.zeros((rows, w, 3), np.uint16)
+            valid8 = valid.view(np.uint8)
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
                 xs = x[r0:r1]
@@ -2714,9 +2717,9 @@ def enhance(
                 _fit_strip(xs, params.highlight.knee)
                 if sat is not None:
                     _saturated_to_top(xs, sat[r0:r1])
-                if n_valid < h * w:
-                    np.multiply(xs, valid[r0:r1, :, None], out=xs)
                 cv2.multiply(xs, (65535.0,) * 4, dst=rgb16[r0:r1], dtype=cv2.CV_16U)  # type: ignore[call-overload]
+                if n_valid < h * w:  # 0 where invalid (a masked copy: 15x faster than x * valid)
+                    cv2.copyTo(zeros16[: r1 - r0], cv2.compare(valid8[r0:r1], 0, cv2.CMP_EQ), rgb16[r0:r1])
         rgb = x
     else:
         with timer("gamma"):
