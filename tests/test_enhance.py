@@ -866,6 +866,47 @@ def test_fit_terminator_colour_recovers_the_drift() -> None:
             assert abs(np.median(share[sel]) - 0.2) < 0.003, (zone, lo, np.median(share[sel]))
     with pytest.raises(EnhanceError, match="lat_deg"):
         terminator_colour_gain(inc, tables)
+    # images: one remap in a (latitude, cos i) table agrees with the per-sample lookups
+    # linear in latitude between zone centres, at any latitude (not only 10 and 70 deg)
+    lat_any = rng.uniform(-90, 90, 40_000)
+    img_lat = lat_any.reshape(200, 200)
+    g_img = terminator_colour_gain(img, tables, img_lat).reshape(-1, 3)
+    g_pts = terminator_colour_gain(inc[:40_000], tables, lat_any)
+    np.testing.assert_allclose(g_img[1:], g_pts[1:], rtol=1e-4)
+    assert np.all(g_img[0] == 1.0)
+    pos = np.clip((lat_any + 90) / 20 - 0.5, 0, 8)
+    z0 = np.minimum(pos.astype(int), 7)
+    w1 = pos - z0
+    for k in range(1, 200):  # by hand: (1 - w) * zone z0 + w * zone z0 + 1 (single-zone tables)
+        g0, g1 = (terminator_colour_gain(inc[k : k + 1], tables[z : z + 1])[0] for z in (z0[k], z0[k] + 1))
+        np.testing.assert_allclose(g_img[k], (1 - w1[k]) * g0 + w1[k] * g1, rtol=1e-4)
+
+
+def test_colour_gain_windows_match_full_size_resize() -> None:
+    """The terminator colour gains stay on their coarse grid; every window read from it
+    (strips, strided samples) equals the same window of one full-size bilinear resize."""
+    import cv2
+
+    from junoproc.enhance import _Prepared
+
+    rng = np.random.default_rng(3)
+    for (h, w), (hl, wl) in (((400, 400), (100, 100)), ((149, 147), (74, 73)), ((37, 53), (37, 53))):
+        low = cv2.GaussianBlur(rng.random((hl, wl, 3), dtype=np.float32), (0, 0), 2) + 0.5
+        full = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
+        prep = _Prepared(None, {}, [], low, (h, w))
+        pick = rng.random((len(range(h)[5::8]), len(range(w)[3::8]))) < 0.5
+        for rows, cols in (
+            (slice(0, h), slice(None)),
+            (slice(h // 3, h // 2), slice(None)),
+            (slice(5, h, 8), slice(3, None, 8)),
+        ):
+            g = prep.colour_gain(rows, cols)
+            assert g is not None and g.shape == full[rows, cols].shape
+            np.testing.assert_allclose(g, full[rows, cols], rtol=1e-5)
+        picked = prep.colour_gain(slice(5, h, 8), slice(3, None, 8), pick)
+        assert picked is not None
+        np.testing.assert_allclose(picked, full[5::8, 3::8][pick], rtol=1e-5)
+    assert _Prepared(None, {}, [], None, (4, 4)).colour_gain(slice(0, 4)) is None
 
 
 def test_enhanced_terminator_keeps_its_colour() -> None:

@@ -423,6 +423,23 @@ def terminator_colour_gain(
         raise EnhanceError("a terminator colour table with latitude zones needs lat_deg")
     pos = (np.asarray(lat_deg, np.float64) + 90.0) / _COLOUR_ZONE_DEG - 0.5  # zone index
     pos = np.clip(np.nan_to_num(pos, nan=0.0), 0, tables.shape[0] - 1)
+    nz, nb = tables.shape[:2]
+    if inc.ndim == 2 and max(inc.shape) < 32767 and nb <= 4:
+        # images: ONE bilinear lookup (cv2.remap) in a (latitude, cos i) table with
+        # _ZONE_ROWS rows per zone, linear in latitude between the zone centres
+        t = np.linspace(0.0, 1.0, _ZONE_ROWS + 1, dtype=_F32)[:-1, None, None]
+        rows = (tables[:-1, None] * (1 - t) + tables[1:, None] * t).reshape(-1, nb, _GAIN_TABLE_MU0)
+        lut = np.concatenate([rows, tables[-1:]]).transpose(0, 2, 1)  # (rows, mu0, band)
+        lut = np.ascontiguousarray(np.pad(lut, ((0, 1), (0, 1), (0, 0)), mode="edge"), _F32)
+        map_x = _cos_deg(np.ascontiguousarray(inc))
+        map_x += _F32(1)
+        map_x *= _F32((_GAIN_TABLE_MU0 - 1) / 2)
+        cv2.patchNaNs(map_x, -10.0)  # outside the table: the border value, 1
+        map_y = (pos * _ZONE_ROWS).astype(_F32)
+        out = cv2.remap(
+            lut, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(1.0,) * 4
+        )
+        return out.reshape(*inc.shape, nb)
     out = np.zeros((*inc.shape, tables.shape[1]), _F32)
     # linear between zone centres: zone z weighs max(0, 1 - |pos - z|); each zone's
     # lookup runs on the whole array (one cv2.remap for an image) where it weighs > 0
@@ -432,6 +449,11 @@ def terminator_colour_gain(
         np.maximum(w, _F32(0), out=w)
         out += _colour_lookup(inc, tables[z]) * w[..., None]
     return out
+
+
+#: Rows per latitude zone of the 2-D terminator colour table (remap quantises positions
+#: to 1/32 of a row, so latitude weights are exact to 1/(32 * _ZONE_ROWS) of a zone).
+_ZONE_ROWS = 32
 
 
 def _colour_lookup(inc: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -1437,15 +1459,36 @@ class _Prepared:
     gain: np.ndarray | None  # (H, W) or (H, W, C) per display channel; None = no gain
     stats: dict[str, Any]
     notes: list[str]
-    colour: np.ndarray | None = None  # (H, W, C) terminator colour gains; None = none
+    #: terminator colour gains ``(h, w, C)`` on a grid spanning the image (bilinear, as
+    #: cv2.resize to ``shape``; the full size itself when small); None = none
+    colour: np.ndarray | None = None
+    shape: tuple[int, int] = (0, 0)  # (H, W) of the image
 
     def colour_gain(
         self, rows: slice, cols: slice = slice(None), pick: np.ndarray | None = None
     ) -> np.ndarray | None:
-        """Terminator colour gains ``(h, w, C)`` of a window (``(N, C)`` with ``pick``)."""
+        """Terminator colour gains ``(h, w, C)`` of a window (``(N, C)`` with ``pick``),
+        interpolated from the coarse grid for that window only (no full-size array)."""
         if self.colour is None:
             return None
-        window = self.colour[rows, cols]
+        low = self.colour
+        h, w = self.shape
+        r, c = range(h)[rows], range(w)[cols]
+        if low.shape[:2] == (h, w) or not (r and c) or max(h, w) >= 32767 or r.step < 0 or c.step < 0:
+            if low.shape[:2] != (h, w):  # once: the full-size array
+                low = self.colour = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+            window = low[rows, cols]
+        else:  # cv2.resize's mapping, src = (dst + 0.5) * scale - 0.5, of this window
+            sy, sx = low.shape[0] / h, low.shape[1] / w
+            m = np.array(
+                [
+                    [c.step * sx, 0.0, (c.start + 0.5) * sx - 0.5],
+                    [0.0, r.step * sy, (r.start + 0.5) * sy - 0.5],
+                ]
+            )
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            window = cv2.warpAffine(low, m, (len(c), len(r)), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            window = window.reshape(len(r), len(c), -1)
         return window if pick is None else window[pick]
 
 
@@ -1679,14 +1722,15 @@ def _prepare(
                 if cinfo["bins"]
                 else None
             )
-    return _Prepared(gain, stats, notes, colour)
+    return _Prepared(gain, stats, notes, colour, (h, w))
 
 
 def _colour_map(incidence_deg: np.ndarray, lat_deg: np.ndarray | None, table: np.ndarray) -> np.ndarray:
-    """Terminator colour gains ``(H, W, C)`` of every pixel. The gains are smooth functions
-    of cos(incidence) and latitude, so above 1024 px they are evaluated on a grid of 1/f the
-    size (pixels without incidence take their neighbours' gains) and brought to full size
-    bilinearly: several times cheaper than a per-pixel lookup."""
+    """Terminator colour gains ``(h, w, C)`` on a grid spanning the image. The gains are
+    smooth functions of cos(incidence) and latitude, so above 1024 px they are evaluated on
+    a grid of 1/f the size (pixels without incidence take their neighbours' gains), to be
+    brought to full size bilinearly window by window (:meth:`_Prepared.colour_gain`):
+    several times cheaper than a per-pixel lookup."""
     h, w = incidence_deg.shape
     f = max(1, math.ceil(max(h, w) / 1024))
     if f == 1:
@@ -1700,7 +1744,7 @@ def _colour_map(incidence_deg: np.ndarray, lat_deg: np.ndarray | None, table: np
         blur_m = cv2.GaussianBlur(m, (0, 0), 2.0)
         filled = cv2.GaussianBlur(low * m[..., None], (0, 0), 2.0) / np.maximum(blur_m, _F32(1e-6))[..., None]
         low = np.where(seen[..., None] | (blur_m[..., None] < 1e-3), low, filled).astype(_F32)
-    return cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    return low
 
 
 #: Incidence beyond which a pixel is night side (Jupiter's haze scatters light a few
