@@ -642,10 +642,17 @@ def test_joint_solve_from_limbs_gates_and_records(data_dir, real_kernels, tmp_pa
     raws = [calibrate(_raw(data_dir, k)) for k in ("44C00029", "44C00032", "44M00040")]
     obs = [pickle.loads(pickle.dumps(pointing.detect_limbs(r))) for r in raws]
     assert obs[2].meta.product_id.endswith("44M00040_V01")
-    # alone, its limb leaves the axis free (limb-only 1-sigma 25 deg): flagged, resting on the prior
-    alone = pointing.solve_from_limbs([obs[2]], band_alignment=False)[0]
-    assert alone.quality == "prior-dependent roll" and alone.axis["prior_dependent_roll"]
-    assert alone.parameter_sigma["spin_axis_limb_only_deg"] > 5.0
+    # alone, its limb leaves the axis free (limb-only 1-sigma ~25 deg): never a confident answer.
+    # Which of the two honest outcomes it gets depends on a few limb points (refused as ambiguous
+    # with the plateau-level detector and again with the sky-only METHANE dark; flagged
+    # "prior-dependent roll" in between), so the test takes either
+    try:
+        alone = pointing.solve_from_limbs([obs[2]], band_alignment=False)[0]
+    except PointingQualityError as err:
+        assert "ambiguous" in str(err) and "solve_pointing_joint" in str(err), err
+    else:
+        assert alone.quality == "prior-dependent roll" and alone.axis["prior_dependent_roll"]
+        assert alone.parameter_sigma["spin_axis_limb_only_deg"] > 5.0
     sols = pointing.solve_from_limbs(obs, band_alignment=False)
     assert all(s.joint["products"] == [o.product_id for o in obs] for s in sols)
     assert sols[2].quality == "good" and sols[2].parameter_sigma["spin_axis_limb_only_deg"] < 0.2

@@ -29,8 +29,10 @@ and refuses to run twice (``steps`` records what was applied).
    fitted to the others, ``profile`` being the column profile of the public PJ28 darks
    (kmgill). Cross-validated on the real images (estimate on even frames, test on odd
    ones) this removes 57-86 % of the column pattern of the sky, where the PJ28 profile
-   alone removes 0-2 %. Without enough sky (a planet filling the frame) the step
-   subtracts nothing and says so in the provenance.
+   alone removes 0-2 %. METHANE sky pixels must also have a dim 15x15 local mean (its
+   dark planet is under the 12-DN threshold: 44M00040's dark came out 3.34 DN, sky ~1 DN,
+   sky frames at -2.3 DN, which the flat turned into framelet rectangles). Without enough
+   sky (a planet filling the frame) the step subtracts nothing and says so in the provenance.
 5. ``divide_flat``: per-band flat normalised to mean 1 over the photoactive area (band
    response is *not* in the flat; it is the explicit responsivity of step 7). BLUE, GREEN,
    RED: kmgill's v3 flats; METHANE: a radial vignetting model fitted to those (no public
@@ -418,23 +420,45 @@ def _files(cs: CalibrationSet) -> dict[str, str]:
 
 #: Sky pixels for the dark fit: DN at or below this (companding is identity below 23 DN).
 SKY_MAX_DN = 12.0
+#: Bands whose planet signal reaches SKY_MAX_DN (METHANE, 889 nm, at TDI 32: dark methane
+#: regions of 44M00040 are 3-6 DN): there a sky pixel must also have a local mean
+#: (SKY_LOCAL_BOX_PX square) within SKY_LOCAL_MARGIN_DN of the band's darkest local means
+#: (their SKY_LOCAL_BASE_PERCENTILE). On 44M00040 the plain threshold took dark planet for
+#: sky: dark 3.58 DN where the sky is 1.0 DN, a 2.5 DN over-subtraction that the flat then
+#: turned into framelet rectangles in the dark regions.
+SKY_LOCAL_BANDS = frozenset({"METHANE"})
+SKY_LOCAL_BOX_PX = 15
+SKY_LOCAL_MARGIN_DN = 1.5
+SKY_LOCAL_BASE_PERCENTILE = 2.0
 #: A column takes part in the dark fit with at least this many sky pixels.
 _MIN_SKY_PER_COLUMN = 32
 #: ... and the fit needs at least this fraction of the photoactive columns.
 _MIN_SKY_COLUMN_FRACTION = 0.25
 
 
-def _sky_column_sums(framelets: np.ndarray, flags: np.ndarray,
-                     sky_max_dn: float) -> tuple[np.ndarray, np.ndarray]:
+def _local_sky_limit(framelets: np.ndarray, flags: np.ndarray, cols: slice) -> tuple[list[np.ndarray], float]:
+    """Local means (SKY_LOCAL_BOX_PX box, per framelet) and the largest local mean that is sky."""
+    box = (SKY_LOCAL_BOX_PX, SKY_LOCAL_BOX_PX)
+    means = [cv2.blur(framelet, box, borderType=cv2.BORDER_REFLECT) for framelet in framelets]
+    sample = np.concatenate([m[::4, cols][f[::4, cols] == 0] for m, f in zip(means, flags, strict=True)])
+    base = float(np.percentile(sample, SKY_LOCAL_BASE_PERCENTILE)) if sample.size else 0.0
+    return means, base + SKY_LOCAL_MARGIN_DN
+
+
+def _sky_column_sums(framelets: np.ndarray, flags: np.ndarray, sky_max_dn: float,
+                     local: tuple[list[np.ndarray], float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per column: how many valid pixels are <= sky_max_dn, and their sum.
 
-    ``framelets`` float32 and ``flags`` uint8, both (n, rows, samples).
+    ``framelets`` float32 and ``flags`` uint8, both (n, rows, samples). With ``local``
+    (local means per framelet, limit) a pixel also needs its local mean <= limit.
     """
     count = np.zeros(framelets.shape[-1], np.float64)
     total = np.zeros(framelets.shape[-1], np.float64)
-    for framelet, flag in zip(framelets, flags, strict=True):
+    for i, (framelet, flag) in enumerate(zip(framelets, flags, strict=True)):
         _, below = cv2.threshold(framelet, sky_max_dn, 1.0, cv2.THRESH_BINARY_INV)
         below[flag != 0] = 0.0
+        if local is not None:
+            below[local[0][i] > local[1]] = 0.0
         values = cv2.multiply(framelet, below)
         count += cv2.reduce(below, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
         total += cv2.reduce(values, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
@@ -450,12 +474,15 @@ def _dark_inplace(cal: CalibratedImage, cs: CalibrationSet, sky_max_dn: float) -
     }
     flags = _flags(cal)
     for b, band in enumerate(cal.meta.filters):
-        count_all, total_all = _sky_column_sums(cal.data[:, b], flags[:, b], sky_max_dn)
+        local = _local_sky_limit(cal.data[:, b], flags[:, b], cols) if band in SKY_LOCAL_BANDS else None
+        count_all, total_all = _sky_column_sums(cal.data[:, b], flags[:, b], sky_max_dn, local)
         count, total = count_all[cols], total_all[cols]
         use = count >= _MIN_SKY_PER_COLUMN
         n_cols = int(use.sum())
         band_info: dict[str, Any] = {"sky_columns": n_cols, "columns": int(count.size),
                                      "sky_pixels": int(count.sum())}
+        if local is not None:
+            band_info["sky_local_mean_max_dn"] = round(local[1], 4)
         if n_cols < _MIN_SKY_COLUMN_FRACTION * count.size:
             band_info.update(applied=False, reason="too few sky pixels to estimate the dark")
             out["bands"][band] = band_info
