@@ -25,6 +25,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import junoproc  # noqa: F401  (before cv2: it sets OpenCV's thread pool, see junoproc.runtime)
+
+# isort: split
 import cv2
 
 from junoproc.calibrate import calibrate, load_calibration

@@ -23,6 +23,9 @@ import sys
 import time
 import tracemalloc
 
+import junoproc  # noqa: F401  (before cv2: it sets OpenCV's thread pool, see junoproc.runtime)
+
+# isort: split
 import cv2
 import numpy as np
 

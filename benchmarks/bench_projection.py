@@ -15,6 +15,9 @@ import resource
 import sys
 import time
 
+import junoproc  # noqa: F401  (before cv2: it sets OpenCV's thread pool, see junoproc.runtime)
+
+# isort: split
 import cv2
 import numpy as np
 import spiceypy

@@ -39,6 +39,11 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# Speed settings that must precede OpenCV's loading (see runtime).
+from . import runtime as _runtime  # noqa: E402
+
+_runtime.configure()
+
 # Functions named like their module: bind them now, because importing the submodule
 # (``from junoproc.calibrate import ...``) would otherwise leave the package attribute
 # pointing at the module. These modules import numpy/OpenCV/spiceypy only: no kernels.
