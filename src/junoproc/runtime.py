@@ -33,11 +33,13 @@ def configure() -> None:
             os.environ.setdefault(name, value)
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy < 2
+    import importlib
+
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2, numpy 1
         try:
-            from numpy.core.multiarray import _set_madvise_hugepage
+            setter = getattr(importlib.import_module(module), "_set_madvise_hugepage", None)
         except ImportError:
+            continue
+        if setter is not None:
+            setter(False)
             return
-    _set_madvise_hugepage(False)
