@@ -642,3 +642,46 @@ def test_cv2_serial_nests_and_restores_opencv_threads():
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+def _same_map(a: LinearMap, b: LinearMap) -> bool:
+    return np.array_equal(a.data, b.data, equal_nan=True) and all(
+        np.array_equal(np.asarray(a.backplanes[k]), np.asarray(b.backplanes[k]), equal_nan=True)
+        for k in a.backplanes)
+
+
+def test_strips_in_forked_copies_match_threads_and_one_thread(synthetic, monkeypatch):
+    """On Linux a projection runs its strips in forked copies of the process, writing into
+    shared output arrays: the map is the same bit for bit as on threads or on one thread,
+    and a copy that fails leaves its strips to the parent (nothing lost, nothing hangs)."""
+    import os
+
+    from junoproc import projection
+
+    if not projection._forking():
+        pytest.skip("strips are forked on Linux only")
+    geometry, image = synthetic
+    valid = image.valid & (np.random.default_rng(3).random(image.valid.shape) > 0.002)
+    img = _Image(image.data, valid)  # invalid pixels: the fills are made in the copies too
+    grid = projection.make_grid(geometry, "equirectangular", bounds=_disk_box(geometry, 8.0), lon="east",
+                                resolution_px_per_deg=40.0)
+    assert grid.shape[0] > 3 * projection.STRIP_ROWS  # several strips to share out
+    one = projection.project(img, geometry, grid=grid, workers=1)
+    assert np.isfinite(one.data).mean() > 0.5
+    projection._HELPER_PEAK_MB[0] = 0.0
+    forked = projection.project(img, geometry, grid=grid, workers=2)
+    assert projection.helper_peak_mb() > 0  # a copy did run, and reported its own memory
+    assert _same_map(forked, one)
+    monkeypatch.setenv(projection.FORK_ENV, "0")
+    assert _same_map(projection.project(img, geometry, grid=grid, workers=2), one)  # threads
+    monkeypatch.delenv(projection.FORK_ENV)
+
+    parent, real = os.getpid(), projection._Projector.strip
+
+    def fails_in_copies(self, k0, k1, out):
+        if os.getpid() != parent:
+            raise RuntimeError("a copy fails")
+        return real(self, k0, k1, out)
+
+    monkeypatch.setattr(projection._Projector, "strip", fails_in_copies)
+    assert _same_map(projection.project(img, geometry, grid=grid, workers=2), one)

@@ -714,7 +714,10 @@ def _peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # pragma: no cover - not Unix
         return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from .projection import helper_peak_mb
+
+    # a projection's forked copies add their own buffers (the maps themselves are shared)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 + helper_peak_mb()
 
 
 # ---------------------------------------------------------------------------------------
