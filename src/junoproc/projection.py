@@ -1287,7 +1287,8 @@ class _Projector:
                     pass
             os.close(queue_r)
         for i in np.flatnonzero(done == 0):  # a copy failed: its strips, here
-            peaks.append(self.strip(*strips[i], out))
+            k0, k1 = strips[i]
+            peaks.append(self.strip(k0, k1, out))
         return peaks
 
     def _erode(self, mask: np.ndarray) -> np.ndarray:
