@@ -341,9 +341,9 @@ def detect_limb(
     margin = profile_half_px + 1.5
     for b in range(n_filters):
         band_data = data[:, b, :, col_lo:col_hi]
-        sky = float(np.percentile(band_data, 2))
-        bright = float(np.percentile(band_data, 99.5))
-        dark = band_data[band_data <= np.percentile(band_data, 30)]
+        # one partition of the band for the three levels (each alone took ~30 ms)
+        sky, dark_level, bright = (float(v) for v in np.percentile(band_data, [2, 30, 99.5]))
+        dark = band_data[band_data <= dark_level]
         # floor relative to the image's own contrast (0.5 on 8-bit raw), so the detector
         # behaves the same on raw values, DN, DN/ms or I/F
         noise = max(float(np.std(dark)), 0.0025 * (bright - sky))
@@ -1050,7 +1050,7 @@ def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windo
     geo = replace(image_geometry(meta, attitude, timing=timing, target=target), cameras=cams)
     cols = cams[filters[0]].photoactive_columns()
     lit = data[:, :, :, cols]
-    sky, bright = float(np.percentile(lit, 2)), float(np.percentile(lit, 99.5))
+    sky, bright = (float(v) for v in np.percentile(lit, [2, 99.5]))
     lit_level = sky + 0.15 * (bright - sky)
     # both ways round: windows of A against B, and of B against A (one may be saturated
     # where the other has its texture)
