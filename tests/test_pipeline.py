@@ -291,43 +291,6 @@ def test_interrupted_product_is_redone(batch):
     shutil.rmtree(partial)
 
 
-def test_linear_maps_written_in_background_report_their_failure(batch, tmp_path, monkeypatch):
-    """Alone, a product's linear maps are written by a forked copy while the composites
-    are made; when that write fails the product fails with its one-line reason, no half
-    folder is left and the writer is reaped (no zombie)."""
-    from junoproc import io
-    from junoproc.errors import OutputError
-    from junoproc.projection import _forking
-
-    if not _forking():
-        pytest.skip("the background write forks: Linux only")
-    folder, _, options, _ = batch
-
-    def disk_full(path, *args, **kwargs):
-        raise OutputError("No space left on device", path=Path(path))
-
-    monkeypatch.setattr(io, "write_linear_map", disk_full)
-    writers = []
-    start = pipeline._write_in_background
-
-    def recorded(write):
-        writer = start(write)
-        writers.append(writer.pid)
-        return writer
-
-    monkeypatch.setattr(pipeline, "_write_in_background", recorded)
-    options = replace(options, out_dir=str(tmp_path / "out"), projections=("perspective",), force=True)
-    result = pipeline.process_product(next(e for e in find_products(folder) if e.product_id == PRODUCT),
-                                      options)
-    assert result.status == "failed"
-    assert "linear maps not written" in result.message and "No space left" in result.message
-    assert "\n" not in result.message and "Traceback" not in result.message
-    assert not [p.name for p in (tmp_path / "out").iterdir()]
-    assert len(writers) == 1
-    with pytest.raises(ChildProcessError):
-        os.waitpid(writers[0], os.WNOHANG)  # the writer was reaped
-
-
 def test_cli_build_exit_code_and_table(batch):
     folder, out, _, _ = batch
     runner = CliRunner()

@@ -259,13 +259,9 @@ class _Stages:
         self.wall: dict[str, float] = dict(wall or {})
         self.cpu: dict[str, float] = dict(cpu or {})
 
-    def started(self, name: str) -> None:
-        """The progress event of stage ``name`` (timed elsewhere: a background write)."""
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
         if self.on_stage is not None:
             self.on_stage(self.product_id, name, self.names.index(name), len(self.names))
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        self.started(name)
         t0, c0 = time.perf_counter(), _cpu_seconds()
         value = fn()
         self.wall[name] = round(time.perf_counter() - t0, 3)
@@ -383,55 +379,6 @@ def map_grid(geometry: Any, projection_name: str, options: BuildOptions) -> Any:
                                 resolution_px_per_deg=ppd)
 
 
-class _BackgroundWrite:
-    """The linear maps of a product being written by a forked copy of this process while
-    this one makes the composites (on 2 cores the two overlap); :meth:`wait` reaps it."""
-
-    def __init__(self, pid: int, report_fd: int) -> None:
-        self.pid, self.report_fd = pid, report_fd
-
-    def wait(self) -> tuple[float, float]:
-        """(wall s, CPU s) of the write; raises :class:`OutputError` when it failed."""
-        from .errors import OutputError
-
-        with os.fdopen(self.report_fd, "rb") as f:
-            text = f.read()
-        _, status, usage = os.wait4(self.pid, 0)
-        report = json.loads(text) if text else {"error": f"the writer process ended with status {status}"}
-        if "error" in report:
-            raise OutputError(f"linear maps not written: {report['error']}",
-                              hint="check the output folder's free space and permissions")
-        return float(report["wall_s"]), usage.ru_utime + usage.ru_stime
-
-
-def _write_in_background(write: Callable[[], None]) -> _BackgroundWrite | None:
-    """``write()`` in a forked copy of this process (the maps are shared with it, not
-    copied), or None where strips are not forked either (:func:`projection._forking`)."""
-    from .projection import _forking
-
-    if not _forking():
-        return None
-    report_r, report_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the copy: write, report, exit without any cleanup
-        code = 1
-        try:
-            os.close(report_r)
-            t0 = time.perf_counter()
-            try:
-                write()
-                report: dict[str, Any] = {"wall_s": time.perf_counter() - t0}
-            except Exception as err:  # noqa: BLE001 - reported to the parent, one line
-                report = {"error": err.one_line() if isinstance(err, JunoprocError)
-                          else f"{type(err).__name__}: {err}"}
-            os.write(report_w, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(report_w)
-    return _BackgroundWrite(pid, report_r)
-
-
 @dataclass(frozen=True)
 class Projected:
     """A product half built: its linear maps written into its hidden work folder, waiting
@@ -457,8 +404,6 @@ class Projected:
     #: projection -> band names of its map saved in ``work_dir/SCRATCH_DIR`` (see
     #: :func:`_save_for_enhancement`); empty: the linear TIFFs are read back
     scratch_bands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: the linear maps still being written (kept maps only: the same process finishes it)
-    pending_write: _BackgroundWrite | None = None
 
     def balance_linear_maps(self) -> list[Any]:
         from .io import LinearMap
@@ -467,7 +412,7 @@ class Projected:
 
     def to_finish(self) -> Projected:
         """What a worker needs to finish it (no maps: they are read back from the folder)."""
-        return replace(self, balance_maps=(), maps=None, pending_write=None)
+        return replace(self, balance_maps=(), maps=None)
 
 
 def _decimated(m: Any) -> tuple[Any, tuple[str, ...], dict[str, Any], dict[str, Any]]:
@@ -563,7 +508,6 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     kept = False
-    pending: _BackgroundWrite | None = None
     try:
         def decode() -> Any:
             return products.load_entry(entry) if isinstance(entry, products.ProductEntry) \
@@ -606,12 +550,7 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
                     if not keep_maps:  # another worker finishes it: see finish_product
                         _save_for_enhancement(work_dir, name, linear)
 
-        # kept maps: written by a forked copy while this process makes the composites
-        pending = _write_in_background(write_linear) if keep_maps else None
-        if pending is None:
-            stages.run("write_linear", write_linear)
-        else:
-            stages.started("write_linear")
+        stages.run("write_linear", write_linear)
         # the balance is measured on one projection per product: the equirectangular maps
         # sample the surface alike in every image (else the first projection made)
         measured = "equirectangular" if "equirectangular" in maps else next(iter(maps))
@@ -633,19 +572,13 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
             files, io.to_jsonable(sidecar), getattr(solution, "rms_px", None), stages.wall, stages.cpu,
             _peak_rss_mb(), balance_maps=(_decimated(maps[measured]),),
             maps=maps if keep_maps else None,
-            scratch_bands={} if keep_maps else {name: tuple(m.band_names) for name, m in maps.items()},
-            pending_write=pending)
+            scratch_bands={} if keep_maps else {name: tuple(m.band_names) for name, m in maps.items()})
         kept = True
         return result
     except Exception as err:
         return _failed(product_id, err, options, stages, time.perf_counter() - t_start)
     finally:
         if not kept:
-            if pending is not None:
-                try:
-                    pending.wait()
-                except JunoprocError:
-                    pass
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -721,11 +654,6 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
             return sorted(p.name for p in work_dir.iterdir())
 
         written = stages.run("write", write_all)
-        if projected.pending_write is not None:  # the linear maps, written meanwhile
-            pending, projected = projected.pending_write, replace(projected, pending_write=None)
-            wall, cpu = pending.wait()
-            stages.wall["write_linear"], stages.cpu["write_linear"] = round(wall, 3), round(cpu, 3)
-            written = sorted(p.name for p in work_dir.iterdir())
         sidecar = {
             **projected.sidecar,
             "colour_balance": {k: v for k, v in balance.items() if k not in ("seconds", "cpu_seconds")},
@@ -751,11 +679,6 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
         return _failed(product_id, err, options, stages,
                        sum(projected.stage_seconds.values()) + time.perf_counter() - t_start)
     finally:
-        if projected.pending_write is not None:  # failed before waiting: reap the writer
-            try:
-                projected.pending_write.wait()
-            except JunoprocError:
-                pass
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -769,7 +692,6 @@ def process_product(entry: Any, options: BuildOptions, *,
     if not options.force and _finished(final_dir, product_id):
         return ProductResult(product_id, "skipped", "already built (use --force to redo)",
                              outputs=tuple(sorted(p.name for p in final_dir.iterdir())))
-    t_start = time.perf_counter()
     projected = project_product(entry, options, on_stage=on_stage, keep_maps=True)
     if isinstance(projected, ProductResult):
         return projected
@@ -782,10 +704,7 @@ def process_product(entry: Any, options: BuildOptions, *,
     except BaseException:
         shutil.rmtree(projected.work_dir, ignore_errors=True)
         raise
-    result = finish_product(replace(projected, balance_maps=()), balance, options, on_stage=on_stage)
-    # the stages overlap (the linear maps are written while the composites are made): the
-    # product's time is the wall time from decode to its last file, not their sum
-    return replace(result, seconds=round(time.perf_counter() - t_start, 3))
+    return finish_product(replace(projected, balance_maps=()), balance, options, on_stage=on_stage)
 
 
 def _fsync_dir(folder: Path) -> None:
