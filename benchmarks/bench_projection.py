@@ -27,7 +27,8 @@ from junoproc.geometry import image_geometry
 from junoproc.paths import shared_data_dir
 from junoproc.pointing import solve_pointing, solve_pointing_joint
 from junoproc.products import load
-from junoproc.projection import helper_peak_mb, make_grid, project
+from junoproc.projection import make_grid, project
+from junoproc.runtime import helper_peak_mb
 
 
 def _rss_mb() -> float:

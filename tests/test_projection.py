@@ -623,27 +623,6 @@ def test_every_pixel_a_framelet_sees_is_projected(synthetic):
         assert not missed.any(), f"{band}: {missed.sum()} of {expected.sum()} seen pixels are NaN"
 
 
-def test_cv2_serial_nests_and_restores_opencv_threads():
-    """Strip threads run OpenCV on one thread (its pool nested in them oversubscribes the
-    cores); the setting before the outermost projection comes back, also after an error."""
-    from junoproc.projection import _cv2_serial
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(3)
-    try:
-        with _cv2_serial():
-            assert cv2.getNumThreads() == 1
-            with _cv2_serial():  # a second projection running at the same time
-                assert cv2.getNumThreads() == 1
-            assert cv2.getNumThreads() == 1  # the first one is still running
-        assert cv2.getNumThreads() == 3
-        with pytest.raises(RuntimeError), _cv2_serial():
-            raise RuntimeError("strip failed")
-        assert cv2.getNumThreads() == 3
-    finally:
-        cv2.setNumThreads(before)
-
-
 def _same_map(a: LinearMap, b: LinearMap) -> bool:
     return np.array_equal(a.data, b.data, equal_nan=True) and all(
         np.array_equal(np.asarray(a.backplanes[k]), np.asarray(b.backplanes[k]), equal_nan=True)
@@ -656,9 +635,9 @@ def test_strips_in_forked_copies_match_threads_and_one_thread(synthetic, monkeyp
     and a copy that fails leaves its strips to the parent (nothing lost, nothing hangs)."""
     import os
 
-    from junoproc import projection
+    from junoproc import projection, runtime
 
-    if not projection._forking():
+    if not runtime.forking():
         pytest.skip("strips are forked on Linux only")
     geometry, image = synthetic
     valid = image.valid & (np.random.default_rng(3).random(image.valid.shape) > 0.002)
@@ -668,13 +647,13 @@ def test_strips_in_forked_copies_match_threads_and_one_thread(synthetic, monkeyp
     assert grid.shape[0] > 3 * projection.STRIP_ROWS  # several strips to share out
     one = projection.project(img, geometry, grid=grid, workers=1)
     assert np.isfinite(one.data).mean() > 0.5
-    projection._HELPER_PEAK_MB[0] = 0.0
+    runtime._HELPER_PEAK_MB[0] = 0.0
     forked = projection.project(img, geometry, grid=grid, workers=2)
-    assert projection.helper_peak_mb() > 0  # a copy did run, and reported its own memory
+    assert runtime.helper_peak_mb() > 0  # a copy did run, and reported its own memory
     assert _same_map(forked, one)
-    monkeypatch.setenv(projection.FORK_ENV, "0")
+    monkeypatch.setenv(runtime.FORK_ENV, "0")
     assert _same_map(projection.project(img, geometry, grid=grid, workers=2), one)  # threads
-    monkeypatch.delenv(projection.FORK_ENV)
+    monkeypatch.delenv(runtime.FORK_ENV)
 
     parent, real = os.getpid(), projection._Projector.strip
 

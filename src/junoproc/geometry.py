@@ -47,6 +47,8 @@ from spiceypy.utils.exceptions import SpiceyError
 from .camera import CAMERA_FRAME, CameraModel, FrameTiming
 from .errors import KernelCoverageError, KernelMissingError, UnknownTargetError
 from .products import ProductMeta
+from .runtime import in_forked_copy
+from .runtime import workers as _workers
 
 #: The observing spacecraft.
 OBSERVER = "JUNO"
@@ -60,23 +62,6 @@ COMPACT_BELOW = 0.85
 #: Default number of per-point light-time corrections (1 leaves ~1e-5 px).
 LIGHT_TIME_ITERATIONS = 1
 _RAD2DEG = 180.0 / np.pi
-
-
-#: Environment variable with the default number of threads of the per-pixel kernels (a
-#: pipeline running one process per core sets it to 1).
-THREADS_ENV = "JUNOPROC_THREADS"
-
-
-def _workers(workers: int | None) -> int:
-    if workers is not None:
-        return max(1, int(workers))
-    env = os.environ.get(THREADS_ENV, "").strip()
-    if env.isdigit():
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _run_parallel(tasks: Sequence[Callable[[], None]], workers: int | None) -> None:
@@ -176,6 +161,7 @@ class CkAttitude:
     frame: str = CAMERA_FRAME
 
     def rot_j2000_to_cam(self, et: float) -> np.ndarray:
+        _not_in_forked_copy()
         try:
             return np.asarray(spiceypy.pxform("J2000", self.frame, float(et)))
         except SpiceyError as err:
@@ -244,8 +230,17 @@ class FrameState:
         return float(np.linalg.norm(self.target_pos_j2000_km))
 
 
+def _not_in_forked_copy() -> None:
+    """SPICE reads its kernel files through descriptors a forked copy shares with its
+    parent (one file offset for both): the ephemeris and attitude are read before work is
+    handed to copies (:func:`junoproc.runtime.fork_map`), never in them."""
+    if in_forked_copy():
+        raise RuntimeError("SPICE called in a forked copy; compute the frame states before forking")
+
+
 def frame_state(target: Target, et: float, observer: str = OBSERVER) -> FrameState:
     """SPICE calls for one frame time; a coverage gap is a KernelCoverageError."""
+    _not_in_forked_copy()
     et = float(et)
     try:
         state, lt = spiceypy.spkezr(target.name, et, "J2000", "LT", observer)

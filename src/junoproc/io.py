@@ -55,6 +55,7 @@ import numpy as np
 import tifffile
 
 from .errors import OutputError
+from .runtime import workers
 
 __all__ = [
     "LinearMap",
@@ -130,9 +131,8 @@ def _floatpred_decode(data: np.ndarray, axis: int = -2, out: Any = None) -> np.n
 
 
 def _io_workers() -> int:
-    """Threads for (de)compressing TIFF strips: $JUNOPROC_THREADS, else up to 4 CPUs."""
-    env = os.environ.get("JUNOPROC_THREADS", "").strip()
-    return max(1, int(env)) if env.isdigit() else max(1, min(4, os.cpu_count() or 1))
+    """Threads for (de)compressing TIFF strips: :func:`junoproc.runtime.workers`, at most 4."""
+    return min(4, workers())
 
 
 def _zstd_available() -> bool:

@@ -726,7 +726,7 @@ def _peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # pragma: no cover - not Unix
         return None
-    from .projection import helper_peak_mb
+    from .runtime import helper_peak_mb
 
     # a projection's forked copies add their own buffers (the maps themselves are shared)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 + helper_peak_mb()
@@ -745,7 +745,7 @@ _THREADS = 0  # this worker's thread limit now
 def limit_threads(n: int) -> None:
     """At most ``n`` threads per numeric library in this process (geometry's per-pixel
     kernels, OpenCV, OpenMP/BLAS for libraries loaded from now on)."""
-    from .geometry import THREADS_ENV
+    from .runtime import THREADS_ENV
 
     os.environ[THREADS_ENV] = str(n)
     for var in THREAD_ENV_VARS:

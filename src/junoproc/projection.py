@@ -62,17 +62,14 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import signal
-import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +85,6 @@ from .geometry import (
     SurfacePoints,
     Target,
     _intersect_ellipsoid,
-    _workers,
     body_from_lonlat,
     frame_state,
     graphic_to_centric_deg,
@@ -97,6 +93,8 @@ from .geometry import (
     surface_to_cam,
 )
 from .io import LinearMap
+from .runtime import cv2_serial, enter_copy, forking, note_helper_peak_mb, private_kb, shared_empty
+from .runtime import workers as _workers
 
 __all__ = [
     "INTERPOLATIONS",
@@ -1035,30 +1033,6 @@ def _warp_nodes(nodes: np.ndarray, step: int, node_r0: int, node_c0: int, rows: 
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
-_CV2_LOCK = threading.Lock()
-_CV2_SERIAL = [0, 0]  # [projections running strips on threads, OpenCV's thread count before]
-
-
-@contextmanager
-def _cv2_serial() -> Iterator[None]:
-    """OpenCV on one thread while strips run on several: its own pool nested in the strip
-    threads oversubscribes the cores (PJ44 equirectangular map on 2 cores: 3.8-4.3 s CPU with
-    OpenCV's 2 threads, 2.9-3.7 s with 1, wall no worse). OpenCV's setting is process-wide:
-    the first projection in saves it, the last one out restores it."""
-    with _CV2_LOCK:
-        if not _CV2_SERIAL[0]:
-            _CV2_SERIAL[1] = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-        _CV2_SERIAL[0] += 1
-    try:
-        yield
-    finally:
-        with _CV2_LOCK:
-            _CV2_SERIAL[0] -= 1
-            if not _CV2_SERIAL[0]:
-                cv2.setNumThreads(_CV2_SERIAL[1])
-
-
 @dataclass
 class _Band:
     """Per-band constants of the inverse mapping."""
@@ -1210,10 +1184,10 @@ class _Projector:
         if n <= 1:
             peaks = [task(k0, k1) for k0, k1 in strips]
         elif out.shared:
-            with _cv2_serial():
+            with cv2_serial():
                 peaks = self._run_forked(strips, needs, out, n)
         else:
-            with _cv2_serial(), ThreadPoolExecutor(max_workers=n) as pool:
+            with cv2_serial(), ThreadPoolExecutor(max_workers=n) as pool:
                 peaks = list(pool.map(lambda ks: task(*ks), strips))
         out.peak = max(peaks, default=0.0)
 
@@ -1227,7 +1201,7 @@ class _Projector:
         did not finish (it failed or was killed) are projected here afterwards, so an error
         is raised from this process with its own traceback."""
         last_need = {f: max(v) for f, v in needs.items() if v}
-        done = _shared_empty((len(strips),), np.uint8)
+        done = shared_empty((len(strips),), np.uint8)
         done[:] = 0
         queue_r, queue_w = os.pipe()
         os.write(queue_w, np.arange(len(strips), dtype=np.int32).tobytes())
@@ -1256,10 +1230,11 @@ class _Projector:
                 if pid == 0:  # the copy: project, report, exit without any cleanup
                     code = 1
                     try:
+                        enter_copy()
                         self._in_copy = True
                         os.close(result_r)
                         peak = work()
-                        private_mb = max(self._private_peak_kb, _private_kb()) / 1024.0
+                        private_mb = max(self._private_peak_kb, private_kb()) / 1024.0
                         report = {"peak": peak, "stats": self.totals(), "private_peak_mb": private_mb}
                         os.write(result_w, json.dumps(report).encode())
                         code = 0
@@ -1276,7 +1251,7 @@ class _Projector:
                     report = json.loads(text)
                     peaks.append(float(report["peak"]))
                     self._all_stats.append(report["stats"])
-                    _HELPER_PEAK_MB[0] = max(_HELPER_PEAK_MB[0], float(report["private_peak_mb"]))
+                    note_helper_peak_mb(float(report["private_peak_mb"]))
             children = []
         finally:
             for pid, _ in children:  # interrupted here: stop the copies
@@ -1416,7 +1391,7 @@ class _Projector:
         out.saturated[rows] = touched.sum(axis=0, dtype=np.uint8)
         self.stats["samples"] += int(count.sum(dtype=np.int64))
         if self._in_copy and not self._private_peak_kb:  # a forked copy's own memory, at its
-            self._private_peak_kb = _private_kb()  # largest now (once: reading it takes ~10 ms)
+            self._private_peak_kb = private_kb()  # largest now (once: reading it takes ~10 ms)
         t1 = time.perf_counter()
         self.stats["output_s"] += t1 - t0
         self._backplanes(k0, r0, r1, has.any(axis=0), pos_n, hit_n, smooth_grid, exact_grid, ex_grid, out)
@@ -1725,54 +1700,6 @@ class _Outputs:
     shared: bool = False  # the arrays are shared memory: strips may run in forked processes
 
 
-#: The largest private peak memory (MB) of a forked projection copy in this process's life.
-_HELPER_PEAK_MB = [0.0]
-
-
-def helper_peak_mb() -> float:
-    """Peak memory (MB) a forked copy of this process's projections used beyond what it
-    shares with this process (the output arrays are shared memory, the inputs are shared
-    until written, which the copies never do): its private memory, sampled at the end of
-    its first strip's accumulation (when the strip's buffers are largest) and at its end;
-    0 if none ran."""
-    return _HELPER_PEAK_MB[0]
-
-
-def _private_kb() -> int:
-    """Memory of this process no other process maps (kB, Linux /proc; 0 elsewhere): its
-    private pages less the shared-memory pages it alone has touched so far (a forked copy's
-    rows of the shared output arrays, which are the parent's too)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            private = sum(int(line.split()[1]) for line in f
-                          if line.startswith(("Private_Clean:", "Private_Dirty:")))
-        with open("/proc/self/status") as f:
-            shmem = next(int(line.split()[1]) for line in f if line.startswith("RssShmem:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0
-    return max(private - shmem, 0)
-
-
-#: ``0`` keeps a projection's strips on threads of one process (see :func:`_forking`).
-FORK_ENV = "JUNOPROC_PROJECT_FORK"
-
-
-def _forking() -> bool:
-    """Whether strips may run in forked copies of this process: Linux only (``fork`` is
-    not safe on macOS and absent on Windows) and not switched off by ``$JUNOPROC_PROJECT_FORK=0``."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get(FORK_ENV, "1") != "0"
-
-
-def _shared_empty(shape: tuple[int, ...], dtype: Any, shared: bool = True) -> np.ndarray:
-    """An uninitialised array, in memory shared with processes forked later when ``shared``
-    (an anonymous shared mapping, released with the array)."""
-    if not shared:
-        return np.empty(shape, dtype)
-    count = int(np.prod(shape))
-    buf = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(buf, dtype, count=count).reshape(shape)
-
-
 def project(
     image: Any, geometry: ImageGeometry, *, projection: str = "equirectangular",
     bounds: Sequence[float] | str | None = None, lon: str = "west", lat: str = "centric",
@@ -1793,7 +1720,7 @@ def project(
     no valid sample of that band exists (backplane ``filled_bands`` counts such bands).
     ``max_interp_error_px``: largest error of the interpolated surface -> framelet mapping
     (0 computes every pixel exactly). ``workers``: processes (forked copies of this one on
-    Linux, see :data:`FORK_ENV`; threads elsewhere) over strips of output rows (default
+    Linux, see :data:`junoproc.runtime.FORK_ENV`; threads elsewhere) over strips of output rows (default
     ``$JUNOPROC_THREADS`` or the CPU count); the result does not depend on it. ``timings``,
     when given, receives seconds per step (summed over threads and copies) and counts.
     """
@@ -1822,16 +1749,16 @@ def project(
                       fill_invalid=fill_invalid, max_error_px=max_interp_error_px, frame_order=order,
                       fills=_fills_of(image))
     n_workers = _workers(workers)
-    shared = n_workers > 1 and _forking()
+    shared = n_workers > 1 and forking()
     backplanes: dict[str, np.ndarray] = {}
     if grid.projection == "equirectangular":
         backplanes.update(map_coordinates(grid))
     for name in BACKPLANE_NAMES:  # every strip writes all its rows
         if name not in backplanes:
-            backplanes[name] = _shared_empty((h, w), np.float32, shared)
-    out = _Outputs(_shared_empty((h, w, n_bands), np.float32, shared),
-                   _shared_empty((h, w), np.float32, shared), _shared_empty((h, w), np.uint16, shared),
-                   _shared_empty((h, w), np.uint8, shared), _shared_empty((h, w), np.uint8, shared),
+            backplanes[name] = shared_empty((h, w), np.float32, shared)
+    out = _Outputs(shared_empty((h, w, n_bands), np.float32, shared),
+                   shared_empty((h, w), np.float32, shared), shared_empty((h, w), np.uint16, shared),
+                   shared_empty((h, w), np.uint8, shared), shared_empty((h, w), np.uint8, shared),
                    backplanes, shared=shared)
     tm["grid_s"] = time.perf_counter() - clock
     proj.run(out, n_workers)
