@@ -946,6 +946,8 @@ class ImageGeometry:
     rotations_j2000_to_cam: np.ndarray  # (n_frames, 3, 3)
     attitude_description: Mapping[str, object] = field(default_factory=dict)
     light_time_iterations: int = LIGHT_TIME_ITERATIONS
+    #: Frame kernels built so far (a copy made with ``dataclasses.replace`` starts empty).
+    _kernels: dict[int, FrameKernel] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_frames(self) -> int:
@@ -960,8 +962,13 @@ class ImageGeometry:
         return cam.sampling_factor / cam.focal_px
 
     def frame_kernel(self, frame: int) -> FrameKernel:
-        """The per-frame constants of the vectorised kernels (cheap: a few 3x3 products)."""
-        return FrameKernel.build(self.states[frame], self.rotations_j2000_to_cam[frame], self.target)
+        """The per-frame constants of the vectorised kernels (a few 3x3 products, ~70 us;
+        kept: the band alignment asks for single points thousands of times)."""
+        kernel = self._kernels.get(frame)
+        if kernel is None:
+            kernel = FrameKernel.build(self.states[frame], self.rotations_j2000_to_cam[frame], self.target)
+            self._kernels[frame] = kernel
+        return kernel
 
     def observer_pos_body_km(self, frame: int) -> np.ndarray:
         """Observer relative to the target centre in the body frame (for :func:`is_visible`)."""

@@ -573,6 +573,80 @@ class _LimbModel:
         alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
         return (ang - alpha) / self.ifov_rad
 
+    def residuals_and_gradients(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`residuals_px` (n,), the J2000 ray directions u (n, 3), and the residuals'
+        derivatives by u (n, 3) and by the limb altitude (n,), analytically (the chain rule
+        through the aberration, the ellipsoid scaling and the angle from the limb)."""
+        f = self.frame
+        u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)
+        beta = self.beta_j2000[f]
+        ub = np.einsum("ni,ni->n", u, beta)
+        sq = np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
+        k = ub + sq
+        u_geo = k[:, None] * u - beta
+        rot_body = self.rot_j2000_to_body[f]
+        u_body = np.einsum("nij,nj->ni", rot_body, u_geo)
+        alt = np.asarray(limb_alt_km, dtype=np.float64)
+        radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
+        d = u_body / radii
+        o = self.obs_body_km[f] / radii
+        d_norm = np.linalg.norm(d, axis=1)
+        o_norm = np.linalg.norm(o, axis=1)
+        cos_raw = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
+        cos_ang = np.clip(cos_raw, -1.0, 1.0)
+        ang = np.arccos(cos_ang)
+        alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
+        r = (ang - alpha) / self.ifov_rad
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dang = np.where(np.abs(cos_raw) < 1.0, -1.0 / np.sqrt(1.0 - cos_ang**2), 0.0) / self.ifov_rad
+            dalpha_do = np.where(o_norm > 1.0, -1.0 / (o_norm * np.sqrt(o_norm**2 - 1.0)), 0.0)
+            dalpha_do /= self.ifov_rad
+        dc_dd = -o / (d_norm * o_norm)[:, None] - (cos_ang / d_norm**2)[:, None] * d
+        dc_do = -d / (d_norm * o_norm)[:, None] - (cos_ang / o_norm**2)[:, None] * o
+        g_ugeo = np.einsum("nji,nj->ni", rot_body, dang[:, None] * dc_dd / radii)
+        g_u = k[:, None] * g_ugeo + ((1.0 + ub / sq) * np.einsum("ni,ni->n", u, g_ugeo))[:, None] * beta
+        dc_dalt = -np.einsum("ni,ni->n", dc_dd, d / radii) - np.einsum("ni,ni->n", dc_do, o / radii)
+        do_dalt = -np.einsum("ni,ni->n", o, o / radii) / o_norm
+        g_alt = dang * dc_dalt - dalpha_do * do_dalt
+        return r, u, g_u, g_alt
+
+
+#: d/da of SPICE's rotate(a, 3) is rotate(a, 3) @ _KZ (= _KZ @ rotate(a, 3)).
+_KZ = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def _spin_jacobian(model: _LimbModel, x: np.ndarray, dt_s: np.ndarray, sc_to_cam: np.ndarray,
+                   alts: np.ndarray, extra_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals (n,) and their Jacobian (n, 6 + extras) by the spin parameters x = (ra, dec,
+    phase0, rate, twist, limb altitude, extra band altitudes) of :func:`_spin_rotations`,
+    analytically: R = T Z B with T = rotate(twist, 3) sc_to_cam, Z = rotate(phase0 + rate dt,
+    3) and B = :func:`spin_basis` (rows e1, e2, axis); u = R^T ray."""
+    ra, dec = float(x[0]), float(x[1])
+    twisted = _twisted(sc_to_cam, x[4])
+    r, u, g_u, g_alt = model.residuals_and_gradients(_spin_rotations(x, dt_s, sc_to_cam), alts)
+    cr, sr, cd, sd = math.cos(ra), math.sin(ra), math.cos(dec), math.sin(dec)
+    # e1 and e2 turn over where cos(dec) < 0
+    flip = np.array([[1.0], [1.0], [0.0]]) * (math.copysign(1.0, cd) - 1.0) + 1.0
+    basis = flip * np.array([[-sr, cr, 0.0], [-sd * cr, -sd * sr, cd], [cd * cr, cd * sr, sd]])
+    d_ra = flip * np.array([[-cr, -sr, 0.0], [sd * sr, -sd * cr, 0.0], [-cd * sr, cd * cr, 0.0]])
+    d_dec = flip * np.array([[0.0, 0.0, 0.0], [-cd * cr, -cd * sr, -sd], [-sd * cr, -sd * sr, cd]])
+    bu = u @ basis.T  # B u (n, 3)
+    jac = np.zeros((len(r), 6 + len(extra_idx)))
+    # dR/dp = R (B^T dB/dp) for the axis: du/dp = (dB/dp)^T B u
+    jac[:, 0] = np.einsum("ni,ni->n", g_u, bu @ d_ra)
+    jac[:, 1] = np.einsum("ni,ni->n", g_u, bu @ d_dec)
+    # in the camera frame: dr/dp = (R g_u) . (X^T ray) with dR/dp = X R
+    w = np.einsum("nij,nj->ni", _spin_rotations(x, dt_s, sc_to_cam)[model.frame], g_u)
+    phase_x = twisted @ _KZ @ twisted.T  # dR/dphase0 = T K T^T R
+    jac[:, 2] = np.einsum("ni,ni->n", w, model.ray_cam @ phase_x)
+    jac[:, 3] = jac[:, 2] * dt_s[model.frame]
+    jac[:, 4] = np.einsum("ni,ni->n", w, model.ray_cam @ _KZ)  # dR/dtwist = K R
+    jac[:, 5] = g_alt
+    for j, b in enumerate(extra_idx):
+        jac[:, 6 + j] = np.where(model.band == b, g_alt, 0.0)
+    return r, jac
+
 
 def _limb_model(points: LimbPoints, meta: ProductMeta, states: Sequence[FrameState],
                 target: Target, boresight: BandBoresight = ()) -> _LimbModel:
@@ -1153,14 +1227,18 @@ def _robust_cost(r: np.ndarray, f_scale: float = 1.0) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 
-def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: float = 1.0, rounds: int = 3,
-                x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf), diff_step: float | None = None,
-                sparsity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, jac=None, extra_jac=None,
+                f_scale: float = 1.0,
+                rounds: int = 3, x_scale: Any = "jac", bounds: Any = (-np.inf, np.inf),
+                diff_step: float | None = None, sparsity: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """soft_l1 least squares, then reject > 3 sigma (floor 0.5 px) and refit. Returns x, inliers.
 
     ``fun(x)`` gives the point residuals (px), ``extra(x)`` optional prior residuals (in
-    sigmas) that are always kept. ``sparsity`` (n_points, n_params) bool: which parameters
-    each point depends on (several images in one fit), for a grouped finite-difference Jacobian.
+    sigmas) that are always kept. ``jac(x)``: the point residuals' Jacobian, ``extra_jac(x)``
+    that of ``extra`` (else finite differences of both). ``sparsity`` (n_points, n_params)
+    bool: which parameters each point depends on (several images in one fit), for a grouped
+    finite-difference Jacobian.
     """
     inl = np.ones(n_points, bool)
     x = np.asarray(x0, dtype=np.float64)
@@ -1171,13 +1249,20 @@ def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: floa
             r = fun(p)[keep]
             return r if extra is None else np.r_[r, extra(p)]
 
+        def j(p: np.ndarray, keep: np.ndarray = keep) -> np.ndarray:
+            jm = jac(p)[keep]
+            if extra is None:
+                return jm
+            extra_rows = extra_jac(p) if extra_jac else _numeric_jacobian(extra, p, np.full(p.size, 1e-7))
+            return np.vstack([jm, extra_rows])
+
         jac_sparsity = None
-        if sparsity is not None:
+        if sparsity is not None and jac is None:
             n_extra = 0 if extra is None else len(extra(x))
             jac_sparsity = np.vstack([sparsity[keep], np.ones((n_extra, x.size), bool)])
-        x = optimize.least_squares(f, x, loss="soft_l1", f_scale=f_scale, x_scale=x_scale, method="trf",
-                                   max_nfev=200, bounds=bounds, diff_step=diff_step,
-                                   jac_sparsity=jac_sparsity).x
+        x = optimize.least_squares(f, x, jac=j if jac is not None else "2-point", loss="soft_l1",
+                                   f_scale=f_scale, x_scale=x_scale, method="trf", max_nfev=200,
+                                   bounds=bounds, diff_step=diff_step, jac_sparsity=jac_sparsity).x
         r = fun(x)
         sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
         new = np.abs(r) < max(3.0 * sigma, 0.5)
@@ -1185,6 +1270,19 @@ def _fit_robust(fun, x0: np.ndarray, n_points: int, *, extra=None, f_scale: floa
             break
         inl = new
     return x, inl
+
+
+def _axis_prior_jacobian(prior_res, x: np.ndarray) -> np.ndarray:
+    """Jacobian of the axis prior's residuals by x, which depend on (ra, dec) = x[:2] only
+    (central differences in those two)."""
+    r0 = prior_res(x[:2])
+    jac = np.zeros((r0.size, x.size))
+    for i in range(2):
+        xp, xm = x[:2].copy(), x[:2].copy()
+        xp[i] += 1e-7
+        xm[i] -= 1e-7
+        jac[:, i] = (prior_res(xp) - prior_res(xm)) / 2e-7
+    return jac
 
 
 def _numeric_jacobian(fun, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -1362,9 +1460,9 @@ def _spin_starts(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray, tar
                                                            * e[1]))
     ray_sc = sm.ray_cam @ sc_to_cam
     dt_pt = dt_s[sm.frame]
-    cand_x: list[np.ndarray] = []
-    cand_cost: list[np.ndarray] = []
-    for (rate, _, az_spin), axes in zip(circles, axes_by_rate, strict=True):
+
+    def scored(rate_axes: tuple[tuple[float, float, float], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        (rate, _, az_spin), axes = rate_axes
         bj = np.einsum("kij,j->ki", _spin_bases(axes), j)
         phase0 = np.arctan2(bj[:, 1], bj[:, 0]) - az_spin
         r = _batch_residuals_px(sm, ray_sc, dt_pt, axes, phase0, np.full(len(axes), rate))
@@ -1375,10 +1473,11 @@ def _spin_starts(model: _LimbModel, dt_s: np.ndarray, sc_to_cam: np.ndarray, tar
             cost = cost + ((axes @ e[0]) ** 2 + (axes @ e[1]) ** 2) / math.radians(prior.sigma_deg) ** 2
         ra_dec = np.column_stack([np.arctan2(axes[:, 1], axes[:, 0]) % (2 * math.pi),
                                   np.arcsin(np.clip(axes[:, 2], -1.0, 1.0))])
-        cand_x.append(np.column_stack([ra_dec, phase0, np.full(len(axes), rate)]))
-        cand_cost.append(cost)
-    xs = np.concatenate(cand_x)
-    costs = np.concatenate(cand_cost)
+        return np.column_stack([ra_dec, phase0, np.full(len(axes), rate)]), cost
+
+    found = fork_map(scored, list(zip(circles, axes_by_rate, strict=True)))  # the rates among the cores
+    xs = np.concatenate([x for x, _ in found])
+    costs = np.concatenate([c for _, c in found])
     chosen: list[np.ndarray] = []
     for i in np.argsort(costs):
         ax = _radec_to_vec(xs[i][0], xs[i][1])
@@ -1736,9 +1835,14 @@ def _fit_spin_group(cases: Sequence[_Case], prior: AxisPrior | None, opts: _Opti
 
         def refine(x0: np.ndarray, sm: _LimbModel = sub_model, dt: np.ndarray = dt_s,
                    sc: np.ndarray = sc_to_cam, bounds: Any = bounds) -> tuple[float, np.ndarray] | None:
+            def jac(x: np.ndarray) -> np.ndarray:
+                limb = _spin_jacobian(sm, x, dt, sc, np.full(len(sm.radii_km), x[5]), np.zeros(0, np.intp))[1]
+                return np.vstack([limb, _axis_prior_jacobian(prior_res, x)])
+
             res = optimize.least_squares(
                 lambda x: np.r_[sm.residuals_px(_spin_rotations(x, dt, sc), x[5]), prior_res(x)],
-                np.r_[x0, 0.0, 0.0], loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds, max_nfev=60)
+                np.r_[x0, 0.0, 0.0], jac=jac, loss="soft_l1", f_scale=2.0, x_scale=x_scale, bounds=bounds,
+                max_nfev=60)
             if prior is not None and not prior.within_gate(_radec_to_vec(res.x[0], res.x[1])):
                 return None
             r_sub = sm.residuals_px(_spin_rotations(res.x, dt, sc), res.x[5])
@@ -1820,9 +1924,17 @@ def _fit_spin_group(cases: Sequence[_Case], prior: AxisPrior | None, opts: _Opti
         return np.concatenate([c.model.residuals_px(_spin_rotations(xv[ix], c.dt_s, g[0]), c.alts(xv[ix]))
                                for c, ix, g in zip(cases, idx, geo, strict=True)])
 
-    xg, inl = _fit_robust(fun, xg, sum(sizes),
+    def jac(xv: np.ndarray) -> np.ndarray:
+        out = np.zeros((sum(sizes), off))
+        for k, (c, ix, g) in enumerate(zip(cases, idx, geo, strict=True)):
+            x = xv[ix]
+            out[np.ix_(rows == k, ix)] = _spin_jacobian(c.model, x, c.dt_s, g[0], c.alts(x), c.extra_idx)[1]
+        return out
+
+    xg, inl = _fit_robust(fun, xg, sum(sizes), jac=jac,
                           extra=(lambda xv: prior_res(xv[:2])) if prior is not None else None,
-                          x_scale=scale_g, bounds=(lo_g, hi_g), sparsity=sparsity if len(cases) > 1 else None)
+                          extra_jac=lambda xv: _axis_prior_jacobian(prior_res, xv),
+                          x_scale=scale_g, bounds=(lo_g, hi_g))
     axis = _radec_to_vec(xg[0], xg[1])
     fits = []
     for k, (c, ix, (sc_to_cam, _)) in enumerate(zip(cases, idx, geo, strict=True)):
