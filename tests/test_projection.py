@@ -443,9 +443,10 @@ def test_lattice_interpolation_matches_exact_mapping(synthetic):
         assert timings["nodes"] < 0.2 * fast.data[..., 0].size  # it did interpolate
         both = np.isfinite(fast.data) & np.isfinite(exact.data)
         assert both.sum() > 0.99 * np.isfinite(exact.data).sum()
-        # texture gradients reach ~0.05 per framelet px: 0.02 px of mapping error is < 1e-3
-        assert np.abs(fast.data - exact.data)[both].max() < 2e-3, projection
-        for name, tol in (("emission_deg", 0.02), ("incidence_deg", 0.02), ("lat_centric_deg", 2e-3)):
+        # texture gradients reach ~0.05 per framelet px: 0.05 px of mapping error is < 2.5e-3
+        assert np.abs(fast.data - exact.data)[both].max() < 4e-3, projection
+        # (0.05 output px of a cell: towards the limb a pixel spans 0.1-0.7 deg of latitude on PJ44)
+        for name, tol in (("emission_deg", 0.02), ("incidence_deg", 0.02), ("lat_centric_deg", 8e-3)):
             a, b = fast.backplanes[name], exact.backplanes[name]
             ok = np.isfinite(a) & np.isfinite(b)
             assert np.abs(a - b)[ok].max() < tol, (projection, name)
