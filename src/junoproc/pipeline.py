@@ -37,7 +37,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -47,6 +47,7 @@ from typing import Any
 from . import __version__
 from .enhance import ENHANCE_BACKPLANES
 from .errors import JunoprocError
+from .runtime import workers
 
 #: Projections made by default for every product.
 DEFAULT_PROJECTIONS = ("perspective", "equirectangular")
@@ -646,11 +647,19 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
         shutil.rmtree(work_dir / SCRATCH_DIR, ignore_errors=True)
 
         def write_all() -> list[str]:
-            with io.unsynced_writes():
-                for name, comp in composites.items():
-                    stem = f"{product_id}-{name}"
-                    io.write_png(work_dir / f"{stem}.png", comp.rgb8)
-                    io.write_tiff(work_dir / f"{stem}-16bit.tif", comp.rgb16)
+            jobs: list[Callable[[], Any]] = []
+            for name, comp in composites.items():
+                stem = work_dir / f"{product_id}-{name}"
+                jobs.append(lambda stem=stem, comp=comp: io.write_png(f"{stem}.png", comp.rgb8))
+                jobs.append(lambda stem=stem, comp=comp: io.write_tiff(f"{stem}-16bit.tif", comp.rgb16))
+            def write(job: Callable[[], Any]) -> None:
+                with io.unsynced_writes():  # (a context variable: set in the thread itself)
+                    job()
+
+            # PNG encoding releases the interpreter lock: the files on threads
+            with ThreadPoolExecutor(max(1, min(len(jobs), workers()))) as pool:
+                for _ in pool.map(write, jobs):
+                    pass
             return sorted(p.name for p in work_dir.iterdir())
 
         written = stages.run("write", write_all)
