@@ -279,18 +279,24 @@ def _et_to_utc(et: float) -> str:
         return f"ET {et:.3f}"
 
 
+def norm3(v: np.ndarray) -> np.ndarray:
+    """Euclidean length of vectors (..., 3) along the last axis: ``np.linalg.norm(v, axis=-1)``,
+    3-6x faster (numpy reduces a last axis of 3 element by element)."""
+    return np.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
+
+
 # ---------------------------------------------------------------------------------------
 # stellar aberration (classical, exactly invertible)
 # ---------------------------------------------------------------------------------------
 def aberrate(u_geo: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Geometric unit directions (..., 3) -> apparent: normalise(u + v/c)."""
     v = u_geo + beta
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / norm3(v)[..., None]
 
 
 def unaberrate(u_app: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Exact inverse of :func:`aberrate`: find unit u with normalise(u + beta) = u_app."""
-    u_app = u_app / np.linalg.norm(u_app, axis=-1, keepdims=True)
+    u_app = u_app / norm3(u_app)[..., None]
     ub = u_app @ beta
     k = ub + np.sqrt(ub * ub - float(beta @ beta) + 1.0)
     return k[..., None] * u_app - beta
@@ -751,7 +757,7 @@ class Backplanes:
 
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle between vectors (..., 3), robust near 0 and 180 deg."""
-    cross = np.linalg.norm(np.cross(a, b), axis=-1)
+    cross = norm3(np.cross(a, b))
     dot = np.einsum("...i,...i->...", a, b)
     return np.degrees(np.arctan2(cross, dot))
 
@@ -1043,7 +1049,7 @@ class ImageGeometry:
     def ray_j2000(self, frame: int, band: str, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Apparent unit rays in J2000 of framelet pixel coordinates."""
         ray = self.cameras[band].px_to_cam(x_px, y_px)
-        ray = ray / np.linalg.norm(ray, axis=-1, keepdims=True)
+        ray = ray / norm3(ray)[..., None]
         return ray @ self.rotations_j2000_to_cam[frame]
 
     def all_backplanes(self, names: Sequence[str] | None = None, *, workers: int | None = None,

@@ -46,7 +46,7 @@ from scipy import ndimage, optimize
 
 from .camera import CAMERA_FRAME, CameraModel, FrameTiming, frame_rotation
 from .errors import NoLimbError, OutputError, PointingError, PointingQualityError
-from .geometry import OBSERVER, Attitude, CkAttitude, FrameState, Target, frame_state
+from .geometry import OBSERVER, Attitude, CkAttitude, FrameState, Target, frame_state, norm3
 from .products import ProductMeta
 from .runtime import fork_map
 
@@ -566,8 +566,8 @@ class _LimbModel:
         radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
         d = u_body / radii
         o = self.obs_body_km[f] / radii
-        d_norm = np.linalg.norm(d, axis=1)
-        o_norm = np.linalg.norm(o, axis=1)
+        d_norm = norm3(d)
+        o_norm = norm3(o)
         cos_ang = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
         ang = np.arccos(np.clip(cos_ang, -1.0, 1.0))
         alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
@@ -591,8 +591,8 @@ class _LimbModel:
         radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
         d = u_body / radii
         o = self.obs_body_km[f] / radii
-        d_norm = np.linalg.norm(d, axis=1)
-        o_norm = np.linalg.norm(o, axis=1)
+        d_norm = norm3(d)
+        o_norm = norm3(o)
         cos_raw = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
         cos_ang = np.clip(cos_raw, -1.0, 1.0)
         ang = np.arccos(cos_ang)
@@ -1403,9 +1403,9 @@ def _batch_residuals_px(model: _LimbModel, ray_sc: np.ndarray, dt_pt: np.ndarray
     u_body = np.einsum("nij,knj->kni", model.rot_j2000_to_body[f], u_geo)
     d = u_body / model.radii_km
     o = (model.obs_body_km / model.radii_km)[f][None]
-    cos_ang = -np.sum(d * o, axis=-1) / (np.linalg.norm(d, axis=-1) * np.linalg.norm(o, axis=-1))
+    cos_ang = -np.einsum("...i,...i->...", d, o) / (norm3(d) * norm3(o))
     ang = np.arccos(np.clip(cos_ang, -1.0, 1.0))
-    alpha = np.arcsin(np.clip(1.0 / np.linalg.norm(o, axis=-1), -1.0, 1.0))
+    alpha = np.arcsin(np.clip(1.0 / norm3(o), -1.0, 1.0))
     return (ang - alpha) / model.ifov_rad[None]
 
 

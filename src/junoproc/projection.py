@@ -90,6 +90,7 @@ from .geometry import (
     graphic_to_centric_deg,
     intersect_rays,
     lonlat_from_body,
+    norm3,
     surface_to_cam,
 )
 from .io import LinearMap
@@ -1013,12 +1014,12 @@ def _view_angles(pos: np.ndarray, radii: np.ndarray, observer: np.ndarray, sun: 
     """(n, 4) float64 cos(emission), cos(incidence), cos(phase), range (km) of surface points
     (n, 3) seen from ``observer`` and lit from ``sun`` (body frame, geometric directions)."""
     normal = pos / radii**2
-    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal /= norm3(normal)[:, None]
     to_obs = observer - pos
-    rng = np.linalg.norm(to_obs, axis=-1)
+    rng = norm3(to_obs)
     to_obs /= rng[:, None]
     to_sun = sun - pos
-    to_sun /= np.linalg.norm(to_sun, axis=-1, keepdims=True)
+    to_sun /= norm3(to_sun)[:, None]
     return np.stack([np.einsum("ij,ij->i", normal, to_obs), np.einsum("ij,ij->i", normal, to_sun),
                      np.einsum("ij,ij->i", to_obs, to_sun), rng], axis=-1)
 
@@ -1344,12 +1345,10 @@ class _Projector:
             # changes neither lat/lon nor, seen from afar, a framelet position
             p00, p10, p01, p11 = _corner_stack(pos_n)
             mean = 0.25 * (p00 + p10 + p01 + p11)
-            err_km = self.radii[0] * np.linalg.norm(
-                pos_c / np.linalg.norm(pos_c, axis=-1, keepdims=True)
-                - mean / np.linalg.norm(mean, axis=-1, keepdims=True), axis=-1)
+            err_km = self.radii[0] * norm3(pos_c / norm3(pos_c)[..., None] - mean / norm3(mean)[..., None])
             # the cell's own pixel size (km): the shorter of its mean row and column steps
-            along_row = 0.5 * (np.linalg.norm(p01 - p00, axis=-1) + np.linalg.norm(p11 - p10, axis=-1))
-            along_col = 0.5 * (np.linalg.norm(p10 - p00, axis=-1) + np.linalg.norm(p11 - p01, axis=-1))
+            along_row = 0.5 * (norm3(p01 - p00) + norm3(p11 - p10))
+            along_col = 0.5 * (norm3(p10 - p00) + norm3(p11 - p01))
             err_px = err_km * self.step / np.minimum(along_row, along_col)
         exact_grid = any_hit & ~(all_hit & (err_px <= self.max_error_px))
         return any_hit, exact_grid, all_hit & ~exact_grid
@@ -1419,9 +1418,9 @@ class _Projector:
     def _view_weight(self, pts: np.ndarray, obs: np.ndarray) -> np.ndarray:
         """cos(emission) * range_km ** -k (times ifov ** -k per band: resolution ** -k)."""
         normal = pts / self.radii**2
-        normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+        normal /= norm3(normal)[:, None]
         d = obs - pts
-        dist = np.linalg.norm(d, axis=-1)
+        dist = norm3(d)
         cos_e = np.einsum("ij,ij->i", normal, d) / dist
         return cos_e * dist ** -self.k_res
 
