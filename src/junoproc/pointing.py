@@ -548,45 +548,17 @@ class _LimbModel:
         return replace(self, frame=self.frame[keep], band=self.band[keep], ray_cam=self.ray_cam[keep],
                        ifov_rad=self.ifov_rad[keep])
 
-    def residuals_px(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0) -> np.ndarray:
-        """Signed angular distance of each limb ray from the limb (px; + = sky side).
-
-        The limb is that of the ellipsoid ``radii + limb_alt_km`` (the visible haze limb
-        lies above the 1-bar ellipsoid of the PCK); ``limb_alt_km`` is one altitude or
-        one per band (indexed by :attr:`band`): the haze limb is higher in blue light.
-        """
+    def _limb_terms(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray) -> dict[str, Any]:
+        """The residuals' intermediate terms: J2000 ray u, aberration factor k, the ray d and
+        observer o scaled by the (altitude-raised) radii, their lengths, cos of their angle."""
         f = self.frame
         u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)  # cam -> J2000
         beta = self.beta_j2000[f]
         ub = np.einsum("ni,ni->n", u, beta)
-        k = ub + np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
-        u_geo = k[:, None] * u - beta
-        u_body = np.einsum("nij,nj->ni", self.rot_j2000_to_body[f], u_geo)
-        alt = np.asarray(limb_alt_km, dtype=np.float64)
-        radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
-        d = u_body / radii
-        o = self.obs_body_km[f] / radii
-        d_norm = norm3(d)
-        o_norm = norm3(o)
-        cos_ang = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
-        ang = np.arccos(np.clip(cos_ang, -1.0, 1.0))
-        alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
-        return (ang - alpha) / self.ifov_rad
-
-    def residuals_and_gradients(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0
-                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`residuals_px` (n,), the J2000 ray directions u (n, 3), and the residuals'
-        derivatives by u (n, 3) and by the limb altitude (n,), analytically (the chain rule
-        through the aberration, the ellipsoid scaling and the angle from the limb)."""
-        f = self.frame
-        u = np.einsum("nij,ni->nj", rot_j2000_to_cam[f], self.ray_cam)
-        beta = self.beta_j2000[f]
-        ub = np.einsum("ni,ni->n", u, beta)
         sq = np.sqrt(ub * ub - np.einsum("ni,ni->n", beta, beta) + 1.0)
         k = ub + sq
-        u_geo = k[:, None] * u - beta
         rot_body = self.rot_j2000_to_body[f]
-        u_body = np.einsum("nij,nj->ni", rot_body, u_geo)
+        u_body = np.einsum("nij,nj->ni", rot_body, k[:, None] * u - beta)
         alt = np.asarray(limb_alt_km, dtype=np.float64)
         radii = self.radii_km + (alt[self.band][:, None] if alt.ndim else alt)
         d = u_body / radii
@@ -594,22 +566,44 @@ class _LimbModel:
         d_norm = norm3(d)
         o_norm = norm3(o)
         cos_raw = -np.einsum("ni,ni->n", d, o) / (d_norm * o_norm)
-        cos_ang = np.clip(cos_raw, -1.0, 1.0)
-        ang = np.arccos(cos_ang)
-        alpha = np.arcsin(np.clip(1.0 / o_norm, -1.0, 1.0))
-        r = (ang - alpha) / self.ifov_rad
+        return {"u": u, "beta": beta, "ub": ub, "sq": sq, "k": k, "rot_body": rot_body, "radii": radii,
+                "d": d, "o": o, "d_norm": d_norm, "o_norm": o_norm, "cos_raw": cos_raw,
+                "cos": np.clip(cos_raw, -1.0, 1.0)}
+
+    def _residuals(self, t: Mapping[str, Any]) -> np.ndarray:
+        alpha = np.arcsin(np.clip(1.0 / t["o_norm"], -1.0, 1.0))
+        return (np.arccos(t["cos"]) - alpha) / self.ifov_rad
+
+    def residuals_px(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0) -> np.ndarray:
+        """Signed angular distance of each limb ray from the limb (px; + = sky side).
+
+        The limb is that of the ellipsoid ``radii + limb_alt_km`` (the visible haze limb
+        lies above the 1-bar ellipsoid of the PCK); ``limb_alt_km`` is one altitude or
+        one per band (indexed by :attr:`band`): the haze limb is higher in blue light.
+        """
+        return self._residuals(self._limb_terms(rot_j2000_to_cam, limb_alt_km))
+
+    def residuals_and_gradients(self, rot_j2000_to_cam: np.ndarray, limb_alt_km: float | np.ndarray = 0.0
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`residuals_px` (n,), the J2000 ray directions u (n, 3), and the residuals'
+        derivatives by u (n, 3) and by the limb altitude (n,), analytically (the chain rule
+        through the aberration, the ellipsoid scaling and the angle from the limb)."""
+        t = self._limb_terms(rot_j2000_to_cam, limb_alt_km)
+        u, d, o, radii, cos_ang = t["u"], t["d"], t["o"], t["radii"], t["cos"]
+        d_norm, o_norm = t["d_norm"], t["o_norm"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            dang = np.where(np.abs(cos_raw) < 1.0, -1.0 / np.sqrt(1.0 - cos_ang**2), 0.0) / self.ifov_rad
+            dang = np.where(np.abs(t["cos_raw"]) < 1.0, -1.0 / np.sqrt(1.0 - cos_ang**2), 0.0) / self.ifov_rad
             dalpha_do = np.where(o_norm > 1.0, -1.0 / (o_norm * np.sqrt(o_norm**2 - 1.0)), 0.0)
             dalpha_do /= self.ifov_rad
         dc_dd = -o / (d_norm * o_norm)[:, None] - (cos_ang / d_norm**2)[:, None] * d
         dc_do = -d / (d_norm * o_norm)[:, None] - (cos_ang / o_norm**2)[:, None] * o
-        g_ugeo = np.einsum("nji,nj->ni", rot_body, dang[:, None] * dc_dd / radii)
-        g_u = k[:, None] * g_ugeo + ((1.0 + ub / sq) * np.einsum("ni,ni->n", u, g_ugeo))[:, None] * beta
+        g_ugeo = np.einsum("nji,nj->ni", t["rot_body"], dang[:, None] * dc_dd / radii)
+        dk_du = (1.0 + t["ub"] / t["sq"])[:, None] * t["beta"]
+        g_u = t["k"][:, None] * g_ugeo + np.einsum("ni,ni->n", u, g_ugeo)[:, None] * dk_du
         dc_dalt = -np.einsum("ni,ni->n", dc_dd, d / radii) - np.einsum("ni,ni->n", dc_do, o / radii)
         do_dalt = -np.einsum("ni,ni->n", o, o / radii) / o_norm
         g_alt = dang * dc_dalt - dalpha_do * do_dalt
-        return r, u, g_u, g_alt
+        return self._residuals(t), u, g_u, g_alt
 
 
 #: d/da of SPICE's rotate(a, 3) is rotate(a, 3) @ _KZ (= _KZ @ rotate(a, 3)).
