@@ -444,6 +444,12 @@ def test_single_band_grey_or_colormap() -> None:
     coloured = enhance(ch4, preset="enhanced", overrides=["colormap=inferno"])
     assert not np.array_equal(coloured.rgb16[..., 0], coloured.rgb16[..., 2])
     assert np.array_equal(coloured.alpha, grey.alpha)
+    # saved as one grey channel (a third of the bytes); colour maps and RGB keep three
+    assert grey.grey and np.array_equal(grey.image8(), grey.rgb8[..., 0])
+    assert np.array_equal(grey.image16(), grey.rgb16[..., 0]) and grey.image16().flags.c_contiguous
+    assert not coloured.grey and coloured.image8() is coloured.rgb8
+    rgb = enhance(lm, preset="enhanced")
+    assert not rgb.grey and rgb.image16() is rgb.rgb16
 
 
 def test_nan_never_propagates_and_input_untouched() -> None:

@@ -448,7 +448,7 @@ def project_cmd(product: str, projection: str, bounds: tuple[float, float, float
         if out.suffix.lower() in (".tif", ".tiff"):
             written = [io.write_tiff(out, comp.rgb16)]
         else:
-            written = [io.write_png(out, comp.rgb8)]
+            written = [io.write_png(out, comp.image8())]
         side["enhancement"] = comp.params
         written.append(io.write_sidecar(out, side))
     h, w = lm.data.shape[:2]
@@ -485,7 +485,7 @@ def mosaic_cmd(maps: tuple[str, ...], photometric: str, no_match: bool, preset: 
         from .enhance import enhance
 
         png = out.with_suffix(".png")
-        click.echo(f"wrote {io.write_png(png, enhance(lm, preset=preset).rgb8)}")
+        click.echo(f"wrote {io.write_png(png, enhance(lm, preset=preset).image8())}")
     gains = lm.sidecar["mosaic"]["gains"]
     click.echo("gains: " + "; ".join(f"{Path(p).name} " + ",".join(f"{g:.3f}" for g in row)
                                      for p, row in zip(maps, gains, strict=True)))

@@ -1219,6 +1219,17 @@ class Composite:
     balance: ColourBalance
     stats: Mapping[str, Any]
     timings_s: Mapping[str, float]
+    #: a single band shown in grey: R, G and B are equal
+    grey: bool = False
+
+    def image8(self) -> np.ndarray:
+        """What to save at 8 bits: ``rgb8``, or ``(H, W)`` of a grey composite (a third of
+        the bytes to encode and write; readers show it the same)."""
+        return np.ascontiguousarray(self.rgb8[:, :, 0]) if self.grey else self.rgb8
+
+    def image16(self) -> np.ndarray:
+        """What to save at 16 bits: ``rgb16``, or ``(H, W)`` of a grey composite."""
+        return np.ascontiguousarray(self.rgb16[:, :, 0]) if self.grey else self.rgb16
 
     def rgba8(self) -> np.ndarray:
         """``(H, W, 4)`` uint8 with alpha 255 on valid pixels, 0 elsewhere."""
@@ -2822,6 +2833,7 @@ def enhance(
         balance=bal,
         stats=stats,
         timings_s=timings,
+        grey=nb == 1 and params.colormap == "grey",
     )
 
 
@@ -2975,12 +2987,12 @@ def enhance_file(
     comp = enhance(lm, preset=preset_arg, overrides=overrides, perijove=perijove, balance=bal)
     with_alpha = alpha and not bool(comp.alpha.all())
     if suffix == ".png":
-        written = [write_png(out, comp.rgba8() if with_alpha else comp.rgb8)]
+        written = [write_png(out, comp.rgba8() if with_alpha else comp.image8())]
     else:
         written = [
             write_tiff(
                 out,
-                comp.rgba16() if with_alpha else comp.rgb16,
+                comp.rgba16() if with_alpha else comp.image16(),
                 description=f"junoproc {__version__} composite, preset {comp.params['preset']}",
             )
         ]

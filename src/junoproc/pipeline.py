@@ -650,8 +650,8 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
             jobs: list[Callable[[], Any]] = []
             for name, comp in composites.items():
                 stem = work_dir / f"{product_id}-{name}"
-                jobs.append(lambda stem=stem, comp=comp: io.write_png(f"{stem}.png", comp.rgb8))
-                jobs.append(lambda stem=stem, comp=comp: io.write_tiff(f"{stem}-16bit.tif", comp.rgb16))
+                jobs.append(lambda stem=stem, comp=comp: io.write_png(f"{stem}.png", comp.image8()))
+                jobs.append(lambda stem=stem, comp=comp: io.write_tiff(f"{stem}-16bit.tif", comp.image16()))
             def write(job: Callable[[], Any]) -> None:
                 with io.unsynced_writes():  # (a context variable: set in the thread itself)
                     job()
@@ -1467,7 +1467,7 @@ def make_mosaics(out_dir: str, product_ids: Sequence[str], options: BuildOptions
             except JunoprocError as err:
                 warnings.append(f"mosaic {key} not enhanced: {err.one_line()}")
                 continue
-            written.append(str(io.write_png(stem.with_suffix(".png"), comp.rgb8)))
+            written.append(str(io.write_png(stem.with_suffix(".png"), comp.image8())))
         return written, warnings
     except JunoprocError as err:
         return [], [f"mosaic skipped: {err.one_line()}"]
