@@ -1968,7 +1968,10 @@ def _saturated_channels(data: np.ndarray, planes: Mapping[str, np.ndarray], plan
     count = planes.get(SATURATED_BACKPLANE)
     if count is None:
         return None
-    k = np.nan_to_num(np.asarray(count, np.float32), nan=0.0)
+    count = np.asarray(count)
+    if count.dtype in (np.uint8, np.uint16) and not cv2.countNonZero(count.reshape(count.shape[0], -1)):
+        return None  # the usual case, told without a float copy of the plane (0.1 s at 12 Mpx)
+    k = np.nan_to_num(count.astype(np.float32), nan=0.0)
     rr, cc = np.nonzero(k > 0.5)
     if rr.size == 0:
         return None
@@ -2793,7 +2796,7 @@ def enhance(
         if sat is not None:
             g1[sat[:, :, 0]] = 1.0
         if params.colormap == "grey":
-            rgb = cv2.merge([g1, g1, g1])
+            rgb = g1  # one channel to the end, made R = G = B there
         else:
             lut8 = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], _colormaps()[params.colormap])
             lut = cv2.cvtColor(lut8, cv2.COLOR_BGR2RGB).reshape(256, 3).astype(_F32) / _F32(255)
@@ -2804,15 +2807,19 @@ def enhance(
 
     with timer("output"):
         if rgb16 is None:
-            rgb16 = _to_u16(rgb)
+            rgb16 = _to_u16(rgb)  # (H, W) when grey: converted once, then made R = G = B
             if n_valid < h * w:
                 rgb16 = cv2.copyTo(rgb16, valid.view(np.uint8))  # zeros where invalid
         rgb8 = cv2.convertScaleAbs(rgb16, alpha=1.0 / 257.0)
         stride_c = max(1, int(math.sqrt(h * w / 1_000_000)))
         sub16 = rgb16[::stride_c, ::stride_c]
         vsub = valid[::stride_c, ::stride_c]
-        top = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(vsub.shape)
-        low = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MIN).reshape(vsub.shape)
+        if rgb16.ndim == 2:
+            top = low = sub16
+            rgb16, rgb8 = cv2.merge([rgb16] * 3), cv2.merge([rgb8] * 3)
+        else:
+            top = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(vsub.shape)
+            low = cv2.reduce(sub16.reshape(-1, 3), 1, cv2.REDUCE_MIN).reshape(vsub.shape)
         nv = max(1, int(vsub.sum()))
         # clipping the enhancement caused; pixels the sensor saturated are counted apart
         # (they are put at the top of the range on purpose)
