@@ -151,6 +151,40 @@ def test_perspective_native_scale(synthetic):
     assert 30 < fov[0] < 90 and 30 < fov[1] < 90
 
 
+@pytest.mark.parametrize("radii", [(71492.0, 71492.0, 66854.0), (1829.4, 1819.4, 1815.7)])
+def test_float32_lonlat_planes_match_geometry(radii):
+    """The perspective backplanes' float32 lat/lon (projection._lonlat_f32) equal
+    geometry.lonlat_from_body within float32 rounding, in [0, 360) on both longitude
+    conventions, on the axes too (+-0 and exact multiples of 90 deg)."""
+    from junoproc.geometry import Target, lonlat_from_body
+    from junoproc.projection import _lonlat_f32
+
+    target = Target("T", 0, "IAU_T", radii)
+    rng = np.random.default_rng(7)
+    lon = np.concatenate([rng.uniform(-np.pi, np.pi, 4000), np.radians([0, 90, 180, 270, -90])])
+    lat = rng.uniform(-1.5, 1.5, lon.size)
+    pts = np.stack([np.cos(lat) * np.cos(lon) * radii[0], np.cos(lat) * np.sin(lon) * radii[1],
+                    np.sin(lat) * radii[2]], axis=-1)
+    pts[-5:, 1] = [0.0, pts[-4, 1], -0.0, pts[-2, 1], pts[-1, 1]]
+    pts[-4:-1:2, 0] = 0.0
+    pts = pts.astype(np.float32).astype(np.float64)  # the float32 points both see
+    want = lonlat_from_body(pts, target)
+    names = ("lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg")
+    out = {name: np.empty((1, len(pts)), np.float32) for name in names}
+    miss = np.zeros((1, len(pts)), bool)
+    miss[0, 3] = True
+    xyz = [np.ascontiguousarray(pts[None, :, i], dtype=np.float32) for i in range(3)]
+    _lonlat_f32(*xyz, target, out, miss)
+    for name in names:
+        got = out[name][0].astype(np.float64)
+        assert np.isnan(got[3])
+        got, ref = np.delete(got, 3), np.delete(want[name], 3)
+        err = (got - ref + 180.0) % 360.0 - 180.0 if name.startswith("lon") else got - ref
+        assert np.abs(err).max() < 4e-5, name
+        if name.startswith("lon"):
+            assert got.min() >= 0.0 and got.max() <= 360.0
+
+
 def test_perspective_is_north_up_east_right(synthetic):
     """Seen from outside the body: latitude grows upwards, east longitude to the right."""
     from junoproc.geometry import lonlat_from_body
