@@ -115,3 +115,26 @@ def test_spice_is_refused_in_a_forked_copy(forked, real_kernels, data_dir):
     assert states[0][0] == frame_state(target, et).range_centre_km
     in_copy = runtime.fork_map(lambda k: (time.sleep(0.005), runtime.in_forked_copy())[1], range(20), 2)
     assert any(in_copy) and not all(in_copy) and not runtime.in_forked_copy()
+
+
+@pytest.mark.parametrize("numpy_first", [False, True])
+def test_blas_runs_on_one_thread_unless_the_user_says(numpy_first):
+    """An idle OpenBLAS thread spins for the next call (6 % of a product's CPU on 2 cores):
+    junoproc sets BLAS to one thread whether numpy was imported before it or not, and a
+    thread count the user set is kept."""
+    import subprocess
+    import sys
+
+    first = ("import numpy, scipy.linalg; import junoproc" if numpy_first
+             else "import junoproc, numpy, scipy.linalg")
+    code = (f"{first}\nfrom threadpoolctl import threadpool_info\n"
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                           "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[1]"
+    if (os.cpu_count() or 1) >= 2:  # (OpenBLAS caps its threads at the CPU count)
+        env["OPENBLAS_NUM_THREADS"] = "2"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == "[2]"

@@ -55,8 +55,8 @@ DEFAULT_PROJECTIONS = ("perspective", "equirectangular")
 CONFIG_NAME = "junoproc.toml"
 #: Prefix of the hidden folder a product is written into before its final rename.
 PARTIAL_TAG = ".partial-"
-#: Environment variables that set the thread count of the numeric libraries in a worker.
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: Thread counts of libraries a worker loads (BLAS stays on one thread: see runtime).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS",)
 #: Subfolder of a product's hidden work folder with what its enhancement reads of its maps,
 #: uncompressed (``.npy``): the worker that finishes the product maps it instead of
 #: decoding the linear TIFFs again (removed before the folder's rename).
@@ -753,7 +753,7 @@ _THREADS = 0  # this worker's thread limit now
 
 def limit_threads(n: int) -> None:
     """At most ``n`` threads per numeric library in this process (geometry's per-pixel
-    kernels, OpenCV, OpenMP/BLAS for libraries loaded from now on)."""
+    kernels, OpenCV, OpenMP for libraries loaded from now on; BLAS stays on one thread)."""
     from .runtime import THREADS_ENV
 
     os.environ[THREADS_ENV] = str(n)

@@ -11,6 +11,12 @@ never a result, and each gives way to the user's own choice (its environment var
   system time fell from 1.1-1.4 s to 0.45-0.56 s without it. Workers now sleep at once
   (``OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER`` / ``..._MAIN`` = 0). OpenCV reads these when
   it loads, so they take effect only where junoproc is imported before ``cv2``.
+- BLAS on one thread (``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` = 1, also applied
+  through ``threadpoolctl`` to a BLAS numpy or scipy loaded before junoproc): junoproc's
+  matrices are small (pointing's normal equations, enhancement's polynomial fits), and an
+  idle OpenBLAS thread spins waiting for the next call. In one PJ44 product on 2 cores
+  that spinning was 6 % of all CPU samples (numpy's and scipy's OpenBLAS together), 0.5-0.9
+  s of CPU taken from the stage running beside it.
 - numpy's transparent huge pages: numpy asks the kernel for 2 MB pages on its large
   arrays. On these virtual machines a fresh huge page, first touched, costs far more than
   512 small ones: allocating and filling 0.67 GB took 0.05-1.8 s (erratic) with them and
@@ -49,6 +55,8 @@ FORK_ENV = "JUNOPROC_FORK"
 #: OpenCV thread-pool busy-wait rounds (read by OpenCV when it loads).
 OPENCV_POOL_WAIT = {"OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER": "0",
                     "OPENCV_THREAD_POOL_ACTIVE_WAIT_MAIN": "0"}
+#: The BLAS thread counts junoproc sets to 1 unless the user set one of them.
+BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def configure() -> None:
@@ -56,6 +64,12 @@ def configure() -> None:
     if "cv2" not in sys.modules:
         for name, value in OPENCV_POOL_WAIT.items():
             os.environ.setdefault(name, value)
+    if not any(var in os.environ for var in BLAS_ENV_VARS):
+        os.environ.update(dict.fromkeys(BLAS_ENV_VARS, "1"))  # read by a BLAS when it loads
+        if "numpy" in sys.modules:  # loaded before junoproc, with its own thread count
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1, user_api="blas")
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return
     import importlib
