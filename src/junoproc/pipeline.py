@@ -635,9 +635,9 @@ def _concurrent_stages(stages: _Stages, items: Sequence[tuple[str, Any]],
     n = min(len(items), workers())
     if n > 1:
         with ThreadPoolExecutor(n) as pool:
-            done = list(pool.map(lambda item: fn(*item, started), items))
+            done = list(pool.map(lambda item: fn(item[0], item[1], started), items))
     else:
-        done = [fn(*item, started) for item in items]
+        done = [fn(name, item, started) for name, item in items]
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     own = {name: [0.0, 0.0] for name in names}
     for _, times in done:

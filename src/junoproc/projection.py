@@ -1622,7 +1622,8 @@ class _Projector:
                     xyz[i][e_r, e_c] = e_pos[:, i]
             miss = None if hit_px is None else ~hit_px
             names = ("lat_centric_deg", "lat_graphic_deg", "lon_east_deg", "lon_west_deg")
-            _lonlat_f32(*xyz, grid.target, {name: out.backplanes[name][rows] for name in names}, miss)
+            _lonlat_f32(xyz[0], xyz[1], xyz[2], grid.target,
+                        {name: out.backplanes[name][rows] for name in names}, miss)
         vis = seen if hit_px is None else seen & hit_px
         if not vis.any():
             for name in ("emission_deg", "incidence_deg", "phase_deg", "range_km", "resolution_km_per_px"):
