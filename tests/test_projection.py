@@ -699,3 +699,33 @@ def test_strips_in_forked_copies_match_threads_and_one_thread(synthetic, monkeyp
 
     monkeypatch.setattr(projection._Projector, "strip", fails_in_copies)
     assert _same_map(projection.project(img, geometry, grid=grid, workers=2), one)
+
+
+def test_pilot_raises_the_lattice_step_only_where_cells_pass(synthetic):
+    """An equirectangular map's lattice step comes from a pilot of the strip checks: raised
+    above the resolution rule where the mapping bends little, and then still within the
+    mapping tolerance of every pixel mapped exactly; the backplane angles keep the rule's
+    lattice (their interpolation error grows 4x per doubling of the step)."""
+    from junoproc import projection
+    from junoproc.projection import make_grid, project
+
+    geometry, image = synthetic
+    grid = make_grid(geometry, "equirectangular", bounds=_disk_box(geometry, 10.0), lon="east",
+                     resolution_px_per_deg=6.0)
+    fast = project(image, geometry, grid=grid)
+    step = fast.sidecar["projection"]["lattice_step_px"]
+    saved = projection.PILOT_PROJECTIONS
+    try:
+        projection.PILOT_PROJECTIONS = ()
+        rule = project(image, geometry, grid=grid)
+    finally:
+        projection.PILOT_PROJECTIONS = saved
+    rule_step = rule.sidecar["projection"]["lattice_step_px"]
+    assert step > rule_step  # 4 for 2 here: the mapping is nearly affine over 4 output px
+    assert f"every {rule_step} output px" in fast.sidecar["projection"]["backplane_angles"]
+    exact = project(image, geometry, grid=grid, max_interp_error_px=0.0)
+    both = np.isfinite(fast.data) & np.isfinite(exact.data)
+    assert both.sum() > 0.99 * np.isfinite(exact.data).sum()
+    assert np.abs(fast.data - exact.data)[both].max() < 4e-3
+    for name in ("emission_deg", "incidence_deg", "phase_deg"):
+        np.testing.assert_array_equal(fast.backplanes[name], rule.backplanes[name])

@@ -777,10 +777,12 @@ def lonlat_from_body(pos_body_km: np.ndarray, target: Target) -> dict[str, np.nd
 
 def body_from_lonlat(lat_centric_deg: np.ndarray, lon_east_deg: np.ndarray,
                      target: Target) -> np.ndarray:
-    """Surface point (..., 3) of the ellipsoid at planetocentric lat / east lon."""
+    """Surface point (..., 3) of the ellipsoid at planetocentric lat / east lon (broadcast;
+    the sines and cosines are taken before broadcasting, once per row of a map's grid)."""
     lat = np.radians(lat_centric_deg)
     lon = np.radians(lon_east_deg)
-    u = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+    cos_lat = np.cos(lat)
+    u = np.stack(np.broadcast_arrays(cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)), axis=-1)
     scale = 1.0 / np.sqrt(np.sum((u / target.radii) ** 2, axis=-1))
     return u * scale[..., None]
 
