@@ -31,7 +31,9 @@ Projection is inverse only. For speed the surface -> framelet mapping is evaluat
 (:meth:`ImageGeometry.surface_to_px_xyz`, light time and aberration included) on a lattice
 of output pixels, one node every ``step`` px (a power of two chosen so that a lattice cell
 spans at most :data:`LATTICE_CELL_PX` framelet pixels at the image's best resolution; half
-that for perspective grids), and interpolated bilinearly in between. Every cell is checked
+that for perspective grids; an equirectangular grid's step raised up to 4x where a pilot of
+the checks below finds it cheaper, its backplane angles kept on the rule's lattice), and
+interpolated bilinearly in between. Every cell is checked
 at its centre, where a bilinear error is largest: a cell whose interpolated framelet
 position errs by more than ``max_interp_error_px`` (0.05 px), or whose grid point does, or
 that straddles the edge of the grid's target, is computed exactly pixel by pixel. Framelets
