@@ -246,17 +246,23 @@ def simulate_cmd(out: str, target: str, altitude_km: float | None, n_frames: int
               help="Also write the attitude as a type-3 CK of JUNO_SPACECRAFT (timing offsets stay in -o).")
 @click.option("--diagnostic", type=click.Path(dir_okay=False), default=None,
               help="PNG: framelets with the predicted limb (red) and the limb points (green).")
+@click.option("--alone", is_flag=True, default=False,
+              help="Solve PRODUCT's limb alone, not with the other images of its pass found beside it.")
 def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_out: str | None,
-                 diagnostic: str | None) -> None:
-    """Solve the camera pointing of PRODUCT from the limb (no CK needed)."""
+                 diagnostic: str | None, alone: bool) -> None:
+    """Solve the camera pointing of PRODUCT from the limb (no CK needed).
+
+    The images of the same pass beside PRODUCT (same target, within 3 h) share its spin
+    axis: one image's limb barely fixes the axis (quality "fair" at best), several do."""
     from pathlib import Path
 
     import spiceypy
 
     from . import pointing
-    from .products import load
+    from .products import load, pass_siblings
 
     raw = load(product)
+    others = [] if alone else pass_siblings(product, raw.meta, max_span_s=pointing.JOINT_MAX_SPAN_S)
     folder = Path(kernel_dir) if kernel_dir else None
     if folder is None:
         from .paths import shared_data_dir
@@ -268,7 +274,12 @@ def pointing_cmd(product: str, kernel_dir: str | None, output: str | None, ck_ou
         spiceypy.furnsh(str(path))
     try:
         points = pointing.detect_limb(raw)
-        sol = pointing.solve_pointing(raw, points=points)
+        if others:
+            click.echo(f"with {len(others)} other image(s) of its pass: "
+                       + ", ".join(o.meta.product_id for o in others))
+            sol = pointing.solve_pointing_with_pass(raw, others)
+        else:
+            sol = pointing.solve_pointing(raw, points=points)
         click.echo(sol.summary())
         if output:
             pointing.save_solution(sol, output)

@@ -677,7 +677,7 @@ class PointingSolution:
     method: str                       # "spin" | "ck-refined" | "ck"
     attitude: Attitude
     timing: FrameTiming
-    quality: str                      # "good" | "fair" | "ck-fallback"
+    quality: str  # "good" | "fair" | "prior-dependent roll" | "ck-fallback" (GOOD_AXIS_SIGMA_DEG)
     residuals_px_by_band: Mapping[str, float]   # RMS of inliers per band
     n_points_by_band: Mapping[str, int]
     max_abs_residual_px: float
@@ -1522,6 +1522,14 @@ def _axis_sigma_deg(cov_radec: np.ndarray, dec_rad: float) -> float:
 
 #: Bounds of the fitted limb altitude above the PCK ellipsoid (km).
 LIMB_ALT_BOUNDS_KM = (-200.0, 800.0)
+#: A spin solution is "good" only when several images share its axis and their limbs alone
+#: pin it to better than this (deg, formal 1-sigma). One image's limb never does: its
+#: formal 1-sigma (0.05-0.1 deg on PJ44's RGB images) understates the error from small
+#: systematic limb errors. Measured: alone, 44C00029 and 44C00032 came out 4.5 and 6.2
+#: deg from their pass's joint axis (30 and 54 px median on the image), simulated single
+#: images 0.2-0.85 deg from the truth (1.5-3.5 px); jointly, the pass's axis has a formal
+#: 1-sigma of 0.0026 deg, and the simulated pass 0.006 deg from the truth.
+GOOD_AXIS_SIGMA_DEG = 0.03
 #: Bound of the fitted camera twist about the boresight relative to the frames kernel (rad).
 TWIST_BOUND_RAD = 0.02
 _AUTO = "auto"
@@ -1768,14 +1776,24 @@ def _solution(fit: _Fitted, cov: np.ndarray, axis_sigmas: tuple[float, float], p
                                    hint="use a CK, or solve it with the other images of its pass "
                                         "(solve_pointing_joint)")
     quality = "good" if fit.rms < 0.5 and axis_sigma < 0.2 else "fair"
+    axis_pinned = shared and axis_sigma_limb < GOOD_AXIS_SIGMA_DEG
+    if fit.method == "spin" and not prior_dependent and not axis_pinned:
+        quality = "fair"
+        if shared:
+            notes.append(f"the shared spin axis is weakly constrained by the images' limbs (limb-only "
+                         f"1-sigma {axis_sigma_limb:.3f} deg, 'good' needs < {GOOD_AXIS_SIGMA_DEG} deg)")
+        else:
+            notes.append("spin axis from one image's limb: its roll about the line of sight rests on the "
+                         "limb's shape, which small systematic limb errors bias by a degree or more (formal "
+                         f"1-sigma {axis_sigma:.3f} deg understates it); features far from the limb may be "
+                         "pixels off. Solve the pass's images together (junoproc build, "
+                         "solve_pointing_joint) or use a CK")
     if prior_dependent:
         quality = "prior-dependent roll"
         notes.append(f"the limb leaves the spin axis free (limb-only 1-sigma {axis_sigma_limb:.1f} deg): "
                      f"it rests on the {getattr(prior, 'source', '')} prior (sigma "
                      f"{getattr(prior, 'sigma_deg', 0.0):.0f} deg), posterior 1-sigma {axis_sigma:.1f} deg; "
                      "features far from the limb may be rotated about the sub-spacecraft point")
-    elif axis_sigma >= 0.2 and fit.method == "spin":
-        notes.append(f"spin axis weakly constrained by the limb (1-sigma {axis_sigma:.2f} deg)")
     if opts.fit_limb_altitude and min(abs(limb_alt - c.lo_h), abs(limb_alt - c.hi_h)) < 1.0:
         notes.append(f"limb altitude at its bound ({limb_alt:.0f} km): something else is wrong")
     if len([b for b, k in cnt_band.items() if k]) == 1 and meta.n_filters > 1:
@@ -2189,6 +2207,27 @@ def solve_pointing_joint(images: Sequence[Any], *, ck: Sequence[Attitude | None]
         for k, s in zip(spin, sols, strict=True):
             out[k] = s
     return [s for s in out if s is not None]
+
+
+def solve_pointing_with_pass(image: Any, others: Sequence[Any], **options: Any) -> PointingSolution:
+    """:func:`solve_pointing` of ``image`` (no CK) with the spin axis shared by ``others``,
+    images of its pass (e.g. :func:`junoproc.products.pass_siblings`): the one solution of
+    ``image``, "good" only from a shared axis (:data:`GOOD_AXIS_SIGMA_DEG`). A neighbour that
+    fails alone is left out of the group, not fatal. ``options``: :func:`solve_from_limbs`'s."""
+    if not others:
+        return solve_pointing(image, **options)
+    observations = [detect_limbs(image)]
+    images = [image]
+    for other in others:
+        try:
+            observations.append(detect_limbs(other))
+            images.append(other)
+        except PointingError:
+            continue
+    sol = solve_from_limbs(observations, images=images, **{**options, "on_error": "return"})[0]
+    if isinstance(sol, Exception):
+        raise sol
+    return sol
 
 
 def solve_pointing(

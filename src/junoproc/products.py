@@ -961,6 +961,37 @@ def load(path: str | Path) -> RawImage:
                        hint="pass a -raw.png, -Metadata.json, .zip, PDS3 .IMG/.LBL or a folder")
 
 
+def _utc_s(utc: str) -> float:
+    return datetime.datetime.fromisoformat(utc.rstrip("Z")).replace(tzinfo=datetime.UTC).timestamp()
+
+
+def pass_siblings(path: str | Path, meta: ProductMeta, *, max_span_s: float) -> list[RawImage]:
+    """The other complete products of ``meta``'s pass beside ``path`` (the folder holding it,
+    or its parent for a file or zip): same target, start times within ``max_span_s``.
+    Unreadable neighbours are left out: they are not what the user asked about."""
+    p = Path(path)
+    folder = p.parent if p.is_file() or not p.exists() else p
+    if p.is_dir() and len([e for e in find_products(p) if e.complete]) <= 1:
+        folder = p.parent  # a folder holding this one product: its neighbours are beside it
+    try:
+        t0 = _utc_s(meta.start_time_utc)
+    except ValueError:
+        return []
+    out: list[RawImage] = []
+    for entry in find_products(folder, max_depth=2):
+        if not entry.complete or entry.product_id == meta.product_id:
+            continue
+        try:
+            other = load_metadata(entry)
+            far = abs(_utc_s(other.start_time_utc) - t0) > max_span_s
+            if other.target.upper() != meta.target.upper() or far:
+                continue
+            out.append(load_entry(entry))
+        except (JunoprocError, ValueError):
+            continue
+    return out
+
+
 def _single(entries: list[ProductEntry], where: Path) -> ProductEntry:
     if not entries:
         raise ProductError("no JunoCam product found", path=where,
