@@ -136,6 +136,27 @@ def _truth_vs_solution_px(product, sol, step: int = 8) -> np.ndarray:
     return np.concatenate(errors)
 
 
+def _prior_6_deg_off(axis_j2000: np.ndarray) -> pointing.AxisPrior:
+    """The simulator has no Earth: an axis prior 6 deg off the truth (sigma 5 deg), which the
+    limb must pull home."""
+    off = pointing.spin_basis(axis_j2000)[0]
+    centre = axis_j2000 * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
+    return pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),), source="test")
+
+
+def _solved_alone_against_truth(product) -> tuple[pointing.PointingSolution, np.ndarray, float]:
+    """A simulated product's no-CK spin solution (prior 6 deg off), its truth px errors and
+    its axis's angle from the true one (deg)."""
+    _furnish(product.kernel_files)
+    try:
+        raw = load_entry(next(iter(find_products(product.out_dir))))
+        axis = product.attitude.axis_j2000
+        sol = pointing.solve_pointing(raw, axis_prior=_prior_6_deg_off(axis))
+        return sol, _truth_vs_solution_px(product, sol), pointing._angle_deg(sol.attitude.axis_j2000, axis)
+    finally:
+        spiceypy.kclear()
+
+
 def _simulated(tmp_path, kernel_dir, write_ck: bool):
     from junoproc.simulate import simulate
 
@@ -182,10 +203,7 @@ def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir):
     try:
         raws = [load_entry(next(iter(find_products(p.out_dir)))) for p in products]
         axis = products[0].attitude.axis_j2000
-        off = pointing.spin_basis(axis)[0]  # a prior 6 deg off the truth, as for one image
-        centre = axis * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
-        prior = pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),),
-                                   source="test")
+        prior = _prior_6_deg_off(axis)  # as for one image
         sols = pointing.solve_from_limbs([pointing.detect_limbs(r) for r in raws], images=raws,
                                          axis_prior=prior)
         errors = [_truth_vs_solution_px(p, s) for p, s in zip(products, sols, strict=True)]
@@ -211,27 +229,13 @@ def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir):
     "(test_simulated_pass_joint_without_ck_matches_truth)"))
 def test_simulated_rgb_without_ck_matches_truth(tmp_path, kernel_dir):
     """30 ms label-timing error, no CK: the spin solve puts true surface points within 0.1 px."""
-    product = _simulated(tmp_path, kernel_dir, write_ck=False)
-    _furnish(product.kernel_files)
-    try:
-        raw = load_entry(next(iter(find_products(product.out_dir))))
-        axis = product.attitude.axis_j2000
-        # the simulator has no Earth: a prior 6 deg off the truth, the limb must pull it home
-        off = pointing.spin_basis(axis)[0]
-        centre = axis * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
-        prior = pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),),
-                                   source="test")
-        sol = pointing.solve_pointing(raw, axis_prior=prior)
-        err = _truth_vs_solution_px(product, sol)
-        sep = pointing._angle_deg(sol.attitude.axis_j2000, axis)
-        print(f"\nsimulated no-CK: RMS {sol.residuals_px_by_band}, axis {sep:.3f} deg from truth, "
-              f"limb alt {sol.limb_alt_km:.1f} km, truth px error median {np.median(err):.3f} "
-              f"max {err.max():.3f} px ({err.size} px), {sol.solve_time_s:.2f} s")
-        assert not sol.axis["prior_dependent_roll"]
-        assert err.size > 1000 and err.max() < 0.1
-        assert abs(sol.limb_alt_km) < 30.0
-    finally:
-        spiceypy.kclear()
+    sol, err, sep = _solved_alone_against_truth(_simulated(tmp_path, kernel_dir, write_ck=False))
+    print(f"\nsimulated no-CK: RMS {sol.residuals_px_by_band}, axis {sep:.3f} deg from truth, "
+          f"limb alt {sol.limb_alt_km:.1f} km, truth px error median {np.median(err):.3f} "
+          f"max {err.max():.3f} px ({err.size} px), {sol.solve_time_s:.2f} s")
+    assert not sol.axis["prior_dependent_roll"]
+    assert err.size > 1000 and err.max() < 0.1
+    assert abs(sol.limb_alt_km) < 30.0
 
 
 def test_one_image_spin_solution_is_not_called_good(tmp_path, kernel_dir):
@@ -243,26 +247,14 @@ def test_one_image_spin_solution_is_not_called_good(tmp_path, kernel_dir):
 
     product = simulate(tmp_path, kernel_dir=kernel_dir, n_frames=14, altitude_km=400_000.0,
                        texture_width=1024, time_offset_s=0.030, write_ck=False, seed=11, n_particle_hits=0)
-    _furnish(product.kernel_files)
-    try:
-        raw = load_entry(next(iter(find_products(product.out_dir))))
-        axis = product.attitude.axis_j2000
-        off = pointing.spin_basis(axis)[0]
-        centre = axis * math.cos(math.radians(6.0)) + off * math.sin(math.radians(6.0))
-        prior = pointing.AxisPrior(centre_j2000=centre, sigma_deg=5.0, gates=(("test", centre),),
-                                   source="test")
-        sol = pointing.solve_pointing(raw, axis_prior=prior)
-        err = _truth_vs_solution_px(product, sol)
-        sep = pointing._angle_deg(sol.attitude.axis_j2000, axis)
-        rms = max(sol.residuals_px_by_band.values())
-        print(f"\none image at 400,000 km: quality {sol.quality}, RMS {rms:.3f} px, axis {sep:.3f} deg off "
-              f"(formal {sol.parameter_sigma['spin_axis_deg']:.3f}), truth px error max {err.max():.2f}")
-        assert rms < 0.5 and err.max() > 1.0  # the trap: a fine fit, wrong
-        assert sol.quality == "fair"
-        assert any("one image's limb" in n and "solve_pointing_joint" in n for n in sol.notes), sol.notes
-        assert "one image's limb" in sol.summary()
-    finally:
-        spiceypy.kclear()
+    sol, err, sep = _solved_alone_against_truth(product)
+    rms = max(sol.residuals_px_by_band.values())
+    print(f"\none image at 400,000 km: quality {sol.quality}, RMS {rms:.3f} px, axis {sep:.3f} deg off "
+          f"(formal {sol.parameter_sigma['spin_axis_deg']:.3f}), truth px error max {err.max():.2f}")
+    assert rms < 0.5 and err.max() > 1.0  # the trap: a fine fit, wrong
+    assert sol.quality == "fair"
+    assert any("one image's limb" in n and "solve_pointing_joint" in n for n in sol.notes), sol.notes
+    assert "one image's limb" in sol.summary()
 
 
 def test_simulated_rgb_refined_from_ck_matches_truth(tmp_path, kernel_dir):
