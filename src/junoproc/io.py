@@ -135,8 +135,9 @@ def _floatpred_decode(data: np.ndarray, axis: int = -2, out: Any = None) -> np.n
 
 
 def _io_workers() -> int:
-    """Threads for (de)compressing TIFF strips: :func:`junoproc.runtime.workers`, at most 4."""
-    return min(4, workers())
+    """Threads for (de)compressing TIFF strips: :func:`junoproc.runtime.workers`, at most 4
+    (or as :func:`codec_threads` says)."""
+    return _CODEC_THREADS.get() or min(4, workers())
 
 
 def _zstd_available() -> bool:
@@ -255,6 +256,22 @@ def backplanes_path(path: str | os.PathLike[str]) -> Path:
 
 #: False inside :func:`unsynced_writes`: files are not fsynced one by one.
 _FSYNC_EACH = contextvars.ContextVar("junoproc_io_fsync_each", default=True)
+
+
+#: Set inside :func:`codec_threads`.
+_CODEC_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("junoproc_io_codec_threads",
+                                                                          default=None)
+
+
+@contextmanager
+def codec_threads(n: int) -> Iterator[None]:
+    """TIFF strips in this block are (de)compressed on ``n`` threads (1: in the caller's
+    own thread), for a write that runs beside other work which already uses the cores."""
+    token = _CODEC_THREADS.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _CODEC_THREADS.reset(token)
 
 
 @contextmanager
