@@ -53,6 +53,7 @@ import time
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ import numpy as np
 
 from .errors import EnhanceError
 from .io import LinearMap
+from .runtime import workers
 
 __all__ = [
     "COLOUR_WEIGHT_ERAS",
@@ -535,9 +537,8 @@ def photometric_gain(
     table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"), _F32)
     h, w = inc.shape
     out = np.empty((h, w), _F32)
-    rows = max(1, min(h, (1 << 20) // max(w, 1)))  # strips: small temporaries, reused
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
+
+    def strip(r0: int, r1: int) -> None:
         map_x = _cos_deg(inc[r0:r1])
         map_x += _F32(1)
         map_x *= _F32((_GAIN_TABLE_MU0 - 1) / 2)
@@ -558,7 +559,26 @@ def photometric_gain(
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=float("nan"),
         )
+
+    _each_strip(h, w, strip)
     return out
+
+
+def _each_strip(h: int, w: int, fn: typing.Callable[[int, int], None]) -> None:
+    """``fn(r0, r1)`` over strips of ~1 Mpx of an (h, w) image (small temporaries, reused
+    by the allocator), on the cores this process may use (:func:`junoproc.runtime.workers`,
+    threads: OpenCV and numpy release the interpreter lock). ``fn`` must only write rows
+    r0:r1 of its outputs."""
+    rows = max(1, min(h, (1 << 20) // max(w, 1)))
+    strips = [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+    n = min(len(strips), workers())
+    if n <= 1:
+        for r0, r1 in strips:
+            fn(r0, r1)
+        return
+    with ThreadPoolExecutor(n) as pool:
+        for _ in pool.map(lambda strip: fn(*strip), strips):
+            pass
 
 
 def _gain_exact(
@@ -1459,7 +1479,11 @@ def _display_order(data: np.ndarray, plan: _Plan) -> tuple[np.ndarray, _Plan]:
         return data, plan
     out = np.empty((*data.shape[:2], nb), _F32)
     pairs = [v for i, c in enumerate(plan.channels) for v in (c, i)]
-    cv2.mixChannels([data], [out], pairs)
+
+    def strip(r0: int, r1: int) -> None:
+        cv2.mixChannels([data[r0:r1]], [out[r0:r1]], pairs)
+
+    _each_strip(data.shape[0], data.shape[1], strip)
     return out, _Plan(plan.out_names, tuple(range(nb)), plan.out_names, plan.dropped)
 
 
@@ -1673,7 +1697,12 @@ def _prepare(
             # the gain is computed there and only the result is brought to full size
             mean_m = np.zeros((1, data.shape[2]), _F32)
             mean_m[0, list(plan.channels)] = 1.0 / len(plan.channels)
-            lum = cv2.transform(data, mean_m).reshape(h, w)
+            lum = np.empty((h, w), _F32)
+
+            def lum_strip(r0: int, r1: int) -> None:
+                lum[r0:r1] = cv2.transform(data[r0:r1], mean_m).reshape(r1 - r0, w)
+
+            _each_strip(h, w, lum_strip)
             g = _mean_gain(gain)
             if g is not None:
                 np.multiply(lum, g, out=lum)
@@ -1942,10 +1971,17 @@ def _resolve_preset(preset: str | EnhanceParams | Mapping[str, Any]) -> EnhanceP
 
 
 def _valid_mask(data: np.ndarray) -> np.ndarray:
-    total = (
-        data[:, :, 0].copy() if data.shape[2] == 1 else cv2.transform(data, np.ones((1, data.shape[2]), _F32))
-    )
-    return np.isfinite(total.reshape(data.shape[:2]))
+    """True where every band is finite."""
+    h, w, nb = data.shape
+    valid = np.empty((h, w), bool)
+    ones = np.ones((1, nb), _F32)
+
+    def strip(r0: int, r1: int) -> None:
+        total = data[r0:r1, :, 0] if nb == 1 else cv2.transform(data[r0:r1], ones).reshape(r1 - r0, w)
+        np.isfinite(total, out=valid[r0:r1])
+
+    _each_strip(h, w, strip)
+    return valid
 
 
 #: Backplane of a linear map: per pixel, how many of the map's bands had a sensor-saturated
@@ -2604,9 +2640,8 @@ def enhance(
         luma_m = np.asarray([LUMA_RGB], _F32)
         x = np.empty((h, w, nb), _F32)
         gain3 = None if prep.gain is None else prep.gain.reshape(h, w, -1)
-        rows = max(1, min(h, (1 << 20) // max(w, 1)))
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
+
+        def linear_strip(r0: int, r1: int) -> None:
             xs = x[r0:r1]
             if nb > 1:
                 cv2.transform(data[r0:r1], m, dst=xs)
@@ -2630,6 +2665,8 @@ def enhance(
             cv2.patchNaNs(xs, 0)
             np.maximum(xs, _F32(0), out=xs)
             np.minimum(xs, _F32(1e6), out=xs)
+
+        _each_strip(h, w, linear_strip)
 
     dark = None
     if params.lift.method == "asinh" or params.denoise.strength > 0 or params.denoise.chroma > 0:
@@ -2741,11 +2778,9 @@ def enhance(
                 sat_lut = _fade_lut(0.5 * f, 1.5 * f, 1.0, params.saturation)
             dark_sat = params.lift.dark_saturation if dark is not None else 1.0
             rgb16 = np.empty((h, w, 3), np.uint16)
-            rows = max(1, min(h, (1 << 20) // max(w, 1)))
-            zeros16 = np.zeros((rows, w, 3), np.uint16)
             valid8 = valid.view(np.uint8)
-            for r0 in range(0, h, rows):
-                r1 = min(h, r0 + rows)
+
+            def finish_strip(r0: int, r1: int) -> None:
                 xs = x[r0:r1]
                 if use_lab:
                     assert L is not None
@@ -2777,7 +2812,10 @@ def enhance(
                     _saturated_to_top(xs, sat[r0:r1])
                 cv2.multiply(xs, (65535.0,) * 4, dst=rgb16[r0:r1], dtype=cv2.CV_16U)  # type: ignore[call-overload]
                 if n_valid < h * w:  # 0 where invalid (a masked copy: 15x faster than x * valid)
-                    cv2.copyTo(zeros16[: r1 - r0], cv2.compare(valid8[r0:r1], 0, cv2.CMP_EQ), rgb16[r0:r1])
+                    unseen = cv2.compare(valid8[r0:r1], 0, cv2.CMP_EQ)
+                    cv2.copyTo(np.zeros((r1 - r0, w, 3), np.uint16), unseen, rgb16[r0:r1])
+
+            _each_strip(h, w, finish_strip)
         rgb = x
     else:
         with timer("gamma"):
