@@ -2107,13 +2107,17 @@ def _incidence_profile(
     grid = np.arange(centres[0], centres[-1] + 0.5 * step, step)
     table = np.interp(grid, centres, ratio).astype(_F32)[None, :]
     table = np.ascontiguousarray(np.pad(table, ((0, 1), (0, 1)), mode="edge"))
-    map_x = cv2.subtract(inc, float(centres[0]))
-    map_x *= _F32(1.0 / step)
-    np.clip(map_x, _F32(0), _F32(table.shape[1] - 2), out=map_x)  # held beyond the ends
-    cv2.patchNaNs(map_x, -10.0)
-    q = cv2.remap(
-        table, map_x, np.zeros_like(map_x), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
-    )
+    q = np.empty((h, w), _F32)
+
+    def strip(r0: int, r1: int) -> None:
+        map_x = cv2.subtract(inc[r0:r1], float(centres[0]))
+        map_x *= _F32(1.0 / step)
+        np.clip(map_x, _F32(0), _F32(table.shape[1] - 2), out=map_x)  # held beyond the ends
+        cv2.patchNaNs(map_x, -10.0)
+        cv2.remap(table, map_x, np.zeros_like(map_x), cv2.INTER_LINEAR, dst=q[r0:r1],
+                  borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+
+    _each_strip(h, w, strip)
     return q, info
 
 
@@ -2155,23 +2159,35 @@ def _lightness_ops(
             # full 16-bit spread makes any clip < ~4 the same; this way the limit means what
             # it means for 8-bit CLAHE, at any image size, without 8-bit banding
             clahe = cv2.createCLAHE(clipLimit=16.0 * p.clahe.clip, tileGridSize=grid)
-            src = L if q is None else cv2.divide(L, q)
-            l16 = _convert(src, 4095 / 100, cv2.CV_16U)
-            np.minimum(l16, np.uint16(4095), out=l16)  # L > 100 would wrap in the shift
-            np.left_shift(l16, 4, out=l16)
-            eq = _convert(clahe.apply(l16), 100 / 65535, cv2.CV_32F)
-            if q is not None:  # back to the shaded lightness
-                cv2.multiply(eq, q, dst=eq)
-            if lit is not None:  # fade out below the dark floor
-                np.subtract(eq, L, out=eq)
-                eq *= lit
-                if p.clahe.mix < 1.0:
-                    eq *= _F32(p.clahe.mix)
-                L += eq
-            elif p.clahe.mix >= 1.0:
-                L = eq
-            else:
-                cv2.addWeighted(eq, p.clahe.mix, L, 1.0 - p.clahe.mix, 0.0, dst=L)
+            l16 = np.empty((h, w), np.uint16)
+
+            def to_levels(r0: int, r1: int) -> None:
+                src = L[r0:r1] if q is None else cv2.divide(L[r0:r1], q[r0:r1])
+                part = l16[r0:r1]
+                cv2.multiply(src, (4095 / 100,) * 4, dst=part, dtype=cv2.CV_16U)  # type: ignore[call-overload]
+                np.minimum(part, np.uint16(4095), out=part)  # L > 100 would wrap in the shift
+                np.left_shift(part, 4, out=part)
+
+            _each_strip(h, w, to_levels)
+            l16 = clahe.apply(l16)
+
+            def mixed_back(r0: int, r1: int) -> None:
+                eq = _convert(l16[r0:r1], 100 / 65535, cv2.CV_32F)
+                Ls = L[r0:r1]
+                if q is not None:  # back to the shaded lightness
+                    cv2.multiply(eq, q[r0:r1], dst=eq)
+                if lit is not None:  # fade out below the dark floor
+                    np.subtract(eq, Ls, out=eq)
+                    eq *= lit[r0:r1]
+                    if p.clahe.mix < 1.0:
+                        eq *= _F32(p.clahe.mix)
+                    Ls += eq
+                elif p.clahe.mix >= 1.0:
+                    Ls[...] = eq
+                else:
+                    cv2.addWeighted(eq, p.clahe.mix, Ls, 1.0 - p.clahe.mix, 0.0, dst=Ls)
+
+            _each_strip(h, w, mixed_back)
     if p.sharpen.amount > 0:
         with timer("sharpen"):
             blur = cv2.GaussianBlur(L, (0, 0), p.sharpen.sigma_px, borderType=cv2.BORDER_REFLECT)
