@@ -308,6 +308,75 @@ def test_backplane_selection_reads_only_the_named_planes_exactly(tmp_path: Path)
     np.testing.assert_array_equal(eq.backplanes["weight"], lm.backplanes["weight"])
 
 
+@pytest.mark.parametrize("radii_km", [(71492.0, 71492.0, 66854.0), (1829.4, 1819.4, 1815.7)])
+def test_computed_coordinates_match_the_float64_formulas(radii_km: tuple[float, float, float]) -> None:
+    """The float32 planetographic latitude and west longitude computed from a map's stored
+    planes (Jupiter; Io, triaxial) agree with :func:`geometry.lonlat_from_body` within
+    2e-5 deg, poles and the 0/360 seam included."""
+    from junoproc.geometry import Target, graphic_from_centric_lat_f32, lonlat_from_body
+    from junoproc.geometry import west_from_east_lon_f32 as west_f32
+
+    target = Target("T", 0, "IAU_T", radii_km)
+    lat = np.linspace(-90.0, 90.0, 721)[:, None]
+    lon = np.r_[0.0, 1e-6, np.linspace(0.0, 360.0, 480, endpoint=False)[1:], 360.0 - 1e-6][None, :]
+    u = np.stack(np.broadcast_arrays(np.cos(np.radians(lat)) * np.cos(np.radians(lon)),
+                                     np.cos(np.radians(lat)) * np.sin(np.radians(lon)),
+                                     np.sin(np.radians(lat)) + 0 * lon), axis=-1)
+    pos = u / np.sqrt(np.sum((u / np.asarray(radii_km)) ** 2, axis=-1))[..., None]
+    truth = lonlat_from_body(pos, target)
+    lat_c, lon_e = truth["lat_centric_deg"].astype(np.float32), truth["lon_east_deg"].astype(np.float32)
+    lat_g = graphic_from_centric_lat_f32(lat_c, lon_e, radii_km)
+    assert lat_g.dtype == np.float32
+    assert np.abs(lat_g - truth["lat_graphic_deg"]).max() < 2e-5
+    lon_w = west_f32(lon_e)
+    assert ((lon_w >= 0) & (lon_w < 360)).all()
+    assert np.abs((lon_w - truth["lon_west_deg"] + 180.0) % 360.0 - 180.0).max() < 2e-5
+    nan = np.array([np.nan], np.float32)
+    assert np.isnan(graphic_from_centric_lat_f32(nan, nan, radii_km)).all() and np.isnan(west_f32(nan)).all()
+
+
+def test_computed_backplanes_are_left_out_and_come_back_exactly(tmp_path: Path) -> None:
+    """Planes the sidecar says were computed by formula are not stored and are computed
+    again on reading, bit for bit (also when read alone); a plane that no longer matches
+    its formula (edited since) is stored as it is."""
+    import tifffile
+
+    from junoproc.geometry import graphic_from_centric_lat_f32, west_from_east_lon_f32
+
+    rng = np.random.default_rng(2)
+    h, w = 150, 90
+    data = rng.random((h, w, 3), dtype=np.float32)
+    seen = np.ones((h, w), bool)
+    seen[:, :9] = False
+    data[~seen] = np.nan
+    radii = [71492.0, 71492.0, 66854.0]
+    lat_c = np.where(seen, rng.uniform(-90, 90, (h, w)), np.nan).astype(np.float32)
+    lon_e = np.where(seen, rng.uniform(0, 360, (h, w)), np.nan).astype(np.float32)
+    rng_km = np.where(seen, rng.uniform(5e4, 9e4, (h, w)), np.nan).astype(np.float32)
+    ifov = float(np.float32(6.9e-4))
+    planes = {"lat_centric_deg": lat_c, "lon_east_deg": lon_e, "range_km": rng_km,
+              "lat_graphic_deg": graphic_from_centric_lat_f32(lat_c, lon_e, radii),
+              "lon_west_deg": west_from_east_lon_f32(lon_e),
+              "resolution_km_per_px": rng_km * np.float32(ifov)}
+    side = {"computed_backplanes": {"lat_graphic_deg": {"radii_km": radii}, "lon_west_deg": {},
+                                    "resolution_km_per_px": {"ifov_rad": ifov}}}
+    write_linear_map(tmp_path / "c.tif", LinearMap(data, ("BLUE", "GREEN", "RED"), planes, side))
+    with tifffile.TiffFile(backplanes_path(tmp_path / "c.tif")) as tif:
+        desc = json.loads(tif.pages.first.description)
+    assert desc["plane_names"] == ["lat_centric_deg", "lon_east_deg", "range_km"]
+    back = read_linear_map(tmp_path / "c.tif")
+    assert set(back.backplanes) == set(planes)
+    for name, plane in planes.items():
+        np.testing.assert_array_equal(back.backplanes[name], plane)
+    alone = read_linear_map(tmp_path / "c.tif", backplanes=("lat_graphic_deg",))
+    assert set(alone.backplanes) == {"lat_graphic_deg"}
+    np.testing.assert_array_equal(alone.backplanes["lat_graphic_deg"], planes["lat_graphic_deg"])
+    edited = dict(planes, resolution_km_per_px=planes["resolution_km_per_px"] * np.float32(2))
+    write_linear_map(tmp_path / "e.tif", LinearMap(data, ("BLUE", "GREEN", "RED"), edited, side))
+    np.testing.assert_array_equal(read_linear_map(tmp_path / "e.tif").backplanes["resolution_km_per_px"],
+                                  edited["resolution_km_per_px"])
+
+
 @pytest.mark.parametrize("compression", ["deflate", "zstd"])
 def test_floating_point_predictor_is_libtiffs(tmp_path: Path, compression: str) -> None:
     """Pillow decodes with libtiff: our predictor-3 encoding, with deflate (the maps) and

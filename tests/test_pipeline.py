@@ -286,7 +286,8 @@ def test_interrupted_product_is_redone(batch):
     assert result.status == "done"
     # the per-image progress bar's steps; alone, ``pointing`` detects, solves and aligns,
     # and the linear maps are written beside the enhancement (after the balance)
-    alone = [st for st in pipeline.product_stages(options) if st not in ("limbs", "align_bands", "write_linear")]
+    alone = [st for st in pipeline.product_stages(options)
+             if st not in ("limbs", "align_bands", "write_linear")]
     alone.insert(alone.index("read_linear") + 1, "write_linear")
     assert stages == alone
     assert (final / f"{PRODUCT}.json").is_file()

@@ -34,6 +34,7 @@ Frames and units are in the names: ``_j2000``, ``_body`` (IAU_<TARGET>), ``_cam`
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -773,6 +774,47 @@ def lonlat_from_body(pos_body_km: np.ndarray, target: Target) -> dict[str, np.nd
     lon_w = np.mod(-lon_e, 360.0)
     return {"lat_centric_deg": lat_c, "lat_graphic_deg": lat_g,
             "lon_east_deg": lon_e, "lon_west_deg": lon_w}
+
+
+def graphic_from_centric_lat_f32(lat_centric_deg: np.ndarray, lon_east_deg: np.ndarray,
+                                 radii_km: Sequence[float], out: np.ndarray | None = None) -> np.ndarray:
+    """Planetographic latitude (deg, float32) of surface points given by their
+    planetocentric latitude and east longitude (float32 planes; the longitude matters on
+    a triaxial body only): tan(graphic) = tan(centric) / (c**2 sqrt(cos(lon)**2 / a**4 +
+    sin(lon)**2 / b**4)). Within ~1e-5 deg of :func:`lonlat_from_body`; a map's backplane
+    is computed by this very function, so a file may leave it out (see
+    :func:`junoproc.io.write_linear_map`) and get it back exactly."""
+    a, b, c = (float(v) for v in radii_km)
+    rad = np.float32(math.pi / 180.0)
+    t = np.multiply(lat_centric_deg, rad, out=out)
+    np.tan(t, out=t)
+    if a == b:  # a spheroid
+        t *= np.float32((a / c) ** 2)
+    else:
+        lon = np.multiply(lon_east_deg, rad)
+        cos2 = np.cos(lon)
+        cos2 *= cos2
+        sin2 = np.float32(1.0) - cos2
+        cos2 *= np.float32(1.0 / a**4)
+        sin2 *= np.float32(1.0 / b**4)
+        cos2 += sin2
+        np.sqrt(cos2, out=cos2)
+        cos2 *= np.float32(c**2)
+        t /= cos2
+    np.arctan(t, out=t)
+    t *= np.float32(180.0 / math.pi)
+    # at a pole the float32 angle lies past pi / 2, where the tangent changes sign
+    np.copyto(t, lat_centric_deg, where=np.abs(lat_centric_deg) >= np.float32(90.0))
+    return t
+
+
+def west_from_east_lon_f32(lon_east_deg: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """West longitude (deg, float32, in [0, 360)) from east longitude (float32 in [0, 360)):
+    360 - lon, 0 for 0 (and for what rounds to 360); NaN stays NaN. A map's backplane is
+    computed by this very function, so a file may leave it out and get it back exactly."""
+    w = np.subtract(np.float32(360.0), lon_east_deg, out=out)
+    np.subtract(w, np.float32(360.0), out=w, where=w >= np.float32(360.0))
+    return w
 
 
 def body_from_lonlat(lat_centric_deg: np.ndarray, lon_east_deg: np.ndarray,

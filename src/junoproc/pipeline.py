@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -590,17 +590,18 @@ def project_product(entry: Any, options: BuildOptions, *, on_stage: StageCallbac
 
 
 def _write_linear_maps(work_dir: Path, files: Mapping[str, str], maps: Mapping[str, Any], *,
-                       scratch: bool, beside_other_work: bool = False) -> None:
+                       scratch: bool, parts: Collection[str] | None = None) -> None:
     """The linear maps (TIFF, backplanes, JSON) into ``work_dir``, not fsynced: the folder
     is renamed whole (see :func:`finish_product`). ``scratch``: also the arrays another
-    worker's enhancement reads (:func:`_save_for_enhancement`). ``beside_other_work``:
-    compressed in this thread alone (the other cores are busy; its CPU time is its own)."""
+    worker's enhancement reads (:func:`_save_for_enhancement`). ``parts``: only those
+    files (:data:`io.LINEAR_MAP_PARTS`), compressed in this thread alone: a task beside
+    others that keep the cores busy (and its CPU time is then its own)."""
     from . import io
 
     # (context variables: set in the thread that writes)
-    with io.unsynced_writes(), io.codec_threads(1) if beside_other_work else nullcontext():
+    with io.unsynced_writes(), io.codec_threads(1) if parts is not None else nullcontext():
         for name, linear in maps.items():
-            io.write_linear_map(work_dir / files[name], linear)
+            io.write_linear_map(work_dir / files[name], linear, parts=parts or io.LINEAR_MAP_PARTS)
             if scratch:
                 _save_for_enhancement(work_dir, name, linear)
 
@@ -736,15 +737,22 @@ def finish_product(projected: Projected, balance: Mapping[str, Any], options: Bu
             t2, c2 = time.perf_counter(), time.thread_time()
             return comp, {f"enhance_{name}": (t1 - t0, c1 - c0), "write": (t2 - t1, c2 - c1)}
 
-        # maps kept in memory are written here, beside the enhancement (the longest task first)
+        # maps kept in memory are written here, beside their enhancement: per map its
+        # backplanes file, its composite, its map file (the largest map first)
         unwritten = projected.maps is not None
-        tasks: list[tuple[str, StageTask]] = [("", _stage_task("write_linear", partial(
-            _write_linear_maps, work_dir, projected.map_files, maps, scratch=False,
-            beside_other_work=workers() > 1)))] if unwritten else []
-        tasks += [(name, partial(enhance_and_write, name, linear)) for name, linear in maps.items()]
+        tasks: list[tuple[str, StageTask]] = []
+        for name, linear in sorted(maps.items(), key=lambda item: -item[1].data[..., 0].size):
+            for part in ("backplanes", "enhance", "map") if unwritten else ("enhance",):
+                if part == "enhance":
+                    tasks.append((name, partial(enhance_and_write, name, linear)))
+                else:
+                    files = ("map", "sidecar") if part == "map" else (part,)
+                    tasks.append((f"{name} {part}", _stage_task("write_linear", partial(
+                        _write_linear_maps, work_dir, {name: projected.map_files[name]}, {name: linear},
+                        scratch=False, parts=files))))
         names = ["write_linear"] * unwritten + [f"enhance_{name}" for name in maps]
-        composites = _concurrent_stages(stages, tasks, names + ["write"])
-        composites.pop("", None)
+        done = _concurrent_stages(stages, tasks, names + ["write"])
+        composites = {name: done[name] for name in maps}
         del maps
         shutil.rmtree(work_dir / SCRATCH_DIR, ignore_errors=True)
         written = sorted(p.name for p in work_dir.iterdir())

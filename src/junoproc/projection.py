@@ -89,11 +89,13 @@ from .geometry import (
     _intersect_ellipsoid,
     body_from_lonlat,
     frame_state,
+    graphic_from_centric_lat_f32,
     graphic_to_centric_deg,
     intersect_rays,
     lonlat_from_body,
     norm3,
     surface_to_cam,
+    west_from_east_lon_f32,
 )
 from .io import LinearMap
 from .runtime import cv2_serial, enter_copy, forking, note_helper_peak_mb, private_kb, shared_empty
@@ -1177,6 +1179,8 @@ class _Projector:
             if entries:
                 self.band_cells[frame] = entries
         self.mid_state = geometry.states[geometry.n_frames // 2]
+        #: the backplane resolution_km_per_px is range_km x this (the first band's IFOV)
+        self.resolution_ifov_rad = float(np.float32(geometry.ifov_rad(geometry.meta.filters[0])))
         self._sources: dict[tuple[int, int], _Source] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -1748,7 +1752,7 @@ class _Projector:
                 plane[near] = exact_near[:, i]
         range_km = out.backplanes["range_km"][rows]
         np.multiply(rng, nan_mask, out=range_km)
-        ifov = np.float32(self.geometry.ifov_rad(self.geometry.meta.filters[0]))
+        ifov = np.float32(self.resolution_ifov_rad)  # (io.computed_backplane's formula)
         np.multiply(range_km, ifov, out=out.backplanes["resolution_km_per_px"][rows])
 
 
@@ -1766,27 +1770,21 @@ def _lonlat_f32(x: np.ndarray, y: np.ndarray, z: np.ndarray, target: Target,
     """:func:`geometry.lonlat_from_body` of float32 body-fixed points (planes ``x, y, z``
     (H, W)) in float32 (within ~1e-5 deg of it), into the (H, W) float32 views ``out``; NaN
     where ``miss``. Longitudes wrapped by adding 360 deg where negative (``np.mod`` of
-    float32 is a scalar loop: 3x slower than everything else here)."""
+    float32 is a scalar loop: 3x slower than everything else here). The planetographic
+    latitude and west longitude are computed from the planetocentric latitude and east
+    longitude (:data:`junoproc.io.COMPUTED_BACKPLANES`): a map file leaves them out."""
     deg = np.float32(180.0 / math.pi)
-    a, b, c = (float(v) for v in target.radii_km)
-    r = _hypot_f32(x, y)
-    lat_c, lat_g = out["lat_centric_deg"], out["lat_graphic_deg"]
-    np.arctan2(z, r, out=lat_c)
-    if a == b:  # a spheroid: the normal's equatorial part is r / a**2
-        np.arctan2(z * np.float32((a / c) ** 2), r, out=lat_g)
-    else:
-        nxy = _hypot_f32(x * np.float32(1.0 / a**2), y * np.float32(1.0 / b**2))
-        np.arctan2(z * np.float32(1.0 / c**2), nxy, out=lat_g)
-    lon_e, lon_w = out["lon_east_deg"], out["lon_west_deg"]
+    lat_c, lon_e = out["lat_centric_deg"], out["lon_east_deg"]
+    np.arctan2(z, _hypot_f32(x, y), out=lat_c)
     np.arctan2(y, x, out=lon_e)  # (-180, 180] deg
-    for plane in (lat_c, lat_g, lon_e):
+    for plane in (lat_c, lon_e):
         plane *= deg
-    np.negative(lon_e, out=lon_w)
-    for plane in (lon_e, lon_w):
-        np.add(plane, np.float32(360.0), out=plane, where=plane < 0)
+    np.add(lon_e, np.float32(360.0), out=lon_e, where=lon_e < 0)
     if miss is not None:
-        for plane in (lat_c, lat_g, lon_e, lon_w):
-            plane[miss] = np.nan
+        lat_c[miss] = np.nan
+        lon_e[miss] = np.nan
+    graphic_from_centric_lat_f32(lat_c, lon_e, target.radii_km, out=out["lat_graphic_deg"])
+    west_from_east_lon_f32(lon_e, out=out["lon_west_deg"])
 
 
 @dataclass
@@ -1888,6 +1886,14 @@ def project(
                                 f"cosines between, exact where an angle's cosine exceeds {NEAR_ZERO_COS}",
             "backplanes_state": f"mid-time frame {mid} (et {geometry.states[mid].et:.3f})",
             "attitude": dict(geometry.attitude_description),
+        },
+        # backplanes computed from others by io.computed_backplane's formulas (a file
+        # leaves them out); an equirectangular grid gives its coordinates itself
+        "computed_backplanes": {
+            "resolution_km_per_px": {"ifov_rad": proj.resolution_ifov_rad},
+            **({} if grid.projection == "equirectangular" else {
+                "lat_graphic_deg": {"radii_km": [float(r) for r in grid.target.radii_km]},
+                "lon_west_deg": {}}),
         },
     }
     tm["total_s"] = time.perf_counter() - clock
