@@ -291,6 +291,20 @@ def test_interrupted_product_is_redone(batch):
     alone.insert(alone.index("read_linear") + 1, "write_linear")
     assert stages == alone
     assert (final / f"{PRODUCT}.json").is_file()
+    # the linear map, written beside the enhancement from the map in memory, is complete:
+    # enhanced again with the recorded balance it gives the composite written; the planes
+    # the file leaves out (computed by formula) come back
+    from junoproc import io
+    from junoproc.enhance import ColourBalance, enhance
+
+    side = json.loads((final / f"{PRODUCT}.json").read_text())
+    assert {f"{PRODUCT}-perspective-linear.tif", f"{PRODUCT}-perspective-linear-backplanes.tif",
+            f"{PRODUCT}-perspective-linear.json"} <= set(side["outputs"])
+    lm = io.read_linear_map(final / f"{PRODUCT}-perspective-linear.tif")
+    assert {"lat_graphic_deg", "lon_west_deg", "resolution_km_per_px"} <= set(lm.backplanes)
+    again = enhance(lm, preset=options.preset, perijove=44,
+                    balance=ColourBalance.from_dict(side["colour_balance"]["balance"]))
+    assert np.array_equal(again.rgb8[..., :3], io.read_image(final / f"{PRODUCT}-perspective.png")[..., :3])
     shutil.rmtree(partial)
 
 
