@@ -1710,10 +1710,18 @@ class _Projector:
             _lonlat_f32(xyz[0], xyz[1], xyz[2], grid.target,
                         {name: out.backplanes[name][rows] for name in names}, miss)
         vis = seen if hit_px is None else seen & hit_px
-        if not vis.any():
-            for name in ("emission_deg", "incidence_deg", "phase_deg", "range_km", "resolution_km_per_px"):
+        angle_names = ("emission_deg", "incidence_deg", "phase_deg", "range_km", "resolution_km_per_px")
+        seen_cols = np.flatnonzero(vis.any(axis=0))
+        if not len(seen_cols):
+            for name in angle_names:
                 out.backplanes[name][rows] = nan
             return
+        # the angles only between the strip's first and last seen column (NaN beyond)
+        c0, c1 = int(seen_cols[0]), int(seen_cols[-1]) + 1
+        for name in angle_names:
+            out.backplanes[name][rows, :c0] = nan
+            out.backplanes[name][rows, c1:] = nan
+        vis = vis[:, c0:c1]
         sb, kb = s, k0
         if self.backplane_step != s:  # the angles on their own, finer lattice
             sb, kb = self.backplane_step, r0 // self.backplane_step
@@ -1723,12 +1731,13 @@ class _Projector:
         sel_n = np.flatnonzero(hit_n)
         angles_n.reshape(-1, 4)[sel_n] = _view_angles(pos_n.reshape(-1, 3)[sel_n], self.radii,
                                                        state.observer_pos_body_km, state.sun_pos_body_km)
-        planes = [_warp_nodes(np.ascontiguousarray(angles_n[..., i]), sb, kb, 0, (r0, r1), (0, w))
+        planes = [_warp_nodes(np.ascontiguousarray(angles_n[..., i]), sb, kb, 0, (r0, r1), (c0, c1))
                   for i in range(4)]
-        if len(e_r):
-            exact = _view_angles(e_pos, self.radii, state.observer_pos_body_km, state.sun_pos_body_km)
+        inside = (e_c >= c0) & (e_c < c1)
+        if inside.any():
+            exact = _view_angles(e_pos[inside], self.radii, state.observer_pos_body_km, state.sun_pos_body_km)
             for i in range(4):
-                planes[i][e_r, e_c] = exact[:, i]
+                planes[i][e_r[inside], e_c[inside] - c0] = exact[:, i]
         cos_e, cos_i, cos_p, rng = planes
         vis &= cos_e > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1738,22 +1747,22 @@ class _Projector:
         near = np.nonzero(vis & ((cos_e > NEAR_ZERO_COS) | (cos_i > NEAR_ZERO_COS) | (cos_p > NEAR_ZERO_COS)))
         exact_near = None
         if len(near[0]):
-            pos, _ = grid_points_at(grid, near[0] + r0, near[1], state=self.grid_state)
+            pos, _ = grid_points_at(grid, near[0] + r0, near[1] + c0, state=self.grid_state)
             exact_near = np.degrees(np.arccos(np.clip(_view_angles(
                 pos, self.radii, state.observer_pos_body_km, state.sun_pos_body_km)[:, :3], -1.0, 1.0)))
         deg = np.float32(180.0 / math.pi)
         named = (("emission_deg", cos_e), ("incidence_deg", cos_i), ("phase_deg", cos_p))
         for i, (name, c) in enumerate(named):
-            plane = out.backplanes[name][rows]  # a contiguous view: computed in place
+            plane = out.backplanes[name][rows, c0:c1]  # a view: computed in place
             np.arccos(np.clip(c, -1.0, 1.0, out=c), out=plane)
             plane *= deg
             plane *= nan_mask
             if exact_near is not None:
                 plane[near] = exact_near[:, i]
-        range_km = out.backplanes["range_km"][rows]
+        range_km = out.backplanes["range_km"][rows, c0:c1]
         np.multiply(rng, nan_mask, out=range_km)
         ifov = np.float32(self.resolution_ifov_rad)  # (io.computed_backplane's formula)
-        np.multiply(range_km, ifov, out=out.backplanes["resolution_km_per_px"][rows])
+        np.multiply(range_km, ifov, out=out.backplanes["resolution_km_per_px"][rows, c0:c1])
 
 
 def _hypot_f32(x: np.ndarray, y: np.ndarray) -> np.ndarray:
