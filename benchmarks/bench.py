@@ -37,7 +37,6 @@ itself a sum over several images).
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import shutil
@@ -227,37 +226,12 @@ def bench_enhance_and_simulate(data: Path, out: Path, worst: Worst, repeat: int)
           f"(goal {GOALS['simulate 22 frames']:g}) {flag}")
 
 
-#: One core's time for :func:`_reference_seconds`'s fixed work on the 2-core development
-#: machine, the fastest seen (2026-11-21; 0.58-0.78 s back to back in a slow hour that day).
-REFERENCE_QUIET_S = 0.55
-
-
-def _reference_seconds() -> float:
-    """A fixed single-core numpy workload (sines of 4 million doubles, 15 times), best of 3:
-    how fast the machine is right now, to read the timings of different hours against."""
-    import numpy as np
-
-    a = np.linspace(0.0, 10.0, 4_000_000)
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(15):
-            np.sin(a)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _reference() -> str:
-    ref = _reference_seconds()
-    return f"reference work {ref:.2f} s on one core ({ref / REFERENCE_QUIET_S:.2f} x the fastest seen)"
-
-
 def main(argv: list[str]) -> int:
     data = shared_data_dir()
     if not (data / "kernels").is_dir():
         print(f"bench: no real data at {data} (set JUNOPROC_DATA)", file=sys.stderr)
         return 1
-    print(f"junoproc benchmark on {data}; before: {_load()}; {_reference()}")
+    print(f"junoproc benchmark on {data}; before: {_load()}")
     print("The machine may be shared: wall times include waiting for a core, CPU times do not.")
     out = Path(tempfile.mkdtemp(prefix="junoproc-bench-"))
     worst = Worst()
@@ -274,7 +248,7 @@ def main(argv: list[str]) -> int:
             bench_enhance_and_simulate(data, out, worst, repeat)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    print(f"\n4. summary (worst case of each goal); after: {_load()}; {_reference()}")
+    print(f"\n4. summary (worst case of each goal); after: {_load()}")
     for goal, (value, where) in worst.values.items():
         flag = "ok" if value <= GOALS[goal] else "NOT MET"
         print(f"{goal:30s} goal {GOALS[goal]:7g}  measured {value:8.2f}  {flag:8s} ({where})")
