@@ -53,7 +53,6 @@ import time
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,7 @@ import numpy as np
 
 from .errors import EnhanceError
 from .io import LinearMap
-from .runtime import workers
+from .runtime import thread_map
 
 __all__ = [
     "COLOUR_WEIGHT_ERAS",
@@ -566,19 +565,11 @@ def photometric_gain(
 
 def _each_strip(h: int, w: int, fn: typing.Callable[[int, int], None]) -> None:
     """``fn(r0, r1)`` over strips of ~1 Mpx of an (h, w) image (small temporaries, reused
-    by the allocator), on the cores this process may use (:func:`junoproc.runtime.workers`,
-    threads: OpenCV and numpy release the interpreter lock). ``fn`` must only write rows
+    by the allocator), on the cores this process may use (:func:`junoproc.runtime.thread_map`:
+    OpenCV and numpy release the interpreter lock). ``fn`` must only write rows
     r0:r1 of its outputs."""
     rows = max(1, min(h, (1 << 20) // max(w, 1)))
-    strips = [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
-    n = min(len(strips), workers())
-    if n <= 1:
-        for r0, r1 in strips:
-            fn(r0, r1)
-        return
-    with ThreadPoolExecutor(n) as pool:
-        for _ in pool.map(lambda strip: fn(*strip), strips):
-            pass
+    thread_map(lambda strip: fn(*strip), [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)])
 
 
 def _gain_exact(
