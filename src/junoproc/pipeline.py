@@ -653,8 +653,10 @@ def _concurrent_stages(stages: _Stages, tasks: Sequence[tuple[str, StageTask]],
     instead of 0.77-0.98 s; the linear maps' compression beside them). Each task also
     returns its own (wall, thread CPU) per stage; the block's wall and CPU (this process's,
     OpenCV's and the codecs' threads included) are shared among ``names`` in proportion to
-    them, so the stages still add up to the product's time. A task calls ``started(stage)``
-    as it starts each stage: progress events go out once per stage, in the order of ``names``."""
+    them, so the stages still add up to the product's time (the split is approximate: work a
+    task hands to :func:`runtime.thread_map`'s pool is not in its thread's CPU time). A task
+    calls ``started(stage)`` as it starts each stage: progress events go out once per stage,
+    in the order of ``names``."""
     import threading
 
     lock, emitted = threading.Lock(), [0]
