@@ -190,7 +190,17 @@ def _furnish_pass(products) -> None:
     "0.14/0.12 px (true rate alone 0.17/0.19/0.15), the rest a cross-scan offset of 0.09-0.12 px "
     "= the axis 0.0048 deg off. Measured overlap shifts: 0.01-0.035 px sd per pair, but -0.011 "
     "px/pair along the scan under the true attitude (the rate error's own signal: +0.0136), and "
-    "on PJ44 band-dependent (BLUE -0.15, RED +0.27 px/pair: camera scale), so not adopted"))
+    "on PJ44 band-dependent (BLUE -0.15, RED +0.27 px/pair: camera scale), so not adopted. "
+    "The limb points' error is the scene, not noise: a noiseless render's points err as much "
+    "(sd 0.113/0.128/0.162 against 0.115/0.128/0.161 px); each point corrected by its "
+    "noiseless-render error gives 0.019/0.012/0.012 px, by that of a render with only the "
+    "texture's zonal part (longitude median) 0.115/0.103/0.15, with only the photometry "
+    "(uniform albedo) 0.18/0.18/0.15. A texture map built from the pass itself cannot model "
+    "the last pixel: 90 % of the third image's limb points are seen by no other image at a "
+    "cos emission over 0.03. Other limb levels (a line extrapolated to the edge, wider windows) "
+    "max 0.16-0.20 px (a line over 2.5 px: 0.16/0.17/0.11); "
+    "the RED band alone (least texture contrast) 0.14/0.24/0.38; 5 or 6 images of the pass "
+    "0.12-0.35 px; other textures (seeds 12, 13; 8192 px wide) max 0.19, 0.105, 0.22 px"))
 def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir):
     """Issue #5 without a CK, the physical fix: three products of one pass 15 min apart (the
     line of sight turns 9 and 18 deg), one spin axis solved from all their limbs."""
