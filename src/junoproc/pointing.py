@@ -31,6 +31,7 @@ flags a weakly constrained axis.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -42,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 import spiceypy
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, special
 
 from .camera import CAMERA_FRAME, CameraModel, FrameTiming, frame_rotation
 from .errors import NoLimbError, OutputError, PointingError, PointingQualityError
@@ -263,6 +264,11 @@ class LimbPoints:
     normal_x: np.ndarray
     normal_y: np.ndarray
     strength: np.ndarray   # contrast / edge width (DN per px)
+    #: The edge model's blur (px) the points were fitted with (NaN: half-level points), and
+    #: each point's move along its normal per px more blur (px/px), to refit them linearly
+    #: under another blur (:func:`with_edge_blur`).
+    edge_blur_px: float = math.nan
+    shift_per_blur: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.frame.size)
@@ -270,7 +276,16 @@ class LimbPoints:
     def subset(self, keep: np.ndarray) -> LimbPoints:
         return replace(self, frame=self.frame[keep], band=self.band[keep], x_px=self.x_px[keep],
                        y_px=self.y_px[keep], normal_x=self.normal_x[keep],
-                       normal_y=self.normal_y[keep], strength=self.strength[keep])
+                       normal_y=self.normal_y[keep], strength=self.strength[keep],
+                       shift_per_blur=None if self.shift_per_blur is None else self.shift_per_blur[keep])
+
+    def with_edge_blur(self, blur_px: float) -> LimbPoints:
+        """The points as the edge model would put them under ``blur_px`` (to first order)."""
+        if self.shift_per_blur is None or not math.isfinite(self.edge_blur_px):
+            return self
+        move = self.shift_per_blur * (blur_px - self.edge_blur_px)
+        return replace(self, x_px=self.x_px + move * self.normal_x, y_px=self.y_px + move * self.normal_y,
+                       edge_blur_px=float(blur_px))
 
     def count_by_band(self) -> dict[str, int]:
         return {name: int(np.sum(self.band == i)) for i, name in enumerate(self.bands)}
@@ -303,7 +318,8 @@ def _image_arrays(image: Any) -> tuple[ProductMeta, np.ndarray, np.ndarray]:
 def detect_limb(
     image: Any, *, cell_px: int = 3, profile_half_px: float = 8.0, max_edge_width_px: float = 4.0,
     min_blob_px: int = 400, max_inside_slope: float = 0.1, max_edge_asymmetry_px: float = 0.5,
-    max_width_over_median: float = 1.5, local_level: bool = True,
+    max_width_over_median: float = 1.5, local_level: bool = True, edge_model: bool = True,
+    edge_blur_px: float | None = None,
 ) -> LimbPoints:
     """Find the target's limb against dark sky in every framelet of every band.
 
@@ -334,6 +350,19 @@ def detect_limb(
     2401 points > 0.3 px off), and the real limb fits' RMS drops in every band. What is
     left is texture in the last pixel (a belt that only the limb pixel sees), which no
     profile shows: on a texture-free scene the error is 0.066 px sd.
+
+    ``edge_model`` (default): the half-level points are the start of the edge model
+    (:func:`_edge_model_refine`), which fits the pixel area of a straight-edged limb,
+    blurred by the image's blur, to the limb's partly covered pixels and the sky around each
+    point: the level is then what the last pixel itself shows, and the texture in it no
+    longer moves the point (simulated pass: 0.12-0.16 -> 0.06-0.08 px sd). The blur is
+    measured on the image (``edge_blur_px`` given: that one); above
+    :data:`EDGE_MODEL_MAX_BLUR_PX` (a hazy methane limb) the half-level points are kept.
+    The points record the blur (``edge_blur_px``, NaN for half-level points) and how they
+    move with it, so that the images of a pass share one (:func:`solve_from_limbs`).
+    A belt along the whole limb within a pixel of it fools the blur's measurement (1.4 px on
+    a synthetic disc whose last pixel is 40 % darker all round; the half-level points are
+    kept); belts along parts of a limb do not (the median over the image's points).
     """
     meta, data, valid = _image_arrays(image)
     n_frames, n_filters, rows, samples = data.shape
@@ -451,15 +480,23 @@ def detect_limb(
 
     band, width = cat("b", np.int32), cat("w", np.float64)
     keep = np.ones(band.size, bool)
+    blur, slope = math.nan, None
+    if edge_model and band.size:
+        x, y, keep, blur, slope = _edge_model_refine(
+            data, valid, cat("f", np.intp), band, cat("x", np.float64), cat("y", np.float64),
+            cat("nx", np.float64), cat("ny", np.float64), col_lo, col_hi, blur_px=edge_blur_px)
+        out["x"], out["y"] = [x], [y]
     for b in np.unique(band):
         sel = band == b
-        keep[sel] = width[sel] <= max_width_over_median * float(np.median(width[sel]))
+        keep[sel] &= width[sel] <= max_width_over_median * float(np.median(width[sel]))
     for key in out:
         out[key] = [cat(key, np.float64)[keep]] if out[key] else []
     return LimbPoints(bands=tuple(meta.filters), frame=cat("f", np.int32), band=cat("b", np.int32),
                       x_px=cat("x", np.float64), y_px=cat("y", np.float64),
                       normal_x=cat("nx", np.float64), normal_y=cat("ny", np.float64),
-                      strength=cat("st", np.float64))
+                      strength=cat("st", np.float64),
+                      edge_blur_px=float(blur) if slope is not None else math.nan,
+                      shift_per_blur=None if slope is None else slope[keep])
 
 
 def _no_limb_reason(image: Any, min_blob_px: int = 400) -> tuple[str, str]:
@@ -529,6 +566,273 @@ def _last_crossing(level: np.ndarray, s: np.ndarray, value: float) -> np.ndarray
         t = (l0 - value) / (l0 - l1)
     res = s[idx] + t * (s[1] - s[0])
     return np.where(has, res, np.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# the limb edge model: pixel area and optical blur
+# ---------------------------------------------------------------------------------------
+#: The edge model's table: distances from the limb (px) and limb-normal angles (deg).
+EDGE_TABLE_STEP_PX = 0.01
+EDGE_TABLE_HALF_PX = 5.0
+EDGE_TABLE_PHI_STEP_DEG = 1.0
+#: The Gaussian blur (sigma, px) of the optics and the haze tried for a band's edges, and the
+#: one taken where a band has too few limb points to measure it (43C00078: 0.4-0.5 px).
+EDGE_BLUR_GRID_PX = tuple(round(0.1 * k, 1) for k in range(16))
+EDGE_BLUR_DEFAULT_PX = 0.45
+#: The limb's pixels the edge model is fitted to: the sky and those the planet covers at
+#: most this much (at the starting edge); fully covered pixels show the clouds inside.
+EDGE_MAX_COVER = 0.5
+#: Above this blur (px) the edge is a haze's slope, not a pixel-sharp limb: the half-level
+#: points are kept (methane: 1.5 px and more on 43M00081 and 44M00040).
+EDGE_MODEL_MAX_BLUR_PX = 1.0
+#: The blur step (px) over which the points' move with the blur is measured.
+EDGE_BLUR_STEP_PX = 0.05
+
+
+@functools.lru_cache(maxsize=64)
+def _edge_coverage_table(blur_px: float) -> np.ndarray:
+    """(phi, d): the fraction of a pixel's light from the planet side of a straight limb at
+    signed distance d (px, + = the pixel centre on the sky side) with its normal at phi
+    (0-45 deg) from the pixel rows, after a Gaussian blur of ``blur_px``.
+
+    The planet covers the unit pixel where u cos(phi) + v sin(phi) < -d for u, v uniform in
+    [-1/2, 1/2]: the distribution function F of a sum of two boxes (widths a = cos(phi) >=
+    b = sin(phi)), at -d. Blurred, F is the Gaussian's distribution function integrated
+    twice (G2) and differenced over both boxes, in closed form.
+    """
+    d = np.arange(-EDGE_TABLE_HALF_PX, EDGE_TABLE_HALF_PX + 1e-9, EDGE_TABLE_STEP_PX)
+    x = -d[None, :]
+    phi = np.radians(np.arange(0.0, 45.0 + 1e-9, EDGE_TABLE_PHI_STEP_DEG))[:, None]
+    a, b = np.cos(phi), np.sin(phi)
+    if blur_px <= 0:
+        lo, mid = (a + b) / 2.0, (a - b) / 2.0
+        bb = np.maximum(b, 1e-12)
+        ramp_up, ramp_top = (x + lo) ** 2 / (2.0 * a * bb), 1.0 - (lo - x) ** 2 / (2.0 * a * bb)
+        cdf = np.where(x <= -mid, ramp_up, np.where(x < mid, bb / (2.0 * a) + (x + mid) / a, ramp_top))
+        return np.where(x <= -lo, 0.0, np.where(x >= lo, 1.0, cdf))
+    sig = float(blur_px)
+
+    def g1(t: np.ndarray) -> np.ndarray:  # the integral of the Gaussian's distribution function
+        return t * special.ndtr(t / sig) + sig * np.exp(-0.5 * (t / sig) ** 2) / math.sqrt(2.0 * math.pi)
+
+    def g2(t: np.ndarray) -> np.ndarray:  # ... integrated once more
+        return (0.5 * (t * t + sig * sig) * special.ndtr(t / sig)
+                + 0.5 * t * sig * np.exp(-0.5 * (t / sig) ** 2) / math.sqrt(2.0 * math.pi))
+
+    one_box = (g1(x + a / 2.0) - g1(x - a / 2.0)) / a  # b -> 0 (phi = 0)
+    bb = np.maximum(b, 1e-12)
+    two_boxes = (g2(x + (a + b) / 2.0) - g2(x + (a - b) / 2.0) - g2(x - (a - b) / 2.0)
+                 + g2(x - (a + b) / 2.0)) / (a * bb)
+    return np.clip(np.where(b < 1e-6, one_box, two_boxes), 0.0, 1.0)
+
+
+def _edge_coverage(table: np.ndarray, phi_idx: np.ndarray, d_px: np.ndarray) -> np.ndarray:
+    """Linear interpolation of :func:`_edge_coverage_table` at (phi index (n, 1), d (n, m))."""
+    x = np.clip((d_px + EDGE_TABLE_HALF_PX) * (1.0 / EDGE_TABLE_STEP_PX), 0.0, table.shape[1] - 1.000001)
+    i = x.astype(np.intp)
+    t = x - i
+    i += phi_idx * table.shape[1]
+    flat = table.ravel()
+    lo = flat.take(i)
+    return lo + t * (flat.take(i + 1) - lo)
+
+
+@dataclass(frozen=True)
+class _EdgeWindows:
+    """The pixels around each limb point of one framelet, packed: their distances from the
+    point's local limb curve (px, + = sky), values, and which of them are in the window."""
+
+    d_px: np.ndarray       # (n, m)
+    value: np.ndarray      # (n, m)
+    inside: np.ndarray     # (n, m) bool: in the window, on the photoactive area, valid
+    phi_idx: np.ndarray    # (n, 1) the limb normal's angle, table index
+    curve_px: np.ndarray   # (n,) the local curve's offset from the point along its normal
+    ok: np.ndarray         # (n,) bool: no invalid pixel from 1 px inside the limb out (for the blur)
+
+
+def _edge_windows(img: np.ndarray, valid: np.ndarray, x_px: np.ndarray, y_px: np.ndarray, nx: np.ndarray,
+                  ny: np.ndarray, col_lo: int, col_hi: int, *, along_px: float = 6.0, inside_px: float = 3.0,
+                  outside_px: float = 2.5, curve_px: float = 15.0) -> _EdgeWindows:
+    """The window of each limb point (pixel centres at index + 0.5): pixels within
+    ``along_px`` along the limb and from ``inside_px`` inside to ``outside_px`` outside of
+    the limb's local curve, a parabola through the points of the framelet within
+    ``curve_px`` along it (the limb's curvature moves its last pixels by ~0.03 px here)."""
+    tx, ty = -ny, nx
+    rel_x = x_px[None, :] - x_px[:, None]
+    rel_y = y_px[None, :] - y_px[:, None]
+    dt = rel_x * tx[:, None] + rel_y * ty[:, None]
+    dn = rel_x * nx[:, None] + rel_y * ny[:, None]
+    w = np.abs(dt) <= curve_px
+    basis = np.stack([np.ones_like(dt), dt, dt * dt], axis=-1)
+    normal = np.einsum("ij,ijk,ijl->ikl", w, basis, basis)
+    rhs = np.einsum("ij,ijk,ij->ik", w, basis, dn)
+    enough = w.sum(axis=1) >= 5  # else the point's own tangent (a short arc: ~0.03 px at its ends)
+    normal[~enough] = np.eye(3)
+    coef = np.linalg.solve(normal, rhs[..., None])[..., 0]
+    coef[~enough] = 0.0
+    r = int(math.ceil(max(along_px, inside_px, outside_px))) + 2
+    off = np.arange(-r, r + 1)
+    ox, oy = (a.ravel() for a in np.meshgrid(off, off))
+    ii = np.floor(x_px).astype(np.intp)[:, None] + ox[None, :]
+    jj = np.floor(y_px).astype(np.intp)[:, None] + oy[None, :]
+    cx, cy = ii + 0.5 - x_px[:, None], jj + 0.5 - y_px[:, None]
+    pt = cx * tx[:, None] + cy * ty[:, None]
+    d = cx * nx[:, None] + cy * ny[:, None] - (coef[:, :1] + coef[:, 1:2] * pt + coef[:, 2:] * pt * pt)
+    rows, cols = img.shape
+    inside = ((np.abs(pt) <= along_px) & (d >= -inside_px) & (d <= outside_px)
+              & (ii >= col_lo) & (ii < col_hi) & (jj >= 0) & (jj < rows))
+    m = int(inside.sum(axis=1).max()) if inside.size else 0
+    order = np.argsort(~inside, axis=1, kind="stable")[:, :m]  # the window's pixels first
+    ii = np.clip(np.take_along_axis(ii, order, 1), 0, cols - 1)
+    jj = np.clip(np.take_along_axis(jj, order, 1), 0, rows - 1)
+    inside = np.take_along_axis(inside, order, 1)
+    phi = np.degrees(np.arctan2(np.abs(ny), np.abs(nx)))
+    phi = np.where(phi > 45.0, 90.0 - phi, phi)
+    d_packed = np.take_along_axis(d, order, 1)
+    invalid = inside & ~valid[jj, ii]  # saturated or flagged: left out of the fits
+    return _EdgeWindows(d_px=d_packed, value=img[jj, ii].astype(np.float64),
+                        inside=inside & ~invalid,
+                        phi_idx=np.rint(phi / EDGE_TABLE_PHI_STEP_DEG).astype(np.intp)[:, None],
+                        curve_px=coef[:, 0], ok=~(invalid & (d_packed >= -1.0)).any(axis=1))
+
+
+def _fit_edge(win: _EdgeWindows, table: np.ndarray, use: np.ndarray, *, reach_px: float = 0.8,
+              start: np.ndarray | None = None, limit_px: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per point, the limb's shift along its normal from the window's curve (px) that best
+    fits value = sky + scale x coverage to the ``use`` pixels: (shift, scale, mean squared
+    misfit / scale^2). A grid over ``start`` (default 0) +-``reach_px`` in 0.1 px steps
+    (none for 0), then three finer rounds and a parabola; never beyond +-``limit_px`` (a
+    wide blur would otherwise fit an edge deep inside the planet to the planet's slope)."""
+    wu = use.astype(np.float64)
+    v = win.value
+    sw = np.maximum(wu.sum(axis=1), 1.0)
+    sv = (wu * v).sum(axis=1)
+
+    def misfit(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shift = np.clip(shift, -limit_px, limit_px)
+        cov = _edge_coverage(table, win.phi_idx, win.d_px - shift[:, None])
+        wc = wu * cov
+        sc, scc, scv = wc.sum(axis=1), (wc * cov).sum(axis=1), (wc * v).sum(axis=1)
+        det = sw * scc - sc * sc
+        scale = (sw * scv - sc * sv) / np.where(np.abs(det) < 1e-12, 1e-12, det)
+        sky = (sv - scale * sc) / sw
+        res = wu * (v - sky[:, None] - scale[:, None] * cov)
+        return (res * res).sum(axis=1) / sw, scale
+
+    n = v.shape[0]
+    rows = np.arange(n)
+    step = 0.1
+    centre = np.zeros(n) if start is None else np.asarray(start, np.float64)
+    if reach_px > 0:
+        grid = np.arange(-reach_px, reach_px + 1e-9, step)
+        costs = np.stack([misfit(centre + g)[0] for g in grid], axis=1)
+        best = centre + grid[np.argmin(costs, axis=1)]
+    else:
+        best = centre
+    for shrink in (0.4, 0.4, 0.4):  # 5 candidates a round; then a parabola through the last 3
+        step *= shrink
+        cand = best[:, None] + step * np.arange(-2, 3)[None, :]
+        costs = np.stack([misfit(cand[:, j])[0] for j in range(cand.shape[1])], axis=1)
+        k = np.clip(np.argmin(costs, axis=1), 1, 3)
+        best = cand[rows, k]
+    c0, c1, c2 = costs[rows, k - 1], costs[rows, k], costs[rows, k + 1]
+    den = c0 - 2.0 * c1 + c2
+    vertex = np.clip(0.5 * (c0 - c2) / np.where(den > 0, den, 1.0), -1.0, 1.0)
+    best = best + np.where(den > 0, vertex, 0.0) * step
+    best = np.clip(best, -limit_px, limit_px)
+    cost, scale = misfit(best)
+    return best, scale, cost / np.maximum(scale, 1e-12) ** 2
+
+
+def _stack_windows(windows: Sequence[_EdgeWindows], take: Sequence[np.ndarray] | None = None) -> _EdgeWindows:
+    """Several framelets' windows as one (rows ``take`` of each), padded to the widest."""
+    take = take if take is not None else [np.arange(w.ok.size) for w in windows]
+    m = max((w.d_px.shape[1] for w in windows), default=0)
+
+    def pad(a: np.ndarray, rows: np.ndarray, fill: Any) -> np.ndarray:
+        return np.pad(a[rows], ((0, 0), (0, m - a.shape[1])), constant_values=fill)
+
+    return _EdgeWindows(
+        d_px=np.concatenate([pad(w.d_px, t, 0.0) for w, t in zip(windows, take, strict=True)]),
+        value=np.concatenate([pad(w.value, t, 0.0) for w, t in zip(windows, take, strict=True)]),
+        inside=np.concatenate([pad(w.inside, t, False) for w, t in zip(windows, take, strict=True)]),
+        phi_idx=np.concatenate([w.phi_idx[t] for w, t in zip(windows, take, strict=True)]),
+        curve_px=np.concatenate([w.curve_px[t] for w, t in zip(windows, take, strict=True)]),
+        ok=np.concatenate([w.ok[t] for w, t in zip(windows, take, strict=True)]))
+
+
+def _edge_blur_px(win: _EdgeWindows, *, max_points: int = 200) -> float:
+    """The image's edge blur (Gaussian sigma, px): the one under which the edge model fits
+    the sky, the limb's pixels and the first full pixel of up to ``max_points`` points best
+    (median misfit over :data:`EDGE_BLUR_GRID_PX`, a parabola through the best and its
+    neighbours). Measured: 0.0-0.1 on the simulator's edges (no optics), 0.6 with a 0.6 px
+    blur added, 0.4-0.5 on 43C00078 and 44C00032, over 1 on 44M00040 (methane: haze)."""
+    ok = np.flatnonzero(win.ok)
+    if ok.size < 10:
+        return EDGE_BLUR_DEFAULT_PX
+    sub = _stack_windows([win], [ok[:: max(1, ok.size // max_points)]])
+    use = sub.inside & (sub.d_px >= -1.0)
+    grid = np.asarray(EDGE_BLUR_GRID_PX)
+    misfit = []
+    shift = None
+    for blur in grid:  # each from the last one's edges (they move by < 0.3 px per 0.1 px of blur)
+        shift, _, rel = _fit_edge(sub, _edge_coverage_table(float(blur)), use, start=shift,
+                                  reach_px=0.8 if shift is None else 0.3)
+        misfit.append(float(np.median(rel)))
+    j = int(np.argmin(misfit))
+    if 0 < j < grid.size - 1:
+        c0, c1, c2 = misfit[j - 1], misfit[j], misfit[j + 1]
+        den = c0 - 2.0 * c1 + c2
+        return float(grid[j] + (0.5 * (c0 - c2) / den if den > 0 else 0.0) * (grid[1] - grid[0]))
+    return float(grid[j])
+
+
+def _edge_model_refine(data: np.ndarray, valid: np.ndarray, frame: np.ndarray, band: np.ndarray,
+                       x_px: np.ndarray, y_px: np.ndarray, nx: np.ndarray, ny: np.ndarray, col_lo: int,
+                       col_hi: int, *, max_cover: float | None = None, blur_px: float | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
+    """Limb points (``data``/``valid`` (frames, bands, rows, samples)) moved onto the edge
+    that the pixel-area model, blurred by the image's measured blur, fits best to the sky
+    and the limb's partly covered pixels (coverage <= ``max_cover`` at the start; ``blur_px``
+    given: that blur, not measured):
+    (x, y, ok, blur px, each point's move per px of blur; None where the blur is too wide
+    for the model and the points are returned as they came).
+
+    The half-level crossing compares the limb's last pixel with the planet's level inside
+    it, but foreshortening puts 3-4 deg of latitude in that pixel (at 200,000 km): a belt or
+    a zone there moves the point by 0.1-0.5 px, and along a belt the error is systematic
+    (the simulated pass: sd 0.115-0.161 px; the spin solution 0.18-0.21 px off the truth).
+    Here the level is the one the pixels at the very edge show themselves: their value
+    grows with the area the planet covers, which the limb's position fixes, pixel by pixel
+    along the limb (a slanted edge crosses the pixel grid at every phase). On that pass the
+    points' error is 0.060-0.072 px sd and the solution 0.03-0.06 px off. One blur for all
+    bands: a blur 0.05 px off in one band moves its points by ~0.01-0.04 px against the
+    others', which no limb altitude absorbs.
+    """
+    keys = np.unique(np.stack([band, frame], axis=1), axis=0)
+    groups = [np.flatnonzero((band == b) & (frame == f)) for b, f in keys]
+    win = _stack_windows([_edge_windows(data[f, b], valid[f, b], x_px[g], y_px[g], nx[g], ny[g], col_lo,
+                                        col_hi) for (b, f), g in zip(keys, groups, strict=True)])
+    order = np.concatenate(groups)  # the stacked windows' points in the input's order
+    blur = _edge_blur_px(win) if blur_px is None else float(blur_px)
+    if blur > EDGE_MODEL_MAX_BLUR_PX:
+        return x_px, y_px, np.ones(x_px.size, bool), blur, None
+    table = _edge_coverage_table(round(blur, 3))
+    start = _edge_coverage(table, win.phi_idx, win.d_px)
+    use = win.inside & (start <= (EDGE_MAX_COVER if max_cover is None else max_cover))
+    shift, scale, _ = _fit_edge(win, table, use)
+    # the same pixels under a little more blur: how the points move with it
+    more, _, _ = _fit_edge(win, _edge_coverage_table(round(blur + EDGE_BLUR_STEP_PX, 3)), use, start=shift,
+                           reach_px=0.0)
+    good = ((use.sum(axis=1) >= 8) & ((use & (start > 0.05)).sum(axis=1) >= 4)
+            & (scale > 0) & (np.abs(shift) < 0.75))
+    move = np.empty(x_px.size)
+    slope = np.empty(x_px.size)
+    ok = np.zeros(x_px.size, bool)
+    move[order], ok[order] = win.curve_px + shift, good
+    slope[order] = (more - shift) / EDGE_BLUR_STEP_PX
+    return x_px + move * nx, y_px + move * ny, ok, blur, slope
 
 
 # ---------------------------------------------------------------------------------------
@@ -705,6 +1009,9 @@ class PointingSolution:
     #: ``axis_tension_sigma``/``_deg`` (how far this image alone would pull the axis),
     #: ``separate`` (products of the pass solved alone, and why). Empty for a CK solve.
     joint: Mapping[str, Any] = field(default_factory=dict)
+    #: The blur (px) of the edge model the limb points were fitted with (shared by the
+    #: images of a joint solve); None: half-level points (a haze edge too wide for the model).
+    limb_edge_blur_px: float | None = None
 
     @property
     def rms_px(self) -> float:
@@ -746,6 +1053,7 @@ class PointingSolution:
             "camera_twist_mrad": 1e3 * self.camera_twist_rad,
             "band_alignment": dict(self.band_alignment),
             "joint": dict(self.joint),
+            "limb_edge_blur_px": self.limb_edge_blur_px,
         }
 
     def to_json(self) -> str:
@@ -833,6 +1141,7 @@ def load_solution(path: str | Path, meta: ProductMeta | None = None) -> Pointing
         camera_twist_rad=1e-3 * float(d.get("camera_twist_mrad", 0.0)),
         band_alignment=d.get("band_alignment", {}),
         joint=d.get("joint", {}),
+        limb_edge_blur_px=d.get("limb_edge_blur_px"),
     )
 
 
@@ -1806,6 +2115,8 @@ def _solution(fit: _Fitted, cov: np.ndarray, axis_sigmas: tuple[float, float], p
         parameter_sigma=sigma, notes=tuple(notes), limb_alt_km=limb_alt, axis=axis_info,
         limb_alt_km_by_band=alt_by_band, camera_twist_rad=fit.camera_twist, band_alignment=fit.alignment,
         joint=dict(joint),
+        limb_edge_blur_px=(float(fit.case.points.edge_blur_px)
+                           if math.isfinite(fit.case.points.edge_blur_px) else None),
     )
 
 
@@ -2083,6 +2394,28 @@ def _solve_spin_group(cases: Sequence[_Case], images: Sequence[Any], prior: Axis
     return out
 
 
+def _share_edge_blur(observations: Sequence[LimbObservation]) -> list[LimbObservation]:
+    """The images of one filter set with their limb points refitted (to first order) under
+    one blur, their blurs' mean weighted by points: the same camera and haze minutes apart.
+    Each image's own blur puts its points on its own edge: 44C00029 and 44C00032 measure
+    0.43 and 0.48 px, and their maps' north-south misalignment is +0.26 px mean with their
+    own blurs, +0.10 px with one."""
+    out = list(observations)
+    by_set: dict[tuple[str, ...], list[int]] = {}
+    for k, obs in enumerate(out):
+        pts = obs.points
+        if len(pts) and pts.shift_per_blur is not None and math.isfinite(pts.edge_blur_px):
+            by_set.setdefault(tuple(obs.meta.filters), []).append(k)
+    for members in by_set.values():
+        if len(members) < 2:
+            continue
+        weights = np.array([len(out[k].points) for k in members], np.float64)
+        blur = float(np.average([out[k].points.edge_blur_px for k in members], weights=weights))
+        for k in members:
+            out[k] = replace(out[k], points=out[k].points.with_edge_blur(blur))
+    return out
+
+
 def solve_from_limbs(
     observations: Sequence[LimbObservation], *, images: Sequence[Any] | None = None,
     target: Target | None = None, max_span_s: float = JOINT_MAX_SPAN_S,
@@ -2133,6 +2466,7 @@ def solve_from_limbs(
     imgs = list(images) if images is not None else [None] * len(observations)
     if len(imgs) != len(observations):
         raise ValueError("images must match observations one to one")
+    observations = _share_edge_blur(observations)
     out: list[PointingSolution | Exception | None] = [None] * len(observations)
     cases: list[tuple[int, _Case]] = []
     for k, (obs, image) in enumerate(zip(observations, imgs, strict=True)):

@@ -810,6 +810,7 @@ def simulate(
     texture_width: int | None = None,
     synthetic_kernels: bool = False,
     band_boresight_rad: Mapping[str, Sequence[float]] | None = None,
+    psf_sigma_px: float = 0.0,
     texture_seed: int | None = None,
     pass_geometry: PassGeometry | None = None,
 ) -> SimulatedProduct:
@@ -823,6 +824,8 @@ def simulate(
     ``band_boresight_rad``: per band, the true camera's rotation vector (rad) away from the
     IK's model (JUNO_JUNOCAM -> band, see :class:`camera.CameraModel`): the bands then
     misregister by it unless the pointing stage finds it (the CK holds the spacecraft only).
+    ``psf_sigma_px``: a Gaussian blur (px) of the optics (default none: the pixel's area
+    alone, a sharper limb than JunoCam's, whose limbs fit a blur of 0.43-0.48 px).
     ``texture_seed``: the planet's texture (default ``seed``, which also sets the noise and
     the product id). ``pass_geometry``: place Juno, Jupiter, the Sun and the spin axis as
     in that pass instead of from ``altitude_km``, ``sub_spacecraft_*``, ``phase_angle_deg``,
@@ -841,6 +844,8 @@ def simulate(
     is_jupiter = target == "JUPITER"
     altitude_km = float(altitude_km if altitude_km is not None else (86_000.0 if is_jupiter else 30_000.0))
     n_frames = int(n_frames if n_frames is not None else (22 if is_jupiter else 14))
+    if not 0.0 <= psf_sigma_px <= 5.0:
+        raise SimulationError(f"psf_sigma_px {psf_sigma_px} out of range", hint="0 (none) .. 5 px")
     if not (altitude_km > 0 and 1 <= n_frames <= 200):
         raise SimulationError(f"altitude {altitude_km} km / {n_frames} frames out of range",
                               hint="altitude > 0, 1..200 frames")
@@ -1004,6 +1009,9 @@ def simulate(
                            minnaert_k=minnaert_k,
                            jupitershine=jupitershine_fraction if jupitershine and not is_jupiter else 0.0)
             radiance = _render_noiseless(scene, filters, seed)
+            if psf_sigma_px > 0:  # the optics: each framelet on its own (the rows beyond it unseen)
+                for block in radiance.reshape(-1, FRAMELET_ROWS, CCD_SAMPLES):
+                    cv2.GaussianBlur(block, (0, 0), psf_sigma_px, dst=block, borderType=cv2.BORDER_REFLECT)
             nadir_km = altitude_km / cameras[filters[0]].focal_px
             sun_dist_km = float(np.linalg.norm(spiceypy.spkpos("SUN", et_mid, "J2000", "NONE", tgt.name)[0]))
             subpt, _, srfvec = spiceypy.subpnt("NEAR POINT/ELLIPSOID", tgt.name, float(frame_ets[0]),
@@ -1169,6 +1177,7 @@ def simulate(
         "illumination": {"model": "Minnaert" if minnaert_k != 1 else "Lambert", "minnaert_k": minnaert_k,
                          "night_side": "zero sunlight",
                          "jupitershine_fraction": scene.jupitershine},
+        "optics": {"psf_gaussian_sigma_px": float(psf_sigma_px)},
         "radiometry": {"full_well_dn_reflectance_1": full_well_dn, "band_response": band_response,
                        "exposure_scale": exposure_scale,
                        "dn_per_reflectance": dict(zip(filters, scale.tolist(), strict=True)),
