@@ -189,9 +189,10 @@ def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir, see
     0.18-0.21 px (seed 11; 0.11-0.22 on the others): the clouds in the limb's last pixel
     moved each point by 0.12-0.16 px sd, systematically along a belt, and a noiseless
     render of the scene moved them as much (not noise). The edge model fits the limb's
-    partly covered pixels themselves: sd 0.06-0.08 px. With a 0.6 px optical blur added
-    (``psf_sigma_px``; JunoCam's limbs fit 0.43-0.48 px), seed 11: 0.16/0.18/0.12 px (the
-    half-level points 0.30/0.30/0.29)."""
+    partly covered pixels themselves: sd 0.06-0.08 px. The simulator's limb is the pixel's
+    area alone; with an optical blur added (``psf_sigma_px`` 0.45 and 0.6 px, measured 0.28-0.31
+    and 0.57-0.60; JunoCam's limbs measure 0.43-0.48), seed 11: 0.16/0.19/0.14 and
+    0.16/0.18/0.12 px (half-level points 0.24/0.25/0.25 and 0.30/0.30/0.29): not 0.1 px."""
     from junoproc.simulate import simulate_pass
 
     products = simulate_pass(tmp_path, n_images=3, spacing_s=900.0, kernel_dir=kernel_dir, n_frames=8,
