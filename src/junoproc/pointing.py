@@ -704,21 +704,24 @@ def _fit_edge(win: _EdgeWindows, table: np.ndarray, use: np.ndarray, *, reach_px
     misfit / scale^2). A grid over ``start`` (default 0) +-``reach_px`` in 0.1 px steps
     (none for 0), then three finer rounds and a parabola; never beyond +-``limit_px`` (a
     wide blur would otherwise fit an edge deep inside the planet to the planet's slope)."""
-    wu = use.astype(np.float64)
-    v = win.value
+    m = int(use.sum(axis=1).max()) if use.size else 0
+    cols = np.argsort(~use, axis=1, kind="stable")[:, :m]  # the used pixels first, the rest cut
+    wu = np.take_along_axis(use, cols, 1).astype(np.float64)
+    v = np.take_along_axis(win.value, cols, 1) * wu
+    d_px = np.take_along_axis(win.d_px, cols, 1)
     sw = np.maximum(wu.sum(axis=1), 1.0)
-    sv = (wu * v).sum(axis=1)
+    sv, svv = v.sum(axis=1), (v * v).sum(axis=1)
 
     def misfit(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shift = np.clip(shift, -limit_px, limit_px)
-        cov = _edge_coverage(table, win.phi_idx, win.d_px - shift[:, None])
-        wc = wu * cov
-        sc, scc, scv = wc.sum(axis=1), (wc * cov).sum(axis=1), (wc * v).sum(axis=1)
+        wc = _edge_coverage(table, win.phi_idx, d_px - shift[:, None])
+        wc *= wu
+        sc, scc, scv = wc.sum(axis=1), (wc * wc).sum(axis=1), (wc * v).sum(axis=1)
         det = sw * scc - sc * sc
         scale = (sw * scv - sc * sv) / np.where(np.abs(det) < 1e-12, 1e-12, det)
         sky = (sv - scale * sc) / sw
-        res = wu * (v - sky[:, None] - scale[:, None] * cov)
-        return (res * res).sum(axis=1) / sw, scale
+        # the residuals' sum of squares from the normal equations (weights 0 or 1)
+        return np.maximum(svv - sky * sv - scale * scv, 0.0) / sw, scale
 
     n = v.shape[0]
     rows = np.arange(n)
