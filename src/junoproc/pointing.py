@@ -581,7 +581,7 @@ EDGE_BLUR_GRID_PX = tuple(round(0.2 * k, 1) for k in range(8))
 EDGE_BLUR_DEFAULT_PX = 0.45
 #: The limb's pixels the edge model is fitted to: the sky and those the planet covers at
 #: most this much (at the starting edge); fully covered pixels show the clouds inside.
-EDGE_MAX_COVER = 0.5
+EDGE_MAX_COVER = 0.7
 #: Above this blur (px) the edge is a haze's slope, not a pixel-sharp limb: the half-level
 #: points are kept (methane: 1.5 px and more on 43M00081 and 44M00040).
 EDGE_MODEL_MAX_BLUR_PX = 1.0
