@@ -765,7 +765,7 @@ def _stack_windows(windows: Sequence[_EdgeWindows], take: Sequence[np.ndarray] |
         ok=np.concatenate([w.ok[t] for w, t in zip(windows, take, strict=True)]))
 
 
-def _edge_blur_px(win: _EdgeWindows, *, max_points: int = 200) -> float:
+def _edge_blur_px(win: _EdgeWindows, *, max_points: int = 120) -> float:
     """The image's edge blur (Gaussian sigma, px): the one under which the edge model fits
     the sky, the limb's pixels and the first full pixel of up to ``max_points`` points best
     (median misfit): over :data:`EDGE_BLUR_GRID_PX`, then every 0.1 px within 0.2 px of the
