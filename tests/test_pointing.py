@@ -69,6 +69,10 @@ def test_solve_real_rgb_without_ck(rgb43, real_kernels, tmp_path):
     et = float(sol.timing.frame_et(3))
     assert np.allclose(back.attitude.rot_j2000_to_cam(et), sol.attitude.rot_j2000_to_cam(et), atol=1e-12)
     assert back.timing == sol.timing
+    # the edge model's blur, measured on the image (0.47 px), recorded and read back
+    assert sol.limb_edge_blur_px is not None and 0.35 < sol.limb_edge_blur_px < 0.6
+    assert back.limb_edge_blur_px == sol.limb_edge_blur_px
+    assert f"edge model, blur {sol.limb_edge_blur_px:.2f} px" in sol.summary()
 
 
 def test_no_limb_is_refused(rgb43, real_kernels):
@@ -805,6 +809,9 @@ def test_joint_solve_from_limbs_gates_and_records(data_dir, real_kernels, tmp_pa
     raws = [calibrate(_raw(data_dir, k)) for k in ("44C00029", "44C00032", "44M00040")]
     obs = [pickle.loads(pickle.dumps(pointing.detect_limbs(r))) for r in raws]
     assert obs[2].meta.product_id.endswith("44M00040_V01")
+    # RGB limbs fitted with the edge model (blurs 0.43 and 0.49 px); methane's haze is too wide
+    assert all(0.35 < o.points.edge_blur_px < 0.6 for o in obs[:2])
+    assert math.isnan(obs[2].points.edge_blur_px) and obs[2].points.shift_per_blur is None
     # alone, its limb leaves the axis free (limb-only 1-sigma ~25 deg): never a confident answer.
     # Which of the two honest outcomes it gets depends on a few limb points (refused as ambiguous
     # with the plateau-level detector and again with the sky-only METHANE dark; flagged

@@ -1087,6 +1087,9 @@ class PointingSolution:
                      f"interframe correction {1e3 * self.timing.interframe_correction_s:+.3f} ms")
         lines.append(f"  limb altitude above the ellipsoid: {self.limb_alt_km:.1f} km"
                      + "".join(f", {b} {h:.1f}" for b, h in self.limb_alt_km_by_band.items()))
+        blur = self.limb_edge_blur_px
+        lines.append("  limb points: " + ("half level of the edge (no edge model)" if blur is None
+                                          else f"edge model, blur {blur:.2f} px"))
         lines.append(f"  camera twist about the boresight: {1e3 * self.camera_twist_rad:+.2f} mrad")
         al = self.band_alignment
         for pair, shift in al.get("shift_px_by_pair", {}).items():
