@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -242,3 +243,25 @@ def test_simulated_pass_shares_one_trajectory_and_spin_axis(tmp_path, kernel_dir
     assert np.allclose(los[0][0], los[1][0], atol=1e-6)  # Juno's state at a's mid-time, from both SPKs
     turn = _angle_deg(los[1][0][:3], los[1][1][:3])
     assert 3.0 < turn < 15.0, turn  # ~atan(50 km/s x 600 s / 270,000 km)
+
+
+def test_textures_are_the_same_in_every_process():
+    """A texture depends on its seed and target only: a moon's was seeded from Python's str
+    hash, which changes per process (PYTHONHASHSEED), so the same simulate() call gave Io
+    different craters and hot pixels from run to run."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from junoproc.simulate import moon_texture, jupiter_texture; "
+            "m = moon_texture('IO', 3, 256, ('GREEN',))[0]['GREEN']; "
+            "j = jupiter_texture(3, 256, ('GREEN',))[0]['GREEN']; "
+            "print(hashlib.md5(m.tobytes() + j.tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(k)}).stdout.strip() for k in (1, 2, 3)}
+    assert len(digests) == 1, digests
+    from junoproc.simulate import moon_texture
+
+    here = moon_texture("IO", 3, 256, ("GREEN",))[0]["GREEN"]
+    assert hashlib.md5(here.tobytes()).hexdigest() != hashlib.md5(
+        moon_texture("EUROPA", 3, 256, ("GREEN",))[0]["GREEN"].tobytes()).hexdigest()

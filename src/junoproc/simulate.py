@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -301,7 +302,8 @@ def moon_texture(target: str, seed: int, width: int = 4096,
                  bands: Sequence[str] = ("BLUE", "GREEN", "RED", "METHANE")
                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Mottled albedo with craters (dark floors, bright rims, a few rayed): per band, float32."""
-    rng = np.random.default_rng([seed, abs(hash(target)) % 10_000])
+    # a stable number per target: Python's str hash changes from process to process
+    rng = np.random.default_rng([seed, zlib.crc32(target.strip().upper().encode()) % 10_000])
     height, width = _texture_shape(width)
     albedo = (0.75 + 0.10 * _smooth_noise(rng, (16, 32), (height, width))
               + 0.06 * _smooth_noise(rng, (64, 128), (height, width))
