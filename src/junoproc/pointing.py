@@ -360,9 +360,10 @@ def detect_limb(
     :data:`EDGE_MODEL_MAX_BLUR_PX` (a hazy methane limb) the half-level points are kept.
     The points record the blur (``edge_blur_px``, NaN for half-level points) and how they
     move with it, so that the images of a pass share one (:func:`solve_from_limbs`).
-    A belt along the whole limb within a pixel of it fools the blur's measurement (1.4 px on
-    a synthetic disc whose last pixel is 40 % darker all round; the half-level points are
-    kept); belts along parts of a limb do not (the median over the image's points).
+    A belt along the whole limb within a pixel of it fools the blur's measurement (0.51 px
+    for none on a synthetic disc whose last pixel is 40 % darker all round, and the points
+    0.35 px in, as the half level's); belts along parts of a limb do not (the median over
+    the image's points).
     """
     meta, data, valid = _image_arrays(image)
     n_frames, n_filters, rows, samples = data.shape
@@ -480,23 +481,25 @@ def detect_limb(
 
     band, width = cat("b", np.int32), cat("w", np.float64)
     keep = np.ones(band.size, bool)
-    blur, slope = math.nan, None
-    if edge_model and band.size:
-        x, y, keep, blur, slope = _edge_model_refine(
-            data, valid, cat("f", np.intp), band, cat("x", np.float64), cat("y", np.float64),
-            cat("nx", np.float64), cat("ny", np.float64), col_lo, col_hi, blur_px=edge_blur_px)
-        out["x"], out["y"] = [x], [y]
     for b in np.unique(band):
         sel = band == b
-        keep[sel] &= width[sel] <= max_width_over_median * float(np.median(width[sel]))
+        keep[sel] = width[sel] <= max_width_over_median * float(np.median(width[sel]))
     for key in out:
         out[key] = [cat(key, np.float64)[keep]] if out[key] else []
+    blur, slope = math.nan, None
+    if edge_model and keep.any():
+        x, y, good, blur, slope = _edge_model_refine(
+            data, valid, cat("f", np.intp), cat("b", np.intp), cat("x", np.float64), cat("y", np.float64),
+            cat("nx", np.float64), cat("ny", np.float64), col_lo, col_hi, blur_px=edge_blur_px)
+        out["x"], out["y"] = [x], [y]
+        for key in out:
+            out[key] = [cat(key, np.float64)[good]]
+        slope = None if slope is None else slope[good]
     return LimbPoints(bands=tuple(meta.filters), frame=cat("f", np.int32), band=cat("b", np.int32),
                       x_px=cat("x", np.float64), y_px=cat("y", np.float64),
                       normal_x=cat("nx", np.float64), normal_y=cat("ny", np.float64),
                       strength=cat("st", np.float64),
-                      edge_blur_px=float(blur) if slope is not None else math.nan,
-                      shift_per_blur=None if slope is None else slope[keep])
+                      edge_blur_px=float(blur) if slope is not None else math.nan, shift_per_blur=slope)
 
 
 def _no_limb_reason(image: Any, min_blob_px: int = 400) -> tuple[str, str]:
@@ -768,35 +771,39 @@ def _stack_windows(windows: Sequence[_EdgeWindows], take: Sequence[np.ndarray] |
 def _edge_blur_px(win: _EdgeWindows, *, max_points: int = 120) -> float:
     """The image's edge blur (Gaussian sigma, px): the one under which the edge model fits
     the sky, the limb's pixels and the first full pixel of up to ``max_points`` points best
-    (median misfit): over :data:`EDGE_BLUR_GRID_PX`, then every 0.1 px within 0.2 px of the
-    best and a parabola through the least and its neighbours. Measured: 0.0-0.1 on the
-    simulator's edges (no optics), 0.52 on a disc blurred by 0.5 px, 0.43-0.48 on 43C00078,
-    44C00029 and 44C00032, 1.4 (the grid's end) on 43M00081 and 44M00040 (methane: haze)."""
+    (median misfit) among those that put the model's edges within 0.25 px of the starting
+    (half-level) points: over :data:`EDGE_BLUR_GRID_PX`, then every 0.1 px within 0.2 px
+    of the best and a parabola through the least and its neighbours; infinite if none does.
+    Measured: 0.0-0.1 on the simulator's edges (no optics), 0.13 on a simulated Io, 0.52 on
+    a disc blurred by 0.5 px, 0.43-0.49 on 43C00078, 44C00029 and 44C00032, 1.1-1.4 on
+    43M00081 and 44M00040 (methane: haze)."""
     ok = np.flatnonzero(win.ok)
     if ok.size < 10:
         return EDGE_BLUR_DEFAULT_PX
     sub = _stack_windows([win], [ok[:: max(1, ok.size // max_points)]])
     use = sub.inside & (sub.d_px >= -1.0)
-    shifts: dict[float, np.ndarray] = {}
     misfit: dict[float, float] = {}
 
     def at(blur: float) -> float:
+        # A symmetric blur leaves a uniform edge's half level on the edge, so under the right
+        # blur the model's edges lie about where the half-level points are; a wide blur with
+        # its edges a pixel inside can fit the disc's shading better (Io, Lambert shading:
+        # 2.44e-3 at 1.2 px, edges 0.87 px in, against 2.53e-3 at 0.2 px, 0.02 px in).
         blur = round(float(blur), 3)
-        if blur not in misfit:  # each from the nearest one's edges (< 0.35 px apart per 0.1 px)
-            near = min(shifts, key=lambda b: abs(b - blur), default=None)
-            shift, _, rel = _fit_edge(sub, _edge_coverage_table(blur), use,
-                                      start=None if near is None else shifts[near],
-                                      reach_px=0.8 if near is None else 0.4)
-            shifts[blur], misfit[blur] = shift, float(np.median(rel))
+        if blur not in misfit:
+            shift, _, rel = _fit_edge(sub, _edge_coverage_table(blur), use)
+            misfit[blur] = float(np.median(rel)) if abs(float(np.median(shift))) <= 0.25 else math.inf
         return misfit[blur]
 
     grid = EDGE_BLUR_GRID_PX
     best = min(grid, key=at)
+    if not math.isfinite(at(best)):
+        return math.inf  # no blur puts the model's edges on the limb: no edge model
     step = 0.5 * (grid[1] - grid[0])
     near = [b for b in best + step * np.arange(-2, 3) if grid[0] - 1e-9 <= b <= grid[-1] + 1e-9]
     cost = [at(b) for b in near]
     j = int(np.argmin(cost))
-    if j == 0 or j == len(near) - 1:
+    if j == 0 or j == len(near) - 1 or not math.isfinite(cost[j - 1] + cost[j + 1]):
         return float(near[j])
     c0, c1, c2 = cost[j - 1], cost[j], cost[j + 1]
     den = c0 - 2.0 * c1 + c2
@@ -1823,7 +1830,9 @@ def _band_stats(points: LimbPoints, r: np.ndarray,
     return rms, cnt
 
 
-def _check_coverage(points: LimbPoints, meta: ProductMeta, min_points: int) -> None:
+def _check_coverage(points: LimbPoints, meta: ProductMeta, min_points: int, *, spin: bool = True) -> None:
+    """Refuse limb points too few or too short for a fit; the spin solve (``spin``) also needs
+    them spread across the image (a CK refinement holds the attitude, the limb moves it)."""
     if len(points) < min_points:
         raise PointingQualityError(
             f"{meta.product_id}: only {len(points)} limb points (need {min_points})",
@@ -1834,7 +1843,7 @@ def _check_coverage(points: LimbPoints, meta: ProductMeta, min_points: int) -> N
             f"{meta.product_id}: limb in a single frame only ({frames.size}), the spin cannot be solved",
             hint="use a CK or another image")
     x_span = float(np.ptp(points.x_px)) * meta.sampling_factor
-    if x_span < 100 or frames.size < 3 and x_span < 300:
+    if spin and (x_span < 100 or frames.size < 3 and x_span < 300):
         raise PointingQualityError(
             f"{meta.product_id}: limb points span only {x_span:.0f} px across {frames.size} frames, "
             "too little to constrain the spin axis", hint="use a CK or another image")
@@ -2634,7 +2643,7 @@ def solve_pointing(
             n_points_by_band={b: 0 for b in meta.filters}, max_abs_residual_px=float("nan"),
             n_rejected=0, solve_time_s=time.perf_counter() - t_start,
             notes=("no limb visible: CK attitude with the IK's timing, not refined",))
-    _check_coverage(points, meta, min_points)
+    _check_coverage(points, meta, min_points, spin=False)
     case = _make_case(obs, target, opts, ck=ck, image=image)
     n_frames, n_extra, states, frame_idx = meta.n_frames, case.n_extra, case.states, np.arange(meta.n_frames)
     ets = case.ets
