@@ -1,6 +1,7 @@
 """Time limb detection and the no-CK spin solve on every real product (../shared/data).
 
-Prints per product: RMS per band (px) and points, the spin axis's angle from Earth and
+Prints per product: RMS per band (px) and points, the limb points' model (the edge model
+and its measured blur, or half level), the spin axis's angle from Earth and
 the orbit normal, its posterior and limb-only 1-sigma, the limb altitude, the quality
 and the solve time (wall and CPU: the wall clock is inflated on a loaded machine; goal
 < 3 s per image, band alignment included), and the band alignment: the shift measured
@@ -48,9 +49,11 @@ def main(keys: list[str]) -> None:
         rms = " ".join(f"{b}={v:.3f}px(n={sol.n_points_by_band[b]})"
                        for b, v in sol.residuals_px_by_band.items())
         ax = sol.axis
+        blur = sol.limb_edge_blur_px
+        model = "half level" if blur is None else f"edge model, blur {blur:.2f} px"
         total_cpu = c2 - c1 + (t1 - t0)
         print(f"{entry.product_id}: detect {t1 - t0:.2f} s, solve {t2 - t1:.2f} s wall / {c2 - c1:.2f} s CPU "
-              f"({'ok' if total_cpu < GOAL_S else 'SLOW'} vs {GOAL_S:.0f} s), {rms}; "
+              f"({'ok' if total_cpu < GOAL_S else 'SLOW'} vs {GOAL_S:.0f} s), {rms}; limb points {model}; "
               f"axis {ax.get('axis_from_earth_deg', float('nan')):.1f} deg from Earth, "
               f"{ax.get('axis_from_orbit_normal_deg', float('nan')):.1f} from orbit normal, sigma "
               f"{sol.parameter_sigma['spin_axis_deg']:.2f} deg (limb only "
