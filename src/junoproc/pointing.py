@@ -578,15 +578,15 @@ def _last_crossing(level: np.ndarray, s: np.ndarray, value: float) -> np.ndarray
 EDGE_TABLE_STEP_PX = 0.01
 EDGE_TABLE_HALF_PX = 5.0
 EDGE_TABLE_PHI_STEP_DEG = 1.0
-#: The Gaussian blur (sigma, px) of the optics and the haze tried for a band's edges, and the
-#: one taken where a band has too few limb points to measure it (43C00078: 0.4-0.5 px).
+#: The Gaussian blurs (sigma, px) of the optics and the haze tried for an image's edges,
+#: and the one taken where it has too few limb points to measure it (PJ43/PJ44: 0.43-0.49).
 EDGE_BLUR_GRID_PX = tuple(round(0.2 * k, 1) for k in range(8))
 EDGE_BLUR_DEFAULT_PX = 0.45
 #: The limb's pixels the edge model is fitted to: the sky and those the planet covers at
 #: most this much (at the starting edge); fully covered pixels show the clouds inside.
 EDGE_MAX_COVER = 0.7
 #: Above this blur (px) the edge is a haze's slope, not a pixel-sharp limb: the half-level
-#: points are kept (methane: 1.5 px and more on 43M00081 and 44M00040).
+#: points are kept (methane: 1.1-1.4 px on 43M00081 and 44M00040).
 EDGE_MODEL_MAX_BLUR_PX = 1.0
 #: The blur step (px) over which the points' move with the blur is measured.
 EDGE_BLUR_STEP_PX = 0.05
@@ -642,8 +642,9 @@ def _edge_coverage(table: np.ndarray, phi_idx: np.ndarray, d_px: np.ndarray) -> 
 
 @dataclass(frozen=True)
 class _EdgeWindows:
-    """The pixels around each limb point of one framelet, packed: their distances from the
-    point's local limb curve (px, + = sky), values, and which of them are in the window."""
+    """The pixels around each limb point (of one framelet, or several stacked), packed: their
+    distances from the point's local limb curve (px, + = sky), values, and which of them are
+    in the window."""
 
     d_px: np.ndarray       # (n, m)
     value: np.ndarray      # (n, m)
@@ -828,9 +829,11 @@ def _edge_model_refine(data: np.ndarray, valid: np.ndarray, frame: np.ndarray, b
     Here the level is the one the pixels at the very edge show themselves: their value
     grows with the area the planet covers, which the limb's position fixes, pixel by pixel
     along the limb (a slanted edge crosses the pixel grid at every phase). On that pass the
-    points' error is 0.060-0.072 px sd and the solution 0.03-0.06 px off. One blur for all
-    bands: a blur 0.05 px off in one band moves its points by ~0.01-0.04 px against the
-    others', which no limb altitude absorbs.
+    points' error is 0.065-0.067 px sd and the solution 0.04-0.08 px off. The pixels used
+    reach ``EDGE_MAX_COVER`` (0.7): with an optical blur the partly covered pixels span
+    more of the edge (0.45 px of blur: 0.19-0.26 px off with 0.5, 0.09-0.17 with 0.7). One
+    blur for all bands: a blur 0.05 px off in one band moves its points by ~0.01-0.04 px
+    against the others', which no limb altitude absorbs.
     """
     keys = np.unique(np.stack([band, frame], axis=1), axis=0)
     groups = [np.flatnonzero((band == b) & (frame == f)) for b, f in keys]
