@@ -221,7 +221,7 @@ def test_simulated_pass_joint_without_ck_matches_truth(tmp_path, kernel_dir, see
 
 def test_simulated_pass_with_optical_blur(tmp_path, kernel_dir):
     """The simulated pass of the test above with a Gaussian blur of 0.45 px added
-    (``psf_sigma_px``; JunoCam's RGB limbs measure 0.43-0.48 px): the edge model measures the
+    (``psf_sigma_px``; JunoCam's RGB limbs measure 0.43-0.49 px): the edge model measures the
     blur and keeps the joint solution near the truth where the half-level points do not.
 
     Measured on seed 11: blur 0.28-0.30 px (the simulator blurs the pixel grid, which the

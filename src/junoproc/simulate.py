@@ -827,7 +827,7 @@ def simulate(
     IK's model (JUNO_JUNOCAM -> band, see :class:`camera.CameraModel`): the bands then
     misregister by it unless the pointing stage finds it (the CK holds the spacecraft only).
     ``psf_sigma_px``: a Gaussian blur (px) of the optics (default none: the pixel's area
-    alone, a sharper limb than JunoCam's, whose limbs fit a blur of 0.43-0.48 px).
+    alone, a sharper limb than JunoCam's, whose limbs fit a blur of 0.43-0.49 px).
     ``texture_seed``: the planet's texture (default ``seed``, which also sets the noise and
     the product id). ``pass_geometry``: place Juno, Jupiter, the Sun and the spin axis as
     in that pass instead of from ``altitude_km``, ``sub_spacecraft_*``, ``phase_angle_deg``,
