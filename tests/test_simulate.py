@@ -265,3 +265,18 @@ def test_textures_are_the_same_in_every_process():
     here = moon_texture("IO", 3, 256, ("GREEN",))[0]["GREEN"]
     assert hashlib.md5(here.tobytes()).hexdigest() != hashlib.md5(
         moon_texture("EUROPA", 3, 256, ("GREEN",))[0]["GREEN"].tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("sigma_px", [0.2, 0.45, 0.7, 2.0])
+def test_optical_blur_has_the_stated_width(sigma_px):
+    """The simulator's optics: the discrete kernel that blurs the disc's inside has variance
+    sigma^2 (a sampled Gaussian of 0.45 px has 0.146 px^2), and the limb's pixel samples
+    follow the pixel's area convolved with the Gaussian (variance 1/12 + sigma^2)."""
+    from junoproc.simulate import _box_gauss_quantile, psf_kernel
+
+    k = psf_kernel(sigma_px)
+    n = np.arange(k.size) - k.size // 2
+    assert k.sum() == pytest.approx(1.0, abs=1e-6) and np.allclose(k, k[::-1])
+    assert float((k * n * n).sum()) == pytest.approx(sigma_px**2, rel=0.02)
+    x = _box_gauss_quantile((np.arange(20000) + 0.5) / 20000, sigma_px)
+    assert abs(x.mean()) < 1e-6 and x.var() == pytest.approx(1 / 12 + sigma_px**2, rel=1e-3)

@@ -628,6 +628,8 @@ class _Scene:
     texture_shape: tuple[int, int]
     minnaert_k: float
     jupitershine: float
+    psf_sigma_px: float = 0.0
+
 
 
 #: Sub-pixel samples per axis of the pixels the limb crosses (stratified, jittered).
@@ -663,13 +665,18 @@ def _limb_pixels(scene: _Scene, band: str, state: Any, rot: np.ndarray, jup_body
     The limb then falls inside a pixel as it does on a CCD (the pixel integrates the
     scene over its area), instead of where the pixel centre happens to be: a hard,
     centre-sampled edge puts every limb point up to 0.5 px off (0.34 px RMS on the truth
-    attitude), with errors that follow the pixel grid and bias a limb fit.
+    attitude), with errors that follow the pixel grid and bias a limb fit. With an optical
+    blur (``scene.psf_sigma_px``) the samples follow the pixel's area convolved with the
+    Gaussian PSF (stratified in its distribution function along each axis).
     """
     k = LIMB_SUBSAMPLES
     n = x_px.size
     grid = (np.arange(k) + 0.0)[None, :]
     ox = (grid[:, None, :] + rng.random((n, k, k))) / k - 0.5   # (n, k, k) along x
     oy = (grid.T[None] + rng.random((n, k, k))) / k - 0.5        # along y
+    if scene.psf_sigma_px > 0:  # the same strata, through the box * Gaussian quantiles
+        sigma = scene.psf_sigma_px
+        ox, oy = _box_gauss_quantile(ox + 0.5, sigma), _box_gauss_quantile(oy + 0.5, sigma)
     cam = scene.cameras[band]
     rays = cam.px_to_cam((x_px[:, None, None] + ox).ravel(), (y_px[:, None, None] + oy).ravel())
     pts = intersect_rays(state, rot, rays, scene.target)
@@ -692,18 +699,54 @@ def _limb_pixels(scene: _Scene, band: str, state: Any, rot: np.ndarray, jup_body
     return value.reshape(n, k * k).mean(axis=1)
 
 
+def _box_gauss_quantile(p: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Quantiles (px) of a pixel's unit box convolved with a Gaussian of ``sigma_px``
+    at probabilities ``p``: the offsets of a pixel's samples under an optical blur."""
+    from scipy.special import ndtr
+
+    x = np.linspace(-0.5 - 6.0 * sigma_px, 0.5 + 6.0 * sigma_px, 4001)
+
+    def g(z: np.ndarray) -> np.ndarray:  # the integral of the normal distribution function
+        return z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+    cdf = sigma_px * (g((x + 0.5) / sigma_px) - g((x - 0.5) / sigma_px))
+    return np.interp(p, cdf, x)
+
+
+def psf_kernel(sigma_px: float) -> np.ndarray:
+    """The 1-D discrete Gaussian of variance ``sigma_px``^2 (Lindeberg's kernel
+    exp(-t) I_n(t), t = sigma^2), float32, summing to 1.
+
+    The renderer blurs the disc's inside with it (its texture is smooth on the pixel
+    scale; the limb's pixels are sampled through the PSF itself): its variance is exactly
+    sigma^2 and its spectrum exp(t (cos w - 1)) is the Gaussian's at low frequency. A
+    sampled Gaussian is not, below ~1 px: cv2's for sigma 0.45 px has a variance of
+    0.146 px^2 (sigma 0.38) and most of its weight in the centre tap.
+    """
+    from scipy.special import ive
+
+    t = float(sigma_px) ** 2
+    half = int(math.ceil(4.0 * sigma_px)) + 1
+    k = ive(np.arange(-half, half + 1), t)
+    return (k / k.sum()).astype(np.float32)
+
+
 def _render_noiseless(scene: _Scene, filters: Sequence[str], seed: int = 0) -> np.ndarray:
     """Reflectance x illumination, (n_frames, n_filters, rows, samples) float32.
 
-    Pixels inside the disc: 2x2 supersampled texture at the pixel centre's surface point.
-    Pixels the limb crosses: the area average of :func:`_limb_pixels`.
+    Pixels inside the disc: 2x2 supersampled texture at the pixel centre's surface point
+    (blurred by :func:`psf_kernel` under an optical blur). Pixels the limb crosses, or
+    whose PSF reaches it: the area average of :func:`_limb_pixels`. Each framelet is
+    blurred on its own (the rows beyond it unseen).
     """
     rows, samples = FRAMELET_ROWS, CCD_SAMPLES
     out = np.zeros((len(scene.frame_ets), len(filters), rows, samples), np.float32)
     target = scene.target
     radius_max = float(np.max(target.radii))
     rng = np.random.default_rng([seed, 7])
-    ring = np.ones((3, 3), np.uint8)
+    reach = 1 + int(math.ceil(3.0 * scene.psf_sigma_px))  # px from the limb sampled by rays
+    ring = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    kernel = psf_kernel(scene.psf_sigma_px) if scene.psf_sigma_px > 0 else None
     for f, et in enumerate(scene.frame_ets):
         state = frame_state(target, float(et))
         rot = scene.attitude.rot_j2000_to_cam(float(et))
@@ -717,7 +760,7 @@ def _render_noiseless(scene: _Scene, filters: Sequence[str], seed: int = 0) -> n
             cam = scene.cameras[band]
             # a cone around the target centre bounds the rows/columns worth intersecting
             near = (cam.framelet_rays_cam[::8, ::8] @ centre_cam) >= math.cos(
-                min(ang_radius + 12.0 / cam.focal_px, math.pi))
+                min(ang_radius + (12.0 + 4.0 * (reach - 1)) / cam.focal_px, math.pi))
             if not near.any():
                 continue  # the target is nowhere near this framelet
             rr, cc = np.nonzero(near.any(axis=1))[0], np.nonzero(near.any(axis=0))[0]
@@ -733,7 +776,9 @@ def _render_noiseless(scene: _Scene, filters: Sequence[str], seed: int = 0) -> n
             refl = _sample_supersampled(scene.textures[band], scene.texture_shape, x, y)
             light = _illumination(scene, state, pts, jup_body)
             block = np.where(hit, refl * light, 0.0)
-            # the pixels the limb crosses: a hit next to a miss (3x3), area-averaged
+            if kernel is not None:
+                block = cv2.sepFilter2D(block, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
+            # the pixels the limb crosses (a hit next to a miss) or whose PSF reaches it
             h8 = hit.astype(np.uint8)
             edge = cv2.dilate(h8, ring, borderType=cv2.BORDER_REPLICATE) != cv2.erode(
                 h8, ring, borderType=cv2.BORDER_REPLICATE)
@@ -826,8 +871,10 @@ def simulate(
     ``band_boresight_rad``: per band, the true camera's rotation vector (rad) away from the
     IK's model (JUNO_JUNOCAM -> band, see :class:`camera.CameraModel`): the bands then
     misregister by it unless the pointing stage finds it (the CK holds the spacecraft only).
-    ``psf_sigma_px``: a Gaussian blur (px) of the optics (default none: the pixel's area
-    alone, a sharper limb than JunoCam's, whose limbs fit a blur of 0.43-0.49 px).
+    ``psf_sigma_px``: the sigma (px) of a Gaussian PSF of the optics (default none: the
+    pixel's area alone, a sharper limb than JunoCam's, whose limbs fit a blur of 0.48-0.51
+    px): the limb's pixels are sampled through it, the disc's inside blurred by
+    :func:`psf_kernel`.
     ``texture_seed``: the planet's texture (default ``seed``, which also sets the noise and
     the product id). ``pass_geometry``: place Juno, Jupiter, the Sun and the spin axis as
     in that pass instead of from ``altitude_km``, ``sub_spacecraft_*``, ``phase_angle_deg``,
@@ -1009,11 +1056,9 @@ def simulate(
             scene = _Scene(target=tgt, attitude=attitude, frame_ets=frame_ets, cameras=cameras,
                            textures=textures, texture_shape=(int(tex_shape[0]), int(tex_shape[1])),
                            minnaert_k=minnaert_k,
-                           jupitershine=jupitershine_fraction if jupitershine and not is_jupiter else 0.0)
+                           jupitershine=jupitershine_fraction if jupitershine and not is_jupiter else 0.0,
+                           psf_sigma_px=psf_sigma_px)
             radiance = _render_noiseless(scene, filters, seed)
-            if psf_sigma_px > 0:  # the optics: each framelet on its own (the rows beyond it unseen)
-                for block in radiance.reshape(-1, FRAMELET_ROWS, CCD_SAMPLES):
-                    cv2.GaussianBlur(block, (0, 0), psf_sigma_px, dst=block, borderType=cv2.BORDER_REFLECT)
             nadir_km = altitude_km / cameras[filters[0]].focal_px
             sun_dist_km = float(np.linalg.norm(spiceypy.spkpos("SUN", et_mid, "J2000", "NONE", tgt.name)[0]))
             subpt, _, srfvec = spiceypy.subpnt("NEAR POINT/ELLIPSOID", tgt.name, float(frame_ets[0]),
