@@ -579,7 +579,7 @@ EDGE_TABLE_STEP_PX = 0.01
 EDGE_TABLE_HALF_PX = 5.0
 EDGE_TABLE_PHI_STEP_DEG = 1.0
 #: The Gaussian blurs (sigma, px) of the optics and the haze tried for an image's edges,
-#: and the one taken where it has too few limb points to measure it (PJ43/PJ44: 0.43-0.49).
+#: and the one taken where it has too few limb points to measure it (PJ43/PJ44: 0.48-0.51).
 EDGE_BLUR_GRID_PX = tuple(round(0.2 * k, 1) for k in range(8))
 EDGE_BLUR_DEFAULT_PX = 0.45
 #: The limb's pixels the edge model is fitted to: the sky and those the planet covers at
@@ -588,6 +588,11 @@ EDGE_MAX_COVER = 0.7
 #: Above this blur (px) the edge is a haze's slope, not a pixel-sharp limb: the half-level
 #: points are kept (methane: 1.1-1.4 px on 43M00081 and 44M00040).
 EDGE_MODEL_MAX_BLUR_PX = 1.0
+#: The blur is measured on the sky, the limb's pixels and this far inside (px, - = inside
+#: the starting edge): a blur spreads the edge over +-2 sigma, and with only the first pixel
+#: inside, the level inside was free to trade against a wider blur (a simulated PSF of 0.7
+#: px measured 0.90, 0.45 px 0.50; now 0.73 and 0.45).
+EDGE_BLUR_INNER_PX = -2.0
 #: The blur step (px) over which the points' move with the blur is measured.
 EDGE_BLUR_STEP_PX = 0.05
 
@@ -771,18 +776,19 @@ def _stack_windows(windows: Sequence[_EdgeWindows], take: Sequence[np.ndarray] |
 
 def _edge_blur_px(win: _EdgeWindows, *, max_points: int = 120) -> float:
     """The image's edge blur (Gaussian sigma, px): the one under which the edge model fits
-    the sky, the limb's pixels and the first full pixel of up to ``max_points`` points best
-    (median misfit) among those that put the model's edges within 0.25 px of the starting
-    (half-level) points: over :data:`EDGE_BLUR_GRID_PX`, then every 0.1 px within 0.2 px
-    of the best and a parabola through the least and its neighbours; infinite if none does.
-    Measured: 0.0-0.1 on the simulator's edges (no optics), 0.13 on a simulated Io, 0.52 on
-    a disc blurred by 0.5 px, 0.43-0.49 on 43C00078, 44C00029 and 44C00032, 1.1-1.4 on
+    the sky, the limb's pixels and two pixels inside (:data:`EDGE_BLUR_INNER_PX`) of up to
+    ``max_points`` points best (median misfit) among those that put the model's edges within
+    0.25 px of the starting (half-level) points: over :data:`EDGE_BLUR_GRID_PX`, then every
+    0.1 px within 0.2 px of the best and a parabola through the least and its neighbours;
+    infinite if none does. Measured: 0.0-0.06 on the simulator's edges without optics, 0.29,
+    0.45 and 0.73 with a PSF of 0.3, 0.45 and 0.7 px, 0.13 on a simulated Io, 0.29/0.50/0.91
+    on discs blurred by 0.3/0.5/0.9 px, 0.48-0.51 on 43C00078, 44C00029 and 44C00032, 1.4 on
     43M00081 and 44M00040 (methane: haze)."""
     ok = np.flatnonzero(win.ok)
     if ok.size < 10:
         return EDGE_BLUR_DEFAULT_PX
     sub = _stack_windows([win], [ok[:: max(1, ok.size // max_points)]])
-    use = sub.inside & (sub.d_px >= -1.0)
+    use = sub.inside & (sub.d_px >= EDGE_BLUR_INNER_PX)
     misfit: dict[float, float] = {}
 
     def at(blur: float) -> float:
@@ -831,7 +837,9 @@ def _edge_model_refine(data: np.ndarray, valid: np.ndarray, frame: np.ndarray, b
     along the limb (a slanted edge crosses the pixel grid at every phase). On that pass the
     points' error is 0.065-0.067 px sd and the solution 0.04-0.08 px off. The pixels used
     reach ``EDGE_MAX_COVER`` (0.7): with an optical blur the partly covered pixels span
-    more of the edge (0.45 px of blur: 0.19-0.26 px off with 0.5, 0.09-0.17 with 0.7). One
+    more of the edge. On the simulated pass with a 0.45 px PSF (seeds 11/12/16, worst
+    image): 0.124/0.110/0.218 px off with 0.5, 0.155/0.086/0.175 with 0.7, 0.155/0.079/0.157
+    with 0.85; no value serves every texture. One
     blur for all bands: a blur 0.05 px off in one band moves its points by ~0.01-0.04 px
     against the others', which no limb altitude absorbs.
     """
@@ -2429,7 +2437,8 @@ def _share_edge_blur(observations: Sequence[LimbObservation]) -> list[LimbObserv
     one blur, their blurs' mean weighted by points: the same camera and haze minutes apart.
     Each image's own blur puts its points on its own edge: 44C00029 and 44C00032 measure
     0.43 and 0.48 px, and their maps' north-south misalignment is +0.26 px mean with their
-    own blurs, +0.10 px with one."""
+    own blurs, +0.10 px with one (measured before the blur was fitted two pixels inside:
+    now 0.48 and 0.50 px, +0.13 px with one)."""
     out = list(observations)
     by_set: dict[tuple[str, ...], list[int]] = {}
     for k, obs in enumerate(out):
